@@ -1,0 +1,276 @@
+"""The worker process: set-up, running ``fn``, cancellation points, the final report.
+
+Runs only in the child (the ``multiprocessing`` target is :func:`child_main`). Order of
+events, each step before any user code runs:
+
+1. leave the parent's process group (``setpgid(0, 0)``), so the parent can kill the whole
+   group and a terminal's Ctrl-C does not reach us; ask for SIGKILL on parent death;
+2. map the control block, install the SIGTERM handler, start the helper threads with
+   SIGTERM blocked (so the signal interrupts the *main* thread's blocking calls);
+3. send READY, then wait for the parent's "go" byte on the lifeline pipe (the parent
+   sends it once our process group is registered with the guard; EOF = parent gone);
+4. unpickle ``fn`` and its arguments, run it, drive the generator;
+5. send exactly one final frame (RESULT / ERROR / CANCELLED), flush, ``os._exit(0)``.
+
+Cancellation: the parent sets byte 0 of the control block. Every ``yield``, ``emit()``
+and ``cancelled()`` reads it (one mmap index, ~30 ns). SIGTERM sets the same byte and,
+while user code runs, raises :class:`Cancelled` at the next bytecode; while our own code
+runs (pickling, writing a frame) it only sets the byte, so a frame is never torn and a
+yielded item is never half-sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from types import FrameType, TracebackType
+from typing import Any
+
+from .._errors import Cancelled, NotInWorkerError
+from .._linux import set_parent_death_signal
+from .._transport import _fds, _framing
+from ._sender import Sender, dumps_with_fallback
+
+_current: _Context | None = None
+
+
+class _Context:
+    """Per-process state of a running worker."""
+
+    def __init__(self, ctl: Any, sender: Sender) -> None:
+        self.ctl = ctl  # mmap: byte 0 is the cancel flag
+        self.sender = sender
+        self.in_user_code = False  # True iff SIGTERM may raise Cancelled right now
+        self.cancel_raised = False  # True once Cancelled was raised into user code
+        self.sigterm_received = False
+
+    def make_cancelled(self, source: str) -> Cancelled:
+        self.cancel_raised = True
+        return Cancelled(f"the job was cancelled ({source})")
+
+
+def _context_or_raise(what: str) -> _Context:
+    ctx = _current
+    if ctx is None:
+        raise NotInWorkerError(
+            f"workstream.{what}() must be called inside a function run by workstream.start(); "
+            "to test fn without a worker, call it directly and drop the emit() calls"
+        )
+    return ctx
+
+
+def emit(item: object) -> None:
+    """Send ``item`` to the parent; a cancellation point.
+
+    Raises the pickling error if ``item`` cannot be pickled (nothing is sent), and
+    :class:`Cancelled` after sending if the job was cancelled.
+    """
+    ctx = _context_or_raise("emit")
+    was_user = ctx.in_user_code
+    ctx.in_user_code = False
+    try:
+        ctx.sender.send_item(item)
+    finally:
+        ctx.in_user_code = was_user
+    if ctx.ctl[0]:
+        raise ctx.make_cancelled("cooperative")
+
+
+def cancelled() -> bool:
+    """Return True once the job was asked to stop. Cheap (~30 ns); False outside a worker."""
+    ctx = _current
+    return ctx is not None and ctx.ctl[0] != 0
+
+
+def check_cancelled() -> None:
+    """Raise :class:`Cancelled` if the job was asked to stop (so ``finally`` blocks run).
+
+    Does nothing outside a worker.
+    """
+    ctx = _current
+    if ctx is not None and ctx.ctl[0]:
+        raise ctx.make_cancelled("cooperative")
+
+
+def in_worker() -> bool:
+    """True inside a process started by workstream."""
+    return _current is not None
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    ctx = _current
+    if ctx is None:
+        raise Cancelled("SIGTERM before the worker was set up")
+    ctx.ctl[0] = 1
+    ctx.sigterm_received = True
+    if ctx.in_user_code:
+        ctx.in_user_code = False  # raise once; our handlers below are not user code
+        raise ctx.make_cancelled("sigterm")
+
+
+def _drive(ctx: _Context, gen: Any) -> Any:
+    """Run the generator to its end: send each yielded item, then check for a cancel."""
+    send = ctx.sender.send_item
+    ctl = ctx.ctl
+    throw: BaseException | None = None
+    ctx.in_user_code = True
+    try:
+        item = next(gen)
+        while True:
+            ctx.in_user_code = False
+            try:
+                send(item)
+            except Exception as exc:  # unpicklable item: raise it at the yield
+                throw = exc
+            else:
+                if ctl[0]:
+                    throw = ctx.make_cancelled("cooperative")
+            ctx.in_user_code = True
+            if throw is None:
+                item = next(gen)
+            else:
+                exc, throw = throw, None
+                item = gen.throw(exc)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        ctx.in_user_code = False
+
+
+def _user_traceback(exc: BaseException) -> str:
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(
+        "workstream._child"
+    ) and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _error_body(exc: BaseException, context: str = "") -> bytes:
+    try:
+        exc_bytes: bytes | None = dumps_with_fallback(exc)
+    except Exception:
+        exc_bytes = None
+    message = str(exc)
+    if context:
+        message = f"{context}: {message}" if message else context
+    report = {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        "message": message,
+        "traceback": _user_traceback(exc),
+        "exc": exc_bytes,
+    }
+    return pickle.dumps(report, pickle.HIGHEST_PROTOCOL)
+
+
+def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
+    """Run the user's function; return the final frame to send."""
+    try:
+        ctx.in_user_code = True
+        try:
+            fn, args = pickle.loads(payload)
+            if ctx.ctl[0]:
+                raise ctx.make_cancelled("cooperative")
+            value = fn(*args)
+            if inspect.isgenerator(value):
+                value = _drive(ctx, value)
+        finally:
+            ctx.in_user_code = False
+    except Cancelled as exc:
+        source = "sigterm" if ctx.sigterm_received else "cooperative"
+        body = {"by": source, "traceback": _user_traceback(exc), "value": None}
+        return _framing.Kind.CANCELLED, pickle.dumps(body, pickle.HIGHEST_PROTOCOL)
+    except BaseException as exc:
+        return _framing.Kind.ERROR, _error_body(exc)
+    if ctx.cancel_raised:
+        source = "sigterm" if ctx.sigterm_received else "cooperative"
+        try:
+            value_bytes: bytes | None = dumps_with_fallback(value)
+        except Exception:
+            value_bytes = None
+        body = {"by": source, "traceback": "", "value": value_bytes}
+        return _framing.Kind.CANCELLED, pickle.dumps(body, pickle.HIGHEST_PROTOCOL)
+    try:
+        return _framing.Kind.RESULT, dumps_with_fallback(value)
+    except Exception as exc:
+        return _framing.Kind.ERROR, _error_body(exc, "the return value of fn cannot be pickled")
+
+
+def _watch_lifeline(fd: int) -> None:
+    """Block until the parent's end of the lifeline closes, then kill our process group."""
+    while True:
+        try:
+            data = os.read(fd, 64)
+        except InterruptedError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            break
+    # The parent is gone (it closes its end only after reaping us): nobody is listening.
+    with contextlib.suppress(OSError):
+        os.killpg(0, signal.SIGKILL)
+    os._exit(70)
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def child_main(
+    payload: bytes,
+    data_conn: _fds.PassedFd,
+    lifeline_conn: _fds.PassedFd,
+    control_conn: _fds.PassedFd,
+    settings: dict[str, Any],
+) -> None:
+    """The ``multiprocessing`` target. Never returns: ends with ``os._exit``."""
+    global _current
+    data_fd, lifeline_fd, control_fd = data_conn.fd, lifeline_conn.fd, control_conn.fd
+    for fd in settings.get("close_fds", ()):
+        _fds.close_quietly(fd)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    set_parent_death_signal(signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctl = _fds.map_control_block(control_fd)
+    os.close(control_fd)
+
+    sender = Sender(data_fd, settings["batch_window"], settings["max_batch_bytes"])
+    ctx = _Context(ctl, sender)
+    _current = ctx
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    # Helper threads inherit the signal mask: create them with SIGTERM blocked so the
+    # kernel delivers SIGTERM to the main thread and interrupts *its* blocking calls.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        sender.start_flusher()
+        try:
+            sender.send_ready()
+            go = os.read(lifeline_fd, 1)
+        except OSError:
+            go = b""
+        if not go:
+            _exit_now(70)  # the parent died before it let us run
+        threading.Thread(
+            target=_watch_lifeline, args=(lifeline_fd,), name="workstream-lifeline", daemon=True
+        ).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+    kind, body = _run(ctx, payload)
+    try:
+        sender.send_final(kind, body)
+    except OSError:
+        _exit_now(70)  # parent gone
+    _exit_now(0)

@@ -1,0 +1,118 @@
+"""The exceptions workstream raises, in one tree.
+
+::
+
+    BaseException
+    └── Cancelled                 the job was cancelled (raised inside fn, and by result())
+    Exception
+    └── WorkstreamError           base of everything else workstream raises on its own
+        ├── WorkerError           fn raised in the child; remote traceback attached
+        ├── WorkerCrashed         the child died without reporting (signal, os._exit, OOM)
+        │   └── ChannelBroken     the child sent bytes that are not a valid frame
+        ├── DeliveryError         an item or the final value could not be unpickled here
+        ├── CallbackError         an on_item / on_done callback raised; the job was cancelled
+        └── NotInWorkerError      emit() called outside a workstream child (also a RuntimeError)
+
+``Cancelled`` derives from ``BaseException`` (as in trio and asyncio) so that a user's
+``except Exception:`` inside ``fn`` cannot swallow a cancel. Misuse of the API raises the
+built-in ``TypeError`` / ``ValueError`` / ``RuntimeError`` at the call site.
+
+This module must stay importable in the child and import nothing from the package.
+"""
+
+from __future__ import annotations
+
+import signal as _signal
+
+
+def describe_exit(exit_code: int | None) -> str:
+    """Render a process exit status: ``exit code 3`` or ``SIGSEGV (-11)``."""
+    if exit_code is None:
+        return "unknown exit status"
+    if exit_code < 0:
+        try:
+            name = _signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        return f"{name} ({exit_code})"
+    return f"exit code {exit_code}"
+
+
+class Cancelled(BaseException):  # noqa: N818 - the name users expect, as in trio/asyncio
+    """The job was cancelled.
+
+    Inside the child it is raised at the next cancellation point (a ``yield``, ``emit()``,
+    ``check_cancelled()``) or, after SIGTERM, at the next bytecode, so ``finally`` blocks
+    run. In the parent ``Job.result()`` raises it when the job ended cancelled.
+    """
+
+
+class WorkstreamError(Exception):
+    """Base class of the errors workstream raises (except ``Cancelled``)."""
+
+
+class WorkerError(WorkstreamError):
+    """``fn`` raised an exception in the child.
+
+    ``remote_traceback`` holds the child's formatted traceback; when the original
+    exception could be pickled it is attached as ``__cause__``.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        summary = f"{type_name}: {message}" if message else type_name
+        super().__init__(
+            f"the worker raised {summary}\n\n--- remote traceback ---\n{remote_traceback.rstrip()}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+class WorkerCrashed(WorkstreamError):
+    """The child process died without reporting an outcome.
+
+    ``exit_code`` follows ``multiprocessing``: negative for a signal (``-11`` = SIGSEGV).
+    ``signal_name`` is the signal's name or None.
+    """
+
+    def __init__(self, pid: int | None, exit_code: int | None, detail: str = "") -> None:
+        self.pid = pid
+        self.exit_code = exit_code
+        self.signal_name: str | None = None
+        if exit_code is not None and exit_code < 0:
+            try:
+                self.signal_name = _signal.Signals(-exit_code).name
+            except ValueError:
+                self.signal_name = None
+        self.detail = detail
+        text = f"worker process {pid} died without reporting ({describe_exit(exit_code)})"
+        if exit_code == -_signal.SIGKILL:
+            text += "; SIGKILL from outside often means the out-of-memory killer"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.pid, self.exit_code, self.detail))
+
+
+class ChannelBroken(WorkerCrashed):
+    """The child wrote bytes that are not a valid frame; the job was killed."""
+
+
+class DeliveryError(WorkstreamError):
+    """An item or the final value arrived but could not be unpickled in the parent."""
+
+
+class CallbackError(WorkstreamError):
+    """An ``on_item`` or ``on_done`` callback raised; the job was cancelled because of it.
+
+    The callback's exception is ``__cause__``.
+    """
+
+
+class NotInWorkerError(WorkstreamError, RuntimeError):
+    """A child-side call (``emit``) was made outside a function run by ``workstream.start``."""

@@ -1,0 +1,149 @@
+"""The per-application guard: kills every job's process group when the application dies.
+
+Why a separate process: PR_SET_PDEATHSIG kills the worker itself but not the children it
+started (data loaders, ``subprocess`` calls), and a watchdog thread inside the worker
+cannot run while user code holds the GIL in a long C call. The guard is a tiny Python
+process (``python -I -S -c``) that never runs user code. It reads ``+PGID`` / ``-PGID``
+lines from a pipe; when the pipe reaches end-of-file (the application exited or was
+SIGKILLed: the kernel closes our end) it sends SIGKILL to every registered group and exits.
+
+It is started lazily by the first job that asks for it, in its own session (so a
+terminal's Ctrl-C does not reach it), with no inherited descriptors but its stdin.
+Only POSIX systems have process groups; elsewhere :func:`register` is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+
+_GUARD_SOURCE = r"""
+import os, signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+groups = set()
+buf = b""
+while True:
+    try:
+        chunk = os.read(0, 4096)
+    except InterruptedError:
+        continue
+    except OSError:
+        chunk = b""
+    if not chunk:
+        break
+    buf += chunk
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        if len(line) > 1 and line[1:].isdigit():
+            (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _Guard:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_pid = -1
+
+    def _ensure_started(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is not None and self._owner_pid == os.getpid() and proc.poll() is None:
+            return proc
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _GUARD_SOURCE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+        )
+        self._proc = proc
+        self._owner_pid = os.getpid()
+        return proc
+
+    def send(self, line: bytes) -> None:
+        with self._lock:
+            for _attempt in range(2):
+                proc = self._ensure_started()
+                assert proc.stdin is not None
+                try:
+                    os.write(proc.stdin.fileno(), line)
+                    return
+                except OSError:  # the guard died (someone killed it): start a new one
+                    with contextlib.suppress(Exception):
+                        proc.stdin.close()
+                        proc.wait(1.0)
+                    self._proc = None
+
+    def fileno(self) -> int | None:
+        """The write end of the guard's pipe (a forked child must close it), if started."""
+        proc = self._proc
+        if proc is None or proc.stdin is None or self._owner_pid != os.getpid():
+            return None
+        return proc.stdin.fileno()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+
+_guard = _Guard()
+
+
+def register(pgid: int) -> None:
+    """Have the guard kill process group ``pgid`` if this application dies."""
+    if os.name == "posix":
+        _guard.send(b"+%d\n" % pgid)
+
+
+def unregister(pgid: int) -> None:
+    """Forget ``pgid`` (call once the job's group was killed or left on purpose)."""
+    if os.name == "posix" and _guard.pid is not None:
+        _guard.send(b"-%d\n" % pgid)
+
+
+def guard_fd() -> int | None:
+    return _guard.fileno()
+
+
+def guard_pid() -> int | None:
+    """Pid of the guard process, or None before the first job (tests exclude it)."""
+    return _guard.pid
+
+
+def shutdown() -> None:
+    """Release the guard: close its pipe (it kills whatever is still registered, then
+    exits) and reap it. Called at interpreter exit, after every job was stopped."""
+    with _guard._lock:
+        proc = _guard._proc
+        if proc is None or _guard._owner_pid != os.getpid():
+            return
+        _guard._proc = None
+        with contextlib.suppress(Exception):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _forget_in_forked_child() -> None:
+    # The inherited pipe belongs to the parent's guard; never write to it from here.
+    _guard._lock = threading.Lock()
+    _guard._proc = None
+    _guard._owner_pid = -1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_forked_child)

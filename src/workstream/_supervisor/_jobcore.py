@@ -1,0 +1,193 @@
+"""The state one job shares between the user's threads and the job's runner thread.
+
+Everything here is guarded by ``JobCore.lock``; ``cond`` (on the same lock) wakes
+consumers and waiters. The runner is the only writer of the process-facing facts (pid,
+outcome); user threads only *request* things (a cancel, taking a batch), and wake the
+runner through its wake pipe. Nothing in here blocks without a way to be woken: the
+runner always ends the stream, which wakes every consumer.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import mmap
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from .._outcomes import JobState, Outcome, check_transition
+from .._transport._fds import CANCEL_FLAG, close_quietly
+
+
+@dataclass
+class CancelRequest:
+    requested_at: float
+    term_at: float
+    kill_at: float
+    discard: bool
+
+
+class JobCore:
+    def __init__(
+        self,
+        control: mmap.mmap,
+        max_items: int | None,
+        max_bytes: int | None,
+    ) -> None:
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.state = JobState.STARTING
+        self.pid: int | None = None
+        self.cancel: CancelRequest | None = None
+        self.outcome: Outcome | None = None
+        self.terminal = threading.Event()  # set with the outcome
+        self.finished = threading.Event()  # set after on_done ran (or at once without it)
+        self.callback_error: BaseException | None = None
+        self._control: mmap.mmap | None = control
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        # The stream: batches of decoded items waiting for the consumer.
+        self._batches: collections.deque[tuple[list[object], int]] = collections.deque()
+        self.buffered_items = 0
+        self.buffered_bytes = 0
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self.reader_paused = False  # True iff the runner stopped reading for backpressure
+        self.stream_ended = False
+        self.items_received = 0  # queued for the consumer (never decreases)
+        self.items_discarded = 0
+
+    # -- requests from any thread -------------------------------------------------------
+
+    @property
+    def wake_fd(self) -> int:
+        """Read end of the runner's wake pipe (the runner polls it)."""
+        return self._wake_r
+
+    def _wake_locked(self) -> None:
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"!")
+
+    def request_cancel(
+        self, grace: float, term_delay: float, discard: bool, now: float | None = None
+    ) -> bool:
+        """Record a cancel (or tighten an earlier one); return False if already terminal."""
+        now = time.monotonic() if now is None else now
+        with self.lock:
+            if self.state.is_terminal:
+                return False
+            req = self.cancel
+            if req is None:
+                self.cancel = CancelRequest(now, now + term_delay, now + grace, discard)
+                if self._control is not None:
+                    self._control[CANCEL_FLAG] = 1
+                self._set_state_locked(JobState.CANCELLING)
+            else:
+                req.term_at = min(req.term_at, now + term_delay)
+                req.kill_at = min(req.kill_at, now + grace)
+                req.discard = req.discard or discard
+            if discard:
+                self._discard_buffered_locked()
+            self._wake_locked()
+            return True
+
+    def take_batch(self, block: bool = True) -> list[object] | None:
+        """Return the next batch of items; None once the stream ended and is empty.
+
+        With ``block=False`` returns ``[]`` when nothing is buffered yet.
+        """
+        with self.lock:
+            while not self._batches:
+                if self.stream_ended:
+                    return None
+                if not block:
+                    return []
+                self.cond.wait()
+            items, nbytes = self._batches.popleft()
+            self.buffered_items -= len(items)
+            self.buffered_bytes -= nbytes
+            if self.reader_paused and not self._over_low_water_locked():
+                self._wake_locked()
+            return items
+
+    # -- the runner's side --------------------------------------------------------------
+
+    def set_state(self, new: JobState) -> None:
+        with self.lock:
+            self._set_state_locked(new)
+
+    def _set_state_locked(self, new: JobState) -> None:
+        if new is self.state:
+            return
+        check_transition(self.state, new)
+        self.state = new
+
+    def mark_running(self, pid: int) -> None:
+        with self.lock:
+            self.pid = pid
+            if self.state is JobState.STARTING:
+                self._set_state_locked(JobState.RUNNING)
+
+    def discarding(self) -> bool:
+        req = self.cancel
+        return req is not None and req.discard
+
+    def deliver(self, items: list[object], nbytes: int) -> None:
+        """Queue a decoded batch for the consumer (or count it discarded)."""
+        with self.lock:
+            if self.cancel is not None and self.cancel.discard:
+                self.items_discarded += len(items)
+                return
+            self._batches.append((items, nbytes))
+            self.buffered_items += len(items)
+            self.buffered_bytes += nbytes
+            self.items_received += len(items)
+            self.cond.notify_all()
+
+    def count_discarded(self, n: int) -> None:
+        with self.lock:
+            self.items_discarded += n
+
+    def should_pause_reading(self) -> bool:
+        """True when the consumer is behind and no cancel is draining the channel."""
+        with self.lock:
+            paused = self.cancel is None and self._over_limit_locked()
+            self.reader_paused = paused
+            return paused
+
+    def _over_limit_locked(self) -> bool:
+        return (self._max_items is not None and self.buffered_items >= self._max_items) or (
+            self._max_bytes is not None and self.buffered_bytes >= self._max_bytes
+        )
+
+    def _over_low_water_locked(self) -> bool:
+        return (
+            self._max_items is not None and self.buffered_items > self._max_items // 2
+        ) or (self._max_bytes is not None and self.buffered_bytes > self._max_bytes // 2)
+
+    def _discard_buffered_locked(self) -> None:
+        while self._batches:
+            items, _ = self._batches.popleft()
+            self.items_discarded += len(items)
+            self.items_received -= len(items)
+        self.buffered_items = 0
+        self.buffered_bytes = 0
+
+    def finish(self, outcome: Outcome) -> None:
+        """Publish the outcome: terminal state, end of stream, control block released."""
+        with self.lock:
+            self._set_state_locked(JobState(outcome.kind))
+            self.outcome = outcome
+            self.stream_ended = True
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+            close_quietly(self._wake_w)
+            close_quietly(self._wake_r)
+            self._wake_w = self._wake_r = -1
+            self.terminal.set()
+            self.cond.notify_all()

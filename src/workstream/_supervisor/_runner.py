@@ -1,0 +1,458 @@
+"""The job's runner thread: launch, read the channel, escalate a cancel, reap, report.
+
+One thread per job, started by ``start()``, alive until the child is reaped. It is the
+only thread that signals or reaps the child, so a signal can never hit a recycled pid.
+It forks the child itself (so PR_SET_PDEATHSIG, which fires when the *forking thread*
+exits, fires only when the application dies) and waits in one ``poll()`` on:
+
+* the data pipe (frames from the child; paused while the consumer is behind),
+* the child's exit (a pidfd on Linux, else multiprocessing's sentinel),
+* the wake pipe (cancel requests, a consumer that caught up),
+
+with a timeout equal to the next rung of the cancel ladder. The ladder: set the cancel
+flag at once (``JobCore.request_cancel``), SIGTERM at ``term_at``, SIGKILL to the child
+and its process group at ``kill_at``.
+
+When the child has exited, the runner drains what it wrote (every complete frame is
+delivered; a torn tail is dropped and reported), kills the rest of the process group,
+closes every descriptor, builds the outcome and publishes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing
+import os
+import pickle
+import select
+import signal
+import time
+import traceback
+from typing import Any
+
+from .._child._runtime import child_main
+from .._errors import ChannelBroken, DeliveryError, WorkerCrashed, WorkerError, WorkstreamError
+from .._linux import open_pidfd
+from .._options import Options
+from .._outcomes import CancelledOutcome, CancelRung, Completed, Crashed, Failed, Outcome
+from .._transport import _fds, _framing
+from . import _guard
+from ._jobcore import JobCore
+
+_READ_CHUNK = 1 << 20
+_GROUP_EXIT_WAIT = 0.5  # seconds to wait for a killed process group to disappear
+
+_loads = pickle.loads
+
+
+class JobRunner:
+    """Owns the child process and every parent-side descriptor of one job."""
+
+    def __init__(
+        self,
+        core: JobCore,
+        payload: bytes,
+        control_fd: int,
+        options: Options,
+        name: str,
+        started_at: float,
+    ) -> None:
+        self.core = core
+        self._payload = payload
+        self._control_fd: int | None = control_fd
+        self._options = options
+        self._name = name
+        self._started_at = started_at
+        self._proc: Any = None
+        self._pid: int | None = None
+        self._exit_fd: int | None = None
+        self._pidfd: int | None = None
+        self._data_r: int | None = None
+        self._lifeline_w: int | None = None
+        self._decoder = _framing.FrameDecoder()
+        self._final: _framing.Frame | None = None
+        self._term_sent = False
+        self._kill_sent = False
+        self._exited = False
+        self._channel_error: ChannelBroken | None = None
+        self._delivery_error: DeliveryError | None = None
+        self._registered_group = False
+
+    # -- thread entry -------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            outcome = self._run()
+        except BaseException as exc:  # a bug of ours: never leave the job hanging
+            self._emergency_kill()
+            detail = "internal error in workstream's runner: " + "".join(
+                traceback.format_exception_only(type(exc), exc)
+            ).strip()
+            outcome = self._crashed(None, detail)
+        finally:
+            self._close_fds()
+        self.core.finish(outcome)
+
+    def _run(self) -> Outcome:
+        with self.core.lock:
+            cancelled_early = self.core.cancel is not None
+        if cancelled_early:
+            return CancelledOutcome(
+                pid=None, items_delivered=0, exit_code=None,
+                duration=time.monotonic() - self._started_at,
+                rung="before-start", stop_latency=self._stop_latency(),
+            )
+        try:
+            self._launch()
+        except Exception as exc:
+            return self._crashed(None, f"the worker process could not be started: {exc!r}")
+        self._loop()
+        exit_code = self._reap()
+        self._kill_group_after_exit()
+        return self._build_outcome(exit_code)
+
+    # -- launch -------------------------------------------------------------------------
+
+    def _launch(self) -> None:
+        opts = self._options
+        method = opts.resolved_start_method
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            _add_forkserver_preload()
+        data_r, data_w = _fds.make_pipe(opts.pipe_bytes)
+        self._data_r = data_r
+        life_r, life_w = os.pipe()
+        self._lifeline_w = life_w
+        settings: dict[str, Any] = {
+            "batch_window": opts.batch_window,
+            "max_batch_bytes": opts.max_batch_bytes,
+        }
+        if method == "fork":  # a forked child inherits every fd; drop the guard's pipe
+            settings["close_fds"] = [fd for fd in (_guard.guard_fd(),) if fd is not None]
+        assert self._control_fd is not None
+        conns = [_fds.PassedFd(data_w), _fds.PassedFd(life_r), _fds.PassedFd(self._control_fd)]
+        self._control_fd = None  # owned by its Connection now
+        try:
+            proc = ctx.Process(
+                target=child_main,
+                args=(self._payload, *conns, settings),
+                name=f"workstream:{self._name}",
+                daemon=False,
+            )
+            proc.start()
+        finally:
+            for conn in conns:
+                conn.close()
+        self._payload = b""
+        self._proc = proc
+        # We reap our children ourselves; multiprocessing's own reaping (active_children(),
+        # the next Process.start()) must not race with us for the exit status.
+        with contextlib.suppress(AttributeError, KeyError):
+            multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
+        pid = proc.pid
+        assert pid is not None
+        self._pid = pid
+        self._pidfd = open_pidfd(pid)
+        self._exit_fd = self._pidfd if self._pidfd is not None else proc.sentinel
+        if opts.kill_group:
+            _guard.register(pid)
+            self._registered_group = True
+        # Let the child run user code only now that its group is registered.
+        with contextlib.suppress(OSError):
+            os.write(life_w, b"g")
+        with self.core.lock:
+            self.core.pid = pid
+
+    # -- the poll loop ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        core = self.core
+        data_r = self._data_r
+        assert data_r is not None and self._exit_fd is not None
+        poller = select.poll()
+        poller.register(core.wake_fd, select.POLLIN)
+        poller.register(self._exit_fd, select.POLLIN)
+        poller.register(data_r, select.POLLIN)
+        reading = True
+        data_open = True
+        while True:
+            timeout_ms = self._escalate()
+            for fd, _event in poller.poll(timeout_ms):
+                if fd == data_r:
+                    if not self._read_available(data_r):
+                        data_open = False
+                        poller.unregister(data_r)
+                elif fd == self._exit_fd:
+                    self._exited = True
+                else:
+                    with contextlib.suppress(OSError):
+                        os.read(fd, 4096)
+            if self._exited:
+                break
+            if data_open:
+                want = not core.should_pause_reading()
+                if want != reading:
+                    if want:
+                        poller.register(data_r, select.POLLIN)
+                    else:
+                        poller.unregister(data_r)
+                    reading = want
+        if data_open:
+            self._drain(data_r)
+
+    def _read_available(self, fd: int) -> bool:
+        """Read one chunk and process it; return False at end of file."""
+        try:
+            chunk = os.read(fd, _READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if not chunk:
+            return False
+        self._feed(chunk)
+        return True
+
+    def _drain(self, fd: int) -> None:
+        """The child has exited: everything it wrote is in the pipe. Read it all."""
+        os.set_blocking(fd, False)
+        while True:
+            try:
+                chunk = os.read(fd, _READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not chunk:
+                return
+            self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
+        if self._channel_error is not None:
+            return
+        try:
+            frames = self._decoder.feed(chunk)
+        except _framing.FrameError as exc:
+            self._channel_error = ChannelBroken(self._pid, None, f"malformed data channel: {exc}")
+            self._request_internal_cancel(grace=0.0)
+            return
+        core = self.core
+        for frame in frames:
+            kind = frame.kind
+            if kind is _framing.Kind.ITEMS:
+                if core.discarding() or self._delivery_error is not None:
+                    core.count_discarded(frame.count)
+                    continue
+                self._deliver_items(frame)
+            elif kind is _framing.Kind.READY:
+                assert self._pid is not None
+                core.mark_running(self._pid)
+            else:
+                self._final = frame
+
+    def _deliver_items(self, frame: _framing.Frame) -> None:
+        payloads = frame.item_payloads()
+        try:
+            items = [_loads(p) for p in payloads]
+        except Exception as exc:
+            good = []
+            for p in payloads:
+                try:
+                    good.append(_loads(p))
+                except Exception:
+                    break
+            self.core.deliver(good, sum(len(p) for p in payloads[: len(good)]))
+            index = self.core.items_received
+            err = DeliveryError(
+                f"item #{index} could not be unpickled in the parent "
+                f"({type(exc).__name__}: {exc}); the job was cancelled"
+            )
+            err.__cause__ = exc
+            self._delivery_error = err
+            self.core.count_discarded(frame.count - len(good))
+            self._request_internal_cancel(grace=self._options.grace)
+            return
+        self.core.deliver(items, len(frame.body))
+
+    def _request_internal_cancel(self, grace: float) -> None:
+        self.core.request_cancel(grace, self._options.term_delay(grace), discard=True)
+
+    # -- the ladder ---------------------------------------------------------------------
+
+    def _escalate(self) -> int | None:
+        """Send the signals that are due; return ms until the next rung (None = none)."""
+        req = self.core.cancel
+        if req is None or self._exited:
+            return None
+        now = time.monotonic()
+        if not self._term_sent and now >= req.term_at:
+            self._term_sent = True
+            self._signal(signal.SIGTERM)
+        if not self._kill_sent and now >= req.kill_at:
+            self._kill_sent = True
+            self._signal(signal.SIGKILL)
+            if self._options.kill_group and self._pid is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(self._pid, signal.SIGKILL)
+        pending = [t for t, sent in ((req.term_at, self._term_sent), (req.kill_at, self._kill_sent))
+                   if not sent]
+        if not pending:
+            return None
+        return max(0, math.ceil((min(pending) - now) * 1000))
+
+    def _signal(self, sig: int) -> None:
+        if self._pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, OSError):
+            if self._pidfd is not None:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            else:
+                os.kill(self._pid, sig)
+
+    def _emergency_kill(self) -> None:
+        if self._pid is not None and not self._exited:
+            self._signal(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                self._proc.join(5.0)
+
+    # -- the end ------------------------------------------------------------------------
+
+    def _reap(self) -> int | None:
+        proc = self._proc
+        # The child has exited (pidfd/sentinel): for fork/spawn waitpid returns at once;
+        # under forkserver the server reports the status over its socket.
+        proc.join(5.0 if self._options.resolved_start_method == "forkserver" else None)
+        code: int | None = proc.exitcode
+        return code
+
+    def _kill_group_after_exit(self) -> None:
+        pid = self._pid
+        if pid is None or not self._options.kill_group:
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass  # no such group: nothing left
+        else:
+            deadline = time.monotonic() + _GROUP_EXIT_WAIT
+            delay = 0.0005
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pid, 0)
+                except OSError:
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 0.02)
+        if self._registered_group:
+            _guard.unregister(pid)
+            self._registered_group = False
+
+    def _close_fds(self) -> None:
+        for name in ("_data_r", "_lifeline_w", "_pidfd", "_control_fd"):
+            _fds.close_quietly(getattr(self, name))
+            setattr(self, name, None)
+        if self._proc is not None:
+            with contextlib.suppress(Exception):
+                self._proc.close()
+
+    def _stop_latency(self) -> float | None:
+        req = self.core.cancel
+        return None if req is None else time.monotonic() - req.requested_at
+
+    def _crashed(self, exit_code: int | None, detail: str) -> Crashed:
+        err = WorkerCrashed(self._pid, exit_code, detail)
+        return Crashed(
+            pid=self._pid, items_delivered=self.core.items_received, exit_code=exit_code,
+            duration=time.monotonic() - self._started_at, error=err,
+            signal_name=err.signal_name,
+        )
+
+    def _build_outcome(self, exit_code: int | None) -> Outcome:
+        core = self.core
+        common: dict[str, Any] = {
+            "pid": self._pid,
+            "items_delivered": core.items_received,
+            "exit_code": exit_code,
+            "duration": time.monotonic() - self._started_at,
+        }
+        torn = self._decoder.pending
+        if self._channel_error is not None:
+            err = ChannelBroken(self._pid, exit_code, self._channel_error.detail)
+            return Crashed(**common, error=err, signal_name=err.signal_name)
+        if self._delivery_error is not None:
+            return Failed(**common, error=self._delivery_error)
+        final = self._final
+        if final is not None:
+            return self._outcome_from_final(final, common)
+        req = core.cancel
+        if req is not None:
+            rung: CancelRung | None = None
+            if self._kill_sent:
+                rung = "sigkill"
+            elif self._term_sent and exit_code == -signal.SIGTERM:
+                rung = "sigterm"
+            if rung is not None:
+                return CancelledOutcome(
+                    **common, rung=rung, items_discarded=core.items_discarded,
+                    stop_latency=self._stop_latency(),
+                )
+        detail = ""
+        if torn:
+            detail = f"it died in the middle of writing a frame ({torn} bytes dropped)"
+        elif req is not None:
+            detail = "it died on its own while being cancelled"
+        return self._crashed(exit_code, detail)
+
+    def _outcome_from_final(self, final: _framing.Frame, common: dict[str, Any]) -> Outcome:
+        core = self.core
+        if final.kind is _framing.Kind.RESULT:
+            try:
+                value = _loads(final.body)
+            except Exception as exc:
+                err = DeliveryError(
+                    f"the final value could not be unpickled in the parent "
+                    f"({type(exc).__name__}: {exc})"
+                )
+                err.__cause__ = exc
+                return Failed(**common, error=err)
+            return Completed(**common, value=value)
+        report = _loads(final.body)
+        if final.kind is _framing.Kind.CANCELLED:
+            value = None
+            if report.get("value") is not None:
+                with contextlib.suppress(Exception):
+                    value = _loads(report["value"])
+            rung: CancelRung = "sigterm" if report["by"] == "sigterm" else "cooperative"
+            return CancelledOutcome(
+                **common, rung=rung, value=value, items_discarded=core.items_discarded,
+                stop_latency=self._stop_latency(), remote_traceback=report["traceback"],
+            )
+        error: WorkstreamError = WorkerError(report["type"], report["message"], report["traceback"])
+        if report.get("exc") is not None:
+            with contextlib.suppress(Exception):
+                error.__cause__ = _loads(report["exc"])
+        return Failed(**common, error=error)
+
+
+_preload_done = False
+
+
+def _add_forkserver_preload() -> None:
+    """Have the fork server import our child runtime once, so each child need not.
+
+    Keeps whatever preload list the application set; has no effect once the server runs.
+    """
+    global _preload_done
+    if _preload_done:
+        return
+    _preload_done = True
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver  # type: ignore[attr-defined]
+        if getattr(server, "_forkserver_pid", None) is not None:
+            return
+        current = list(getattr(server, "_preload_modules", ["__main__"]))
+        if "workstream._child._runtime" not in current:
+            server.set_forkserver_preload([*current, "workstream._child._runtime"])
+    except Exception:  # a private detail changed: preloading is only an optimisation
+        return

@@ -1,0 +1,167 @@
+"""The wire format of the data channel (child -> parent), encoding and decoding.
+
+Pure: no I/O, no pickling, no threads. The decoder is fed whatever bytes arrived and
+returns complete, validated frames; it never allocates ahead of the bytes it was given,
+so a hostile length prefix cannot make the parent reserve gigabytes.
+
+Frame layout (little-endian)::
+
+    offset size field
+    0      2    magic  b"WS"
+    2      1    kind   READY | ITEMS | RESULT | ERROR | CANCELLED
+    3      1    flags  (reserved, 0)
+    4      4    count  number of items (ITEMS), else 0
+    8      8    body_len
+    16     ...  body
+
+ITEMS body: ``count`` u64 lengths, then the ``count`` pickles back to back. Every other
+kind carries one pickle (or nothing, for READY). Exactly one of RESULT / ERROR /
+CANCELLED ends a stream; nothing may follow it.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+MAGIC = b"WS"
+HEADER = struct.Struct("<2sBBIQ")
+HEADER_SIZE = HEADER.size
+DEFAULT_MAX_FRAME_BYTES = 8 << 30
+_MAX_COUNT = 1 << 24
+
+
+class Kind(enum.IntEnum):
+    READY = 1
+    ITEMS = 2
+    RESULT = 3
+    ERROR = 4
+    CANCELLED = 5
+
+
+FINAL_KINDS = frozenset({Kind.RESULT, Kind.ERROR, Kind.CANCELLED})
+
+
+class FrameError(ValueError):
+    """The bytes are not a valid frame stream; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: Kind
+    count: int
+    body: bytes
+
+    def item_payloads(self) -> list[memoryview]:
+        """Split an ITEMS body into one memoryview per pickled item (validated on decode)."""
+        view = memoryview(self.body)
+        n = self.count
+        lengths = struct.unpack_from(f"<{n}Q", view, 0)
+        pos = 8 * n
+        out = []
+        for length in lengths:
+            end = pos + length
+            out.append(view[pos:end])
+            pos = end
+        return out
+
+
+def encode(kind: Kind, body: bytes = b"") -> bytes:
+    """Return one frame carrying a single payload (not for ITEMS)."""
+    return HEADER.pack(MAGIC, kind, 0, 0, len(body)) + body
+
+
+def encode_items(payloads: list[bytes]) -> bytes:
+    """Return one ITEMS frame carrying ``payloads`` (each one complete pickle)."""
+    n = len(payloads)
+    lengths = struct.pack(f"<{n}Q", *map(len, payloads))
+    body_len = len(lengths) + sum(map(len, payloads))
+    return b"".join([HEADER.pack(MAGIC, Kind.ITEMS, 0, n, body_len), lengths, *payloads])
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed(bytes)`` returns the frames completed so far.
+
+    After a :class:`FrameError` the decoder is broken and every later ``feed`` raises
+    again. ``pending`` is the number of buffered bytes of an incomplete frame; at end of
+    stream a non-zero ``pending`` means the writer died mid-frame (a torn frame, dropped).
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._buf = bytearray()
+        self._max = max_frame_bytes
+        self._error: FrameError | None = None
+        self._ended = False
+        self.frames_decoded = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    @property
+    def ended(self) -> bool:
+        """True once a final frame (RESULT / ERROR / CANCELLED) was decoded."""
+        return self._ended
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        if self._error is not None:
+            raise self._error
+        if data:
+            self._buf += data
+        frames: list[Frame] = []
+        buf = self._buf
+        pos = 0
+        try:
+            while len(buf) - pos >= HEADER_SIZE:
+                magic, kind, flags, count, body_len = HEADER.unpack_from(buf, pos)
+                self._check_header(magic, kind, flags, count, body_len)
+                end = pos + HEADER_SIZE + body_len
+                if len(buf) < end:
+                    break
+                body = bytes(buf[pos + HEADER_SIZE : end])
+                frame = Frame(Kind(kind), count, body)
+                if frame.kind is Kind.ITEMS:
+                    self._check_items(frame)
+                pos = end
+                frames.append(frame)
+                self.frames_decoded += 1
+                if frame.kind in FINAL_KINDS:
+                    self._ended = True
+        except FrameError as exc:
+            self._error = exc
+            raise
+        finally:
+            if pos:
+                del buf[:pos]
+        return frames
+
+    def _check_header(self, magic: bytes, kind: int, flags: int, count: int, size: int) -> None:
+        where = f"frame #{self.frames_decoded + 1}"
+        if self._ended:
+            raise FrameError(f"{where}: bytes after the final frame")
+        if magic != MAGIC:
+            raise FrameError(f"{where}: bad magic {magic!r} (expected {MAGIC!r})")
+        if kind not in Kind._value2member_map_:
+            raise FrameError(f"{where}: unknown frame kind {kind}")
+        if flags != 0:
+            raise FrameError(f"{where}: unknown flags 0x{flags:02x}")
+        if size > self._max:
+            raise FrameError(f"{where}: body of {size} bytes exceeds the limit of {self._max}")
+        if kind == Kind.ITEMS:
+            if not 0 < count <= _MAX_COUNT:
+                raise FrameError(f"{where}: ITEMS frame with count {count}")
+            if 8 * count > size:
+                raise FrameError(f"{where}: {count} items cannot fit in {size} bytes")
+        elif count != 0:
+            raise FrameError(f"{where}: count {count} on a {Kind(kind).name} frame")
+
+    def _check_items(self, frame: Frame) -> None:
+        n = frame.count
+        lengths = struct.unpack_from(f"<{n}Q", frame.body, 0)
+        if 8 * n + sum(lengths) != len(frame.body):
+            raise FrameError(
+                f"frame #{self.frames_decoded + 1}: item lengths do not add up to the body"
+            )
+        if 0 in lengths:
+            raise FrameError(f"frame #{self.frames_decoded + 1}: empty item payload")
