@@ -22,6 +22,7 @@ yielded item is never half-sent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import pickle
@@ -29,6 +30,7 @@ import signal
 import sys
 import threading
 import traceback
+import types
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -143,6 +145,48 @@ def _drive(ctx: _Context, gen: Any) -> Any:
         ctx.in_user_code = False
 
 
+_DYNAMIC = "<dynamic-code>"
+
+
+def _restore_filenames(root: object) -> None:
+    """Give functions that cloudpickle sent by value their real file name back.
+
+    cloudpickle replaces ``co_filename`` with ``<dynamic-code>`` (for deterministic
+    payloads); tracebacks would then show no file and no source line. The function's
+    ``__module__`` survives, and its module (``__main__`` included: multiprocessing
+    imports it in the child) knows the file.
+    """
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, functools.partial):
+            todo.append(obj.func)
+            todo.extend(obj.args)
+            continue
+        if not isinstance(obj, types.FunctionType) or obj.__code__.co_filename != _DYNAMIC:
+            continue
+        module = sys.modules.get(obj.__module__)
+        filename = getattr(module, "__file__", None)
+        if filename:
+            obj.__code__ = _with_filename(obj.__code__, filename)
+        todo.extend(v for v in obj.__globals__.values() if isinstance(v, types.FunctionType))
+        for cell in obj.__closure__ or ():
+            with contextlib.suppress(ValueError):
+                todo.append(cell.cell_contents)
+
+
+def _with_filename(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(
+        _with_filename(c, filename) if isinstance(c, types.CodeType) else c
+        for c in code.co_consts
+    )
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
 def _user_traceback(exc: BaseException) -> str:
     tb: TracebackType | None = exc.__traceback__
     while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(
@@ -175,6 +219,8 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
         ctx.in_user_code = True
         try:
             fn, args = pickle.loads(payload)
+            with contextlib.suppress(Exception):
+                _restore_filenames(fn)
             if ctx.ctl[0]:
                 raise ctx.make_cancelled("cooperative")
             value = fn(*args)
