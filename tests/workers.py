@@ -1,0 +1,134 @@
+"""Child target functions for the tests (importable, so every start method finds them).
+
+Functions that must reach a certain point before the test acts report it with a
+handshake: they yield (or emit) a marker item the test waits for, never a sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import workstream
+
+
+def return_value(x: object) -> object:
+    return x
+
+
+def count(n: int) -> Iterator[int]:
+    """Yield 0..n-1, return n."""
+    for i in range(n):
+        yield i
+    return n
+
+
+def emit_count(n: int) -> str:
+    for i in range(n):
+        workstream.emit(i)
+    return "emitted"
+
+
+def flood_dicts(n: int) -> Iterator[dict[str, float]]:
+    for i in range(n):
+        yield {"step": i, "loss": 1.0 / (i + 1)}
+
+
+def forever() -> Iterator[int]:
+    """Yield increasing ints until cancelled; record the finally block as a last item."""
+    i = 0
+    try:
+        while True:
+            yield i
+            i += 1
+    finally:
+        workstream.emit("finally")
+
+
+def raise_after(n: int) -> Iterator[int]:
+    yield from range(n)
+    raise ValueError(f"boom after {n}")
+
+
+def ready_then_sleep_in_c(seconds: float) -> Iterator[str]:
+    """Ignore SIGTERM, report ready, then sit in a C call that never checks signals."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    yield "ready"
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    time.sleep(seconds)  # ok: sleep (the C call under test)
+    yield "woke"
+
+
+def ready_then_sleep(seconds: float) -> Iterator[str]:
+    """Report ready, then sleep (SIGTERM raises Cancelled inside the sleep)."""
+    try:
+        yield "ready"
+        time.sleep(seconds)  # ok: sleep (a long call the cancel must interrupt)
+        yield "woke"
+    finally:
+        workstream.emit("finally")
+
+
+def ready_then_spin_ignoring_sigterm() -> Iterator[str]:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    yield "ready"
+    while True:
+        pass
+
+
+def crash_with(kind: str, after: int = 1) -> Iterator[int]:
+    yield from range(after)
+    if kind == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "os_exit":
+        os._exit(3)
+    elif kind == "sys_exit":
+        sys.exit(4)
+    raise AssertionError(kind)
+
+
+def spawn_grandchild_then_wait() -> Iterator[int]:
+    """Start a subprocess (in our process group), report its pid, then wait forever."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    yield proc.pid
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    time.sleep(300)  # ok: sleep (stuck child under test)
+
+
+def unpicklable_item() -> Iterator[object]:
+    yield 1
+    import threading
+
+    yield threading.Lock()
+    yield 3
+
+
+def poll_cancelled() -> str:
+    workstream.emit("ready")
+    while not workstream.cancelled():
+        pass
+    return "saw cancel"
+
+
+def check_cancelled_loop() -> None:
+    workstream.emit("ready")
+    try:
+        while True:
+            workstream.check_cancelled()
+    finally:
+        workstream.emit("finally")
+
+
+def catch_cancel_and_return() -> Iterator[str]:
+    try:
+        while True:
+            yield "tick"
+    except workstream.Cancelled:
+        return "checkpoint.pt"
