@@ -124,10 +124,7 @@ class Job(Generic[T]):
         Returns False if the job had already ended, else True.
         """
         g = self._options.grace if grace is None else check_grace(grace)
-        if term_after is None:
-            t = self._options.term_delay(g)
-        else:
-            t = min(check_grace(term_after), g)
+        t = self._options.term_delay(g) if term_after is None else min(check_grace(term_after), g)
         if not isinstance(discard, bool):
             raise TypeError(f"discard must be a bool, not {type(discard).__name__}")
         return self._core.request_cancel(g, t, discard)

@@ -38,7 +38,7 @@ def describe_exit(exit_code: int | None) -> str:
     return f"exit code {exit_code}"
 
 
-class Cancelled(BaseException):  # noqa: N818 - the name users expect, as in trio/asyncio
+class Cancelled(BaseException):
     """The job was cancelled.
 
     Inside the child it is raised at the next cancellation point (a ``yield``, ``emit()``,

@@ -137,8 +137,8 @@ def _drive(ctx: _Context, gen: Any) -> Any:
             if throw is None:
                 item = next(gen)
             else:
-                exc, throw = throw, None
-                item = gen.throw(exc)
+                pending, throw = throw, None
+                item = gen.throw(pending)
     except StopIteration as stop:
         return stop.value
     finally:
@@ -213,6 +213,15 @@ def _error_body(exc: BaseException, context: str = "") -> bytes:
     return pickle.dumps(report, pickle.HIGHEST_PROTOCOL)
 
 
+def _cancelled_body(ctx: _Context, remote_traceback: str, value: bytes | None) -> bytes:
+    report = {
+        "by": "sigterm" if ctx.sigterm_received else "cooperative",
+        "traceback": remote_traceback,
+        "value": value,
+    }
+    return pickle.dumps(report, pickle.HIGHEST_PROTOCOL)
+
+
 def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
     """Run the user's function; return the final frame to send."""
     try:
@@ -229,19 +238,15 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
         finally:
             ctx.in_user_code = False
     except Cancelled as exc:
-        source = "sigterm" if ctx.sigterm_received else "cooperative"
-        body = {"by": source, "traceback": _user_traceback(exc), "value": None}
-        return _framing.Kind.CANCELLED, pickle.dumps(body, pickle.HIGHEST_PROTOCOL)
+        return _framing.Kind.CANCELLED, _cancelled_body(ctx, _user_traceback(exc), None)
     except BaseException as exc:
         return _framing.Kind.ERROR, _error_body(exc)
-    if ctx.cancel_raised:
-        source = "sigterm" if ctx.sigterm_received else "cooperative"
+    if ctx.cancel_raised:  # fn caught Cancelled and returned: still a cancel, with a value
         try:
             value_bytes: bytes | None = dumps_with_fallback(value)
         except Exception:
             value_bytes = None
-        body = {"by": source, "traceback": "", "value": value_bytes}
-        return _framing.Kind.CANCELLED, pickle.dumps(body, pickle.HIGHEST_PROTOCOL)
+        return _framing.Kind.CANCELLED, _cancelled_body(ctx, "", value_bytes)
     try:
         return _framing.Kind.RESULT, dumps_with_fallback(value)
     except Exception as exc:

@@ -117,7 +117,7 @@ class JobRunner:
     def _launch(self) -> None:
         opts = self._options
         method = opts.resolved_start_method
-        ctx = multiprocessing.get_context(method)
+        ctx: Any = multiprocessing.get_context(method)
         if method == "forkserver":
             _add_forkserver_preload()
         data_r, data_w = _fds.make_pipe(opts.pipe_bytes)

@@ -17,7 +17,7 @@ CONTROL_BLOCK_SIZE = mmap.PAGESIZE
 # Byte offsets in the control block.
 CANCEL_FLAG = 0  # 0: run; 1: cancel requested (set by the parent, or by the child on SIGTERM)
 
-_F_SETPIPE_SZ = 1031  # Linux fcntl command, not exposed by the fcntl module before 3.10 on all builds
+_F_SETPIPE_SZ = 1031  # Linux fcntl command; fcntl.F_SETPIPE_SZ exists only from 3.10
 
 
 def make_pipe(size_bytes: int | None = None) -> tuple[int, int]:
