@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -296,9 +297,13 @@ def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any]:
 
     Raises ``TypeError`` if ``fn`` is not callable, is ``async``, or cannot be pickled
     with its arguments; ``TypeError`` / ``ValueError`` for a bad option; RuntimeError
-    inside a worker. Never waits for the child: the process is created by the job's
-    own thread.
+    inside a worker; NotImplementedError on Windows. Never waits for the child: the
+    process is created by the job's own thread.
     """
+    if os.name != "posix":
+        raise NotImplementedError(
+            "workstream needs POSIX process groups and signals; Windows is not supported yet"
+        )
     if not callable(fn):
         raise TypeError(f"workstream.start() needs a callable, not {type(fn).__name__}")
     target = fn.func if isinstance(fn, functools.partial) else fn

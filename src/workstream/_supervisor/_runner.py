@@ -236,42 +236,48 @@ class JobRunner:
             self._request_internal_cancel(grace=0.0)
             return
         core = self.core
+        batch: list[object] = []
+        nbytes = 0
         for frame in frames:
             kind = frame.kind
             if kind is _framing.Kind.ITEMS:
                 if core.discarding() or self._delivery_error is not None:
                     core.count_discarded(frame.count)
-                    continue
-                self._deliver_items(frame)
+                elif self._decode_items(frame, batch):
+                    nbytes += len(frame.body)
             elif kind is _framing.Kind.READY:
                 assert self._pid is not None
                 core.mark_running(self._pid)
             else:
                 self._final = frame
+        if batch:  # one hand-over (one lock, one wake-up) per chunk read, not per frame
+            core.deliver(batch, nbytes)
+        if self._delivery_error is not None and core.cancel is None:
+            self._request_internal_cancel(grace=self._options.grace)
 
-    def _deliver_items(self, frame: _framing.Frame) -> None:
+    def _decode_items(self, frame: _framing.Frame, out: list[object]) -> bool:
+        """Unpickle the frame's items onto ``out``; on failure record a DeliveryError."""
         payloads = frame.item_payloads()
         try:
-            items = [_loads(p) for p in payloads]
+            out.extend([_loads(p) for p in payloads])
         except Exception as exc:
-            good = []
+            decoded = 0
             for p in payloads:
                 try:
-                    good.append(_loads(p))
+                    out.append(_loads(p))
                 except Exception:
                     break
-            self.core.deliver(good, sum(len(p) for p in payloads[: len(good)]))
-            index = self.core.items_received
+                decoded += 1
+            index = self.core.items_received + len(out) + 1
             err = DeliveryError(
                 f"item #{index} could not be unpickled in the parent "
                 f"({type(exc).__name__}: {exc}); the job was cancelled"
             )
             err.__cause__ = exc
             self._delivery_error = err
-            self.core.count_discarded(frame.count - len(good))
-            self._request_internal_cancel(grace=self._options.grace)
-            return
-        self.core.deliver(items, len(frame.body))
+            self.core.count_discarded(frame.count - decoded)
+            return False
+        return True
 
     def _request_internal_cancel(self, grace: float) -> None:
         self.core.request_cancel(grace, self._options.term_delay(grace), discard=True)

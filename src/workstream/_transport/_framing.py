@@ -51,7 +51,7 @@ class FrameError(ValueError):
 class Frame:
     kind: Kind
     count: int
-    body: bytes
+    body: bytes | memoryview
 
     def item_payloads(self) -> list[memoryview]:
         """Split an ITEMS body into one memoryview per pickled item (validated on decode)."""
@@ -83,13 +83,16 @@ def encode_items(payloads: list[bytes]) -> bytes:
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes)`` returns the frames completed so far.
 
-    After a :class:`FrameError` the decoder is broken and every later ``feed`` raises
-    again. ``pending`` is the number of buffered bytes of an incomplete frame; at end of
-    stream a non-zero ``pending`` means the writer died mid-frame (a torn frame, dropped).
+    Frame bodies are zero-copy views of the bytes fed (which must not be mutated
+    afterwards). After a :class:`FrameError` the decoder is broken and every later
+    ``feed`` raises again. ``pending`` is the number of buffered bytes of an incomplete
+    frame; at end of stream a non-zero ``pending`` means the writer died mid-frame (a torn
+    frame, dropped).
     """
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self._buf = bytearray()
+        self._need = HEADER_SIZE  # bytes the buffered partial frame needs to be complete
         self._max = max_frame_bytes
         self._error: FrameError | None = None
         self._ended = False
@@ -104,36 +107,42 @@ class FrameDecoder:
         """True once a final frame (RESULT / ERROR / CANCELLED) was decoded."""
         return self._ended
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+    def feed(self, data: bytes) -> list[Frame]:
         if self._error is not None:
             raise self._error
-        if data:
+        if self._buf:
             self._buf += data
+            if len(self._buf) < self._need:
+                return []
+            data = bytes(self._buf)
+            self._buf = bytearray()
+        view = memoryview(data)
+        size = len(data)
         frames: list[Frame] = []
-        buf = self._buf
         pos = 0
         try:
-            while len(buf) - pos >= HEADER_SIZE:
-                magic, kind, flags, count, body_len = HEADER.unpack_from(buf, pos)
+            while size - pos >= HEADER_SIZE:
+                magic, kind, flags, count, body_len = HEADER.unpack_from(data, pos)
                 self._check_header(magic, kind, flags, count, body_len)
                 end = pos + HEADER_SIZE + body_len
-                if len(buf) < end:
+                if end > size:
+                    self._need = end - pos
                     break
-                body = bytes(buf[pos + HEADER_SIZE : end])
-                frame = Frame(Kind(kind), count, body)
-                if frame.kind is Kind.ITEMS:
+                frame = Frame(Kind(kind), count, view[pos + HEADER_SIZE : end])
+                if kind == Kind.ITEMS:
                     self._check_items(frame)
                 pos = end
                 frames.append(frame)
                 self.frames_decoded += 1
-                if frame.kind in FINAL_KINDS:
+                if kind in FINAL_KINDS:
                     self._ended = True
+            else:
+                self._need = HEADER_SIZE
         except FrameError as exc:
             self._error = exc
             raise
-        finally:
-            if pos:
-                del buf[:pos]
+        if pos < size:
+            self._buf = bytearray(view[pos:])
         return frames
 
     def _check_header(self, magic: bytes, kind: int, flags: int, count: int, size: int) -> None:
