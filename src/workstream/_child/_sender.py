@@ -86,7 +86,21 @@ class Sender:
         Raises the pickling error (nothing is queued) or ``OSError`` if the parent is gone.
         """
         data = dumps_with_fallback(item)
-        self._pending.append(data)
+        pending = self._pending
+        window = self._window
+        if not pending and (window == 0 or time.monotonic() - self._last_write >= window):
+            # The channel was idle: this item goes out alone, before its yield returns.
+            with self._write_lock:
+                if pending:  # another thread queued items meanwhile: keep the order
+                    pending.append(data)
+                    self._flush_locked()
+                else:
+                    write_all(self._fd, _framing.encode_one_item(data))
+                    self.items_sent += 1
+                    if window:
+                        self._last_write = time.monotonic()
+            return
+        pending.append(data)
         self._pending_bytes += len(data)
         if (
             time.monotonic() - self._last_write >= self._window

@@ -57,6 +57,8 @@ class Frame:
         """Split an ITEMS body into one memoryview per pickled item (validated on decode)."""
         view = memoryview(self.body)
         n = self.count
+        if n == 1:
+            return [view[8:]]
         lengths = struct.unpack_from(f"<{n}Q", view, 0)
         pos = 8 * n
         out = []
@@ -70,6 +72,17 @@ class Frame:
 def encode(kind: Kind, body: bytes = b"") -> bytes:
     """Return one frame carrying a single payload (not for ITEMS)."""
     return HEADER.pack(MAGIC, kind, 0, 0, len(body)) + body
+
+
+_ONE_LENGTH = struct.Struct("<Q")
+
+
+def encode_one_item(payload: bytes) -> bytes:
+    """Return an ITEMS frame carrying one pickle (the write-through fast path)."""
+    size = len(payload)
+    return b"".join(
+        (HEADER.pack(MAGIC, Kind.ITEMS, 0, 1, 8 + size), _ONE_LENGTH.pack(size), payload)
+    )
 
 
 def encode_items(payloads: list[bytes]) -> bytes:
@@ -167,6 +180,13 @@ class FrameDecoder:
 
     def _check_items(self, frame: Frame) -> None:
         n = frame.count
+        if n == 1:
+            (length,) = _ONE_LENGTH.unpack_from(frame.body, 0)
+            if length == 0 or length + 8 != len(frame.body):
+                raise FrameError(
+                    f"frame #{self.frames_decoded + 1}: item length does not match the body"
+                )
+            return
         lengths = struct.unpack_from(f"<{n}Q", frame.body, 0)
         if 8 * n + sum(lengths) != len(frame.body):
             raise FrameError(
