@@ -108,8 +108,11 @@ class JobRunner:
         except Exception as exc:
             return self._crashed(None, f"the worker process could not be started: {exc!r}")
         self._loop()
+        # Kill what is left of the group while the leader is still unreaped: its pid (the
+        # group id) cannot have been recycled yet.
+        group_signalled = self._kill_group()
         exit_code = self._reap()
-        self._kill_group_after_exit()
+        self._wait_group_gone(group_signalled)
         return self._build_outcome(exit_code)
 
     # -- launch -------------------------------------------------------------------------
@@ -330,15 +333,21 @@ class JobRunner:
         code: int | None = proc.exitcode
         return code
 
-    def _kill_group_after_exit(self) -> None:
+    def _kill_group(self) -> bool:
+        """SIGKILL the child's process group; True if the group existed."""
         pid = self._pid
         if pid is None or not self._options.kill_group:
-            return
+            return False
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
-            pass  # no such group: nothing left
-        else:
+            return False  # no such group: the child never made one, or nothing is left
+        return True
+
+    def _wait_group_gone(self, signalled: bool) -> None:
+        """Wait (bounded) until the killed group has no members, then unregister it."""
+        pid = self._pid
+        if pid is not None and signalled:
             deadline = time.monotonic() + _GROUP_EXIT_WAIT
             delay = 0.0005
             while time.monotonic() < deadline:
@@ -348,7 +357,7 @@ class JobRunner:
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
-        if self._registered_group:
+        if self._registered_group and pid is not None:
             _guard.unregister(pid)
             self._registered_group = False
 
