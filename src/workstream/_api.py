@@ -56,6 +56,7 @@ class Job(Generic[T]):
         )
         self._cur: list[object] = []
         self._pos = 0
+        self._discard_local = False  # set by cancel(discard=True), read by the iterator
         self._callback_thread: threading.Thread | None = None
         _registry.add(self)
         self._runner_thread = threading.Thread(
@@ -128,6 +129,8 @@ class Job(Generic[T]):
         t = self._options.term_delay(g) if term_after is None else min(check_grace(term_after), g)
         if not isinstance(discard, bool):
             raise TypeError(f"discard must be a bool, not {type(discard).__name__}")
+        if discard:
+            self._discard_local = True
         return self._core.request_cancel(g, t, discard)
 
     def wait(self, timeout: float | None = None) -> Outcome:
@@ -188,9 +191,11 @@ class Job(Generic[T]):
     def __next__(self) -> Any:
         cur = self._cur
         i = self._pos
-        if i < len(cur):
+        if i < len(cur) and not self._discard_local:
             self._pos = i + 1
             return cur[i]
+        if self._discard_local:
+            self._drop_local_batch()
         batch = self._core.take_batch()
         if batch is None:
             self._cur = []
@@ -200,6 +205,15 @@ class Job(Generic[T]):
         self._pos = 1
         return batch[0]
 
+    def _drop_local_batch(self) -> None:
+        """After cancel(discard=True): the rest of the batch being iterated is dropped too.
+
+        Only the iterating thread touches ``_cur``/``_pos``; cancel() just sets the flag.
+        """
+        self._core.count_taken_but_discarded(len(self._cur) - self._pos)
+        self._cur = []
+        self._pos = 0
+
     def drain(self) -> list[Any]:
         """Return every item received so far without blocking ([] if none yet).
 
@@ -207,6 +221,8 @@ class Job(Generic[T]):
         """
         if self._options.on_item is not None:
             raise RuntimeError(f"job {self._name!r} delivers its items to on_item")
+        if self._discard_local:
+            self._drop_local_batch()
         out: list[Any] = self._cur[self._pos :]
         self._cur = []
         self._pos = 0

@@ -78,6 +78,8 @@ class WorkerCrashed(WorkstreamError):
     ``signal_name`` is the signal's name or None.
     """
 
+    _hint_oom = True  # a SIGKILL nobody in workstream sent is most often the OOM killer
+
     def __init__(self, pid: int | None, exit_code: int | None, detail: str = "") -> None:
         self.pid = pid
         self.exit_code = exit_code
@@ -89,7 +91,7 @@ class WorkerCrashed(WorkstreamError):
                 self.signal_name = None
         self.detail = detail
         text = f"worker process {pid} died without reporting ({describe_exit(exit_code)})"
-        if exit_code == -_signal.SIGKILL:
+        if exit_code == -_signal.SIGKILL and self._hint_oom:
             text += "; SIGKILL from outside often means the out-of-memory killer"
         if detail:
             text += f": {detail}"
@@ -101,6 +103,8 @@ class WorkerCrashed(WorkstreamError):
 
 class ChannelBroken(WorkerCrashed):
     """The child wrote bytes that are not a valid frame; the job was killed."""
+
+    _hint_oom = False  # workstream itself sent the SIGKILL
 
 
 class DeliveryError(WorkstreamError):

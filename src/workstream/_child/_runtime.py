@@ -51,6 +51,7 @@ class _Context:
         self.in_user_code = False  # True iff SIGTERM may raise Cancelled right now
         self.cancel_raised = False  # True once Cancelled was raised into user code
         self.sigterm_received = False
+        self.main_thread = threading.get_ident()  # the only thread SIGTERM's handler runs on
 
     def make_cancelled(self, source: str) -> Cancelled:
         self.cancel_raised = True
@@ -74,12 +75,16 @@ def emit(item: object) -> None:
     :class:`Cancelled` after sending if the job was cancelled.
     """
     ctx = _context_or_raise("emit")
-    was_user = ctx.in_user_code
-    ctx.in_user_code = False
-    try:
+    if threading.get_ident() != ctx.main_thread:
+        # Helper thread: SIGTERM is handled on the main thread, whose flag is not ours.
         ctx.sender.send_item(item)
-    finally:
-        ctx.in_user_code = was_user
+    else:
+        was_user = ctx.in_user_code
+        ctx.in_user_code = False
+        try:
+            ctx.sender.send_item(item)
+        finally:
+            ctx.in_user_code = was_user
     if ctx.ctl[0]:
         raise ctx.make_cancelled("cooperative")
 

@@ -105,6 +105,7 @@ class Sender:
         if (
             time.monotonic() - self._last_write >= self._window
             or self._pending_bytes >= self._max_bytes
+            or len(pending) >= _framing.MAX_ITEMS_PER_FRAME
         ):
             with self._write_lock:
                 self._flush_locked()
@@ -136,7 +137,9 @@ class Sender:
             return
         payloads = [pending.popleft() for _ in range(n)]
         self._pending_bytes = 0
-        write_all(self._fd, _framing.encode_items(payloads))
+        step = _framing.MAX_ITEMS_PER_FRAME
+        for start in range(0, n, step):
+            write_all(self._fd, _framing.encode_items(payloads[start : start + step]))
         self.items_sent += n
         self._last_write = time.monotonic()
 

@@ -80,11 +80,11 @@ class JobCore:
         with self.lock:
             if self.state.is_terminal:
                 return False
+            if self._control is not None:  # first, so the child can see it at once
+                self._control[CANCEL_FLAG] = 1
             req = self.cancel
             if req is None:
                 self.cancel = CancelRequest(now, now + term_delay, now + grace, discard)
-                if self._control is not None:
-                    self._control[CANCEL_FLAG] = 1
                 self._set_state_locked(JobState.CANCELLING)
             else:
                 req.term_at = min(req.term_at, now + term_delay)
@@ -147,6 +147,13 @@ class JobCore:
             self.buffered_bytes += nbytes
             self.items_received += len(items)
             self.cond.notify_all()
+
+    def count_taken_but_discarded(self, n: int) -> None:
+        """Items the consumer had taken but not yet seen were dropped by a discard."""
+        if n > 0:
+            with self.lock:
+                self.items_discarded += n
+                self.items_received -= n
 
     def count_discarded(self, n: int) -> None:
         with self.lock:

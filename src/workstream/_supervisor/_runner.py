@@ -235,9 +235,9 @@ class JobRunner:
         try:
             frames = self._decoder.feed(chunk)
         except _framing.FrameError as exc:
+            frames = exc.frames  # the valid frames before the fault are still delivered
             self._channel_error = ChannelBroken(self._pid, None, f"malformed data channel: {exc}")
             self._request_internal_cancel(grace=0.0)
-            return
         core = self.core
         batch: list[object] = []
         nbytes = 0
@@ -283,7 +283,9 @@ class JobRunner:
         return True
 
     def _request_internal_cancel(self, grace: float) -> None:
-        self.core.request_cancel(grace, self._options.term_delay(grace), discard=True)
+        # Not discard=True: the good items already queued stay deliverable; the runner
+        # itself stops decoding anything that arrives after the error.
+        self.core.request_cancel(grace, self._options.term_delay(grace), discard=False)
 
     # -- the ladder ---------------------------------------------------------------------
 
@@ -295,7 +297,8 @@ class JobRunner:
         now = time.monotonic()
         if not self._term_sent and now >= req.term_at:
             self._term_sent = True
-            self._signal(signal.SIGTERM)
+            if now < req.kill_at:  # when both are due, SIGKILL alone says what happened
+                self._signal(signal.SIGTERM)
         if not self._kill_sent and now >= req.kill_at:
             self._kill_sent = True
             self._signal(signal.SIGKILL)
@@ -401,10 +404,10 @@ class JobRunner:
         req = core.cancel
         if req is not None:
             rung: CancelRung | None = None
-            if self._kill_sent:
-                rung = "sigkill"
-            elif self._term_sent and exit_code == -signal.SIGTERM:
+            if self._term_sent and exit_code == -signal.SIGTERM:
                 rung = "sigterm"
+            elif self._kill_sent:
+                rung = "sigkill"
             if rung is not None:
                 return CancelledOutcome(
                     **common, rung=rung, items_discarded=core.items_discarded,

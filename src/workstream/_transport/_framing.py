@@ -29,7 +29,7 @@ MAGIC = b"WS"
 HEADER = struct.Struct("<2sBBIQ")
 HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME_BYTES = 8 << 30
-_MAX_COUNT = 1 << 24
+MAX_ITEMS_PER_FRAME = 1 << 16
 
 
 class Kind(enum.IntEnum):
@@ -44,7 +44,16 @@ FINAL_KINDS = frozenset({Kind.RESULT, Kind.ERROR, Kind.CANCELLED})
 
 
 class FrameError(ValueError):
-    """The bytes are not a valid frame stream; the message says where and why."""
+    """The bytes are not a valid frame stream; the message says where and why.
+
+    ``frames`` holds the valid frames that came before the fault in the same ``feed``.
+    """
+
+    frames: list[Frame]
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.frames = []
 
 
 @dataclass(frozen=True)
@@ -152,9 +161,15 @@ class FrameDecoder:
             else:
                 self._need = HEADER_SIZE
         except FrameError as exc:
+            exc.frames = frames
             self._error = exc
             raise
         if pos < size:
+            if self._ended:
+                err = FrameError(f"frame #{self.frames_decoded + 1}: bytes after the final frame")
+                err.frames = frames
+                self._error = err
+                raise err
             self._buf = bytearray(view[pos:])
         return frames
 
@@ -171,7 +186,7 @@ class FrameDecoder:
         if size > self._max:
             raise FrameError(f"{where}: body of {size} bytes exceeds the limit of {self._max}")
         if kind == Kind.ITEMS:
-            if not 0 < count <= _MAX_COUNT:
+            if not 0 < count <= MAX_ITEMS_PER_FRAME:
                 raise FrameError(f"{where}: ITEMS frame with count {count}")
             if 8 * count > size:
                 raise FrameError(f"{where}: {count} items cannot fit in {size} bytes")

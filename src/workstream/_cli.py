@@ -1,0 +1,628 @@
+"""The ``workstream`` command line; ``workstream demo`` is the terminal demo.
+
+``workstream demo`` trains a small numpy network in a worker process (see
+:mod:`workstream._demo`), shows each step live with a rich progress bar, lets the user
+press Stop (Ctrl-C, or ``--stop-after``), and ends with a report: the outcome, the stop
+latency and how the child was stopped, its exit status, and how many processes are left.
+
+numpy and rich are optional (``pip install 'workstream[demo]'``): this module imports
+them only once the demo runs, so a missing one gives a clear message, not a traceback.
+Exit status: 0 after completion or a clean stop, 1 if the job failed or crashed (or left
+a process behind), 2 for a usage error or missing dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+from . import (
+    DEFAULT_GRACE,
+    CancelledOutcome,
+    Completed,
+    Crashed,
+    Failed,
+    Job,
+    Options,
+    Outcome,
+    start,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from ._demo import StepItem
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DEMO_DEPENDENCIES = ("numpy", "rich")
+INSTALL_HINT = "pip install 'workstream[demo]'"
+
+HELPER_MARKERS = ("forkserver", "resource_tracker", "-I -S -c")
+"""Command-line fragments of workstream's and multiprocessing's own helper processes
+(the fork server, the resource tracker, the guard): not left-overs of a job."""
+
+_RUNG_MEANING = {
+    "before-start": "before-start (the process was never started)",
+    "cooperative": "cooperative (Cancelled raised at a yield)",
+    "sigterm": "sigterm (Cancelled raised by the SIGTERM handler)",
+    "sigkill": "sigkill (the child was killed)",
+}
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit
+    status: 0 ok, 1 the job failed or crashed, 2 usage error or missing dependencies, 130
+    Ctrl-C outside the live view. argparse exits with status 2 by itself on a bad option."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "demo":
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run_demo(DemoSettings.from_args(args))
+    except KeyboardInterrupt:  # outside the live view; a started job is stopped at exit
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``workstream`` and its ``demo`` sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="workstream",
+        description="Run heavy work in a child process, stream its results, stop it cleanly.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = sub.add_parser(
+        "demo",
+        help="train a small numpy network in a worker process; Ctrl-C stops it",
+        description=(
+            "Train a small neural network (numpy) in a worker process, stream one item per "
+            "step, and stop it on Ctrl-C (twice: kill at once) or after --stop-after. "
+            f"Needs numpy and rich: {INSTALL_HINT}"
+        ),
+    )
+    demo.add_argument("--steps", type=_positive_int, default=_default_steps(), metavar="N",
+                      help="training steps (default: %(default)s, about 4 s)")
+    demo.add_argument("--stop-after", type=_seconds(allow_zero=True), default=None,
+                      metavar="SECONDS",
+                      help="press Stop by itself SECONDS after the first step arrives")
+    demo.add_argument("--stuck", action="store_true",
+                      help="after a few steps the worker enters a long C call that cannot "
+                           "see a cooperative cancel; Stop then escalates to SIGTERM/SIGKILL")
+    demo.add_argument("--grace", type=_seconds(allow_zero=False), default=DEFAULT_GRACE,
+                      metavar="SECONDS",
+                      help="seconds from Stop to SIGKILL (default: %(default)s)")
+    demo.add_argument("--start-method", choices=multiprocessing.get_all_start_methods(),
+                      default=None, help="how the worker process is started "
+                                         f"(default: {_default_start_method()})")
+    demo.add_argument("--seed", type=int, default=0, help="seed of data and weights")
+    demo.add_argument("--fail-at", type=_non_negative_int, default=None, metavar="STEP",
+                      help="make the worker raise at STEP (to see how a failure is reported)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, > 0 (or >= 0 with ``allow_zero``)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (value >= 0 and value != float("inf")) or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, not {text}")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's options, validated."""
+
+    steps: int
+    stop_after: float | None = None
+    stuck: bool = False
+    grace: float = DEFAULT_GRACE
+    start_method: str | None = None
+    seed: int = 0
+    fail_at: int | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> DemoSettings:
+        """Settings from arguments parsed by :func:`build_parser`."""
+        return cls(steps=args.steps, stop_after=args.stop_after, stuck=args.stuck, grace=args.grace,
+                   start_method=args.start_method, seed=args.seed, fail_at=args.fail_at)
+
+
+def _default_start_method() -> str:
+    """The start method workstream uses when none is given."""
+    return Options().resolved_start_method
+
+
+def _default_steps() -> int:
+    """The worker's default number of steps (1 if numpy is missing: the demo won't run)."""
+    try:
+        from ._demo import DEFAULT_STEPS
+    except ImportError:  # numpy missing: run_demo says so
+        return 1
+    return DEFAULT_STEPS
+
+
+# -- the demo ------------------------------------------------------------------------
+
+
+def missing_demo_dependencies() -> list[str]:
+    """Return the names of the demo's optional dependencies that cannot be imported."""
+    missing = []
+    for name in DEMO_DEPENDENCIES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def run_demo(settings: DemoSettings) -> int:
+    """Run the demo to its end and print the report; return the exit status.
+
+    Never leaves the worker running: the stream ends only when the child is gone (Ctrl-C
+    just presses Stop), the job is waited for before the report, and any other exception
+    leaving the live view (a closed stdout) cancels the job and waits for it.
+    """
+    missing = missing_demo_dependencies()
+    if missing:
+        print(
+            f"workstream demo needs numpy and rich; missing: {', '.join(missing)}.\n"
+            f"Install them with:  {INSTALL_HINT}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    _print_intro(console, settings)
+    view = LiveView(console, settings.steps)
+    try:
+        job = _start_job(settings)
+    except (TypeError, ValueError) as exc:
+        console.print(f"[red]could not start the worker:[/] {_escape(str(exc))}", markup=True)
+        return EXIT_USAGE
+    stop = StopButton(job, view.stop_pressed, settings.stop_after, settings.grace)
+    with job, view:  # the job's __exit__: on an unexpected exception, cancel and wait
+        try:
+            tally = consume(job, view, stop)
+            outcome = wait_for(job, stop)
+        finally:
+            stop.close()
+    left = leftover_processes(outcome.pid)
+    print_report(console, report_rows(outcome, tally, stop, left, settings.grace), outcome)
+    return exit_status(outcome, left)
+
+
+def _escape(text: str) -> str:
+    """``text`` with rich markup escaped, to print it literally in a markup string."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _start_job(settings: DemoSettings) -> Job[Any]:
+    from . import _demo
+
+    fn = functools.partial(
+        _demo.train, settings.steps, seed=settings.seed, stuck=settings.stuck,
+        fail_at=settings.fail_at,
+    )
+    return start(fn, grace=settings.grace, start_method=settings.start_method,
+                 name="workstream-demo")
+
+
+def _print_intro(console: Console, settings: DemoSettings) -> None:
+    from . import _demo
+
+    method = settings.start_method or _default_start_method()
+    console.print(
+        f"[bold]workstream demo[/]: training a 2-{_demo.HIDDEN}-1 tanh MLP (numpy) on two "
+        f"spirals ({_demo.POINTS} points) for {settings.steps} steps in a worker process "
+        f"(start method {method}, grace {settings.grace:g} s)."
+    )
+    hint = "Press Ctrl-C to stop it (twice: kill it at once)."
+    if settings.stuck:
+        hint += (f" --stuck: after step {_demo.STUCK_AT_STEP} the worker enters a long C call"
+                 f" (about {_demo.STUCK_SECONDS:g} s).")
+    if settings.stop_after is not None:
+        hint += f" Stop is pressed by itself {settings.stop_after:g} s after the first step."
+    console.print(hint)
+
+
+@dataclass
+class Tally:
+    """What the consumer saw of the stream."""
+
+    items: int = 0
+    last: StepItem | None = None
+
+
+def consume(job: Job[Any], view: LiveView, stop: StopButton) -> Tally:
+    """Iterate the job to the end of its stream, showing each item.
+
+    Ctrl-C (KeyboardInterrupt) presses Stop and iteration goes on: the stream always
+    ends once the child is gone. Arms ``stop``'s timer when the first item arrives.
+    """
+    tally = Tally()
+    while True:
+        try:
+            for raw in job:
+                item = cast("StepItem", raw)
+                if tally.items == 0:
+                    view.announce(f"worker pid {job.pid} is training.")
+                    stop.arm()
+                tally.items += 1
+                tally.last = item
+                view.show(item, job.cancel_requested)
+            return tally
+        except KeyboardInterrupt:
+            _handle_interrupt(stop)
+
+
+def wait_for(job: Job[Any], stop: StopButton) -> Outcome:
+    """Wait until the job is reaped and return its outcome; Ctrl-C presses Stop."""
+    while True:
+        try:
+            return job.wait()
+        except KeyboardInterrupt:
+            _handle_interrupt(stop)
+
+
+def _handle_interrupt(stop: StopButton) -> None:
+    """Press Stop for a Ctrl-C, and again for each Ctrl-C that arrives meanwhile."""
+    pending = 1
+    while pending:
+        try:
+            pending -= 1
+            stop.interrupt()
+        except KeyboardInterrupt:
+            pending += 1
+
+
+class StopButton:
+    """Presses Stop on a job: after ``stop_after`` seconds, or on Ctrl-C.
+
+    The first press is ``job.cancel()`` (cooperative, then SIGTERM, then SIGKILL after
+    the grace); a second Ctrl-C is ``job.cancel(grace=0)`` (kill now). Safe from any
+    thread. ``pressed_by`` says what pressed it first (None if nothing did).
+    """
+
+    def __init__(
+        self, job: Job[Any], announce: Callable[[str], None], stop_after: float | None,
+        grace: float,
+    ) -> None:
+        self._job = job
+        self._announce = announce
+        self._stop_after = stop_after
+        self._grace = grace
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._interrupts = 0
+        self.pressed_by: str | None = None
+
+    def arm(self) -> None:
+        """Start the ``stop_after`` countdown; does nothing the second time or without it."""
+        with self._lock:
+            if self._stop_after is None or self._timer is not None:
+                return
+            self._timer = threading.Timer(self._stop_after, self._timer_fired)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def close(self) -> None:
+        """Cancel a countdown still running."""
+        with self._lock:
+            timer = self._timer
+        if timer is not None:
+            timer.cancel()
+
+    def interrupt(self) -> None:
+        """Handle one Ctrl-C: the first asks the job to stop, later ones kill it now."""
+        with self._lock:
+            self._interrupts += 1
+            kill = self._interrupts > 1
+        if kill:
+            self._press("Ctrl-C twice", "Ctrl-C again: killing the worker now.", grace=0.0)
+        else:
+            self._press("Ctrl-C", "Ctrl-C: asking the worker to stop "
+                        f"(grace {self._grace:g} s; Ctrl-C again kills it now).")
+
+    def _timer_fired(self) -> None:
+        self._press(f"--stop-after {self._stop_after:g} s",
+                    f"Stop pressed by --stop-after {self._stop_after:g} s: asking the worker "
+                    f"to stop (grace {self._grace:g} s).")
+
+    def _press(self, by: str, message: str, grace: float | None = None) -> None:
+        with self._lock:
+            if self.pressed_by is None or grace == 0.0:
+                self.pressed_by = by
+        if self._job.cancel(grace):
+            self._announce(message)
+
+
+# -- the live view -------------------------------------------------------------------
+
+
+class LiveView:
+    """Shows the stream as it arrives.
+
+    On a terminal: a rich progress bar (step count, loss, accuracy, items/s, elapsed).
+    Elsewhere (a pipe, a file): a plain line every tenth of the run. Messages from
+    :meth:`announce` appear above the bar; it is safe from any thread.
+    """
+
+    _RATE_WINDOW = 0.5
+
+    def __init__(self, console: Console, total: int) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._console = console
+        self._total = total
+        self._plain = not console.is_terminal
+        self._every = max(1, total // 10)
+        self._progress: Progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("acc {task.fields[acc]}"),
+            TextColumn("{task.fields[rate]} items/s"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=self._plain,
+        )
+        self._task: TaskID = self._progress.add_task(
+            "training", total=total, loss="-", acc="-", rate="-"
+        )
+        self._window_start = time.monotonic()
+        self._window_items = 0
+
+    def __enter__(self) -> LiveView:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def show(self, item: StepItem, stopping: bool) -> None:
+        """Show one training step; describe the long C call when the item announces it."""
+        done = item["step"] + 1
+        loss, acc = f"{item['loss']:.4f}", f"{item['accuracy']:.1%}"
+        fields: dict[str, Any] = {"loss": loss, "acc": acc}
+        rate = self._rate()
+        if rate is not None:
+            fields["rate"] = f"{rate:,.0f}"
+        description = "stopping" if stopping else "training"
+        self._progress.update(self._task, completed=done, description=description, **fields)
+        if self._plain and (done % self._every == 0 or done == self._total):
+            self._console.print(f"step {done}/{self._total}  loss {loss}  accuracy {acc}")
+        stuck = item.get("stuck")
+        if stuck is not None:
+            self._progress.update(self._task, description="stuck in a C call", rate="0")
+            self.announce(
+                f"[bold yellow]The worker is now in a long C call[/]: {_escape(stuck)}. "
+                "It cannot see a cooperative cancel; Stop escalates to SIGTERM, then "
+                "SIGKILL at the end of the grace period.",
+                markup=True,
+            )
+
+    def _rate(self) -> float | None:
+        """Items per second over the last window; None while the window is still open."""
+        self._window_items += 1
+        now = time.monotonic()
+        elapsed = now - self._window_start
+        if elapsed < self._RATE_WINDOW:
+            return None
+        rate = self._window_items / elapsed
+        self._window_start, self._window_items = now, 0
+        return rate
+
+    def announce(self, text: str, markup: bool = False) -> None:
+        """Print a message (above the bar on a terminal)."""
+        self._console.print(text, markup=markup)
+
+    def stop_pressed(self, message: str) -> None:
+        """Say that Stop was pressed: print ``message``, show "stopping" on the bar."""
+        self._progress.update(self._task, description="stopping")
+        self.announce(message)
+
+
+# -- the report ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    """Processes the demo left behind: ``count`` of them, described in ``detail``."""
+
+    count: int
+    detail: str
+
+
+def leftover_processes(pid: int | None) -> Leftovers:
+    """Count the processes still alive after the job: the worker itself if its pid
+    still exists, plus (with psutil) every live descendant of this process that is not
+    one of the helpers in :data:`HELPER_MARKERS`. Their descendants do count: the fork
+    server's children are workers."""
+    found: list[str] = []
+    if pid is not None and pid_exists(pid):
+        found.append(f"worker {pid}")
+    others = _unexpected_descendants()
+    if others is None:
+        how = "worker pid checked; install psutil to check all child processes"
+    else:
+        found += [p for p in others if not p.startswith(f"{pid} ")]
+        how = "worker pid and all child processes checked"
+    detail = ", ".join(found) if found else how
+    return Leftovers(len(found), detail)
+
+
+def pid_exists(pid: int) -> bool:
+    """True if a process with this pid exists (``os.kill(pid, 0)`` does not say
+    ProcessLookupError)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _unexpected_descendants() -> list[str] | None:
+    """Live descendants of this process other than the helpers ("pid cmdline" each);
+    None if psutil is not installed."""
+    try:
+        import psutil  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    me = psutil.Process()
+    helpers = {p.pid for p in me.children(recursive=False) if _is_helper(p)}
+    found = []
+    for proc in me.children(recursive=True):
+        if proc.pid in helpers:
+            continue
+        try:
+            cmd = " ".join(proc.cmdline())[:60]
+        except psutil.ZombieProcess:
+            cmd = "(zombie)"
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied:
+            cmd = "(?)"
+        found.append(f"{proc.pid} {cmd}")
+    return found
+
+
+def _is_helper(proc: Any) -> bool:
+    try:
+        cmd = " ".join(proc.cmdline())
+    except Exception:
+        return False
+    return any(marker in cmd for marker in HELPER_MARKERS)
+
+
+def describe_exit(exit_code: int | None) -> str:
+    """Render a child's exit status: ``exit code 0``, ``SIGKILL (-9)``, or ``unknown``."""
+    if exit_code is None:
+        return "exit status unknown"
+    if exit_code >= 0:
+        return f"exit code {exit_code}"
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        name = f"signal {-exit_code}"
+    return f"{name} ({exit_code})"
+
+
+def report_rows(
+    outcome: Outcome, tally: Tally, stop: StopButton, left: Leftovers, grace: float
+) -> list[tuple[str, str]]:
+    """The report as (label, value) rows, in display order."""
+    rows = [("outcome", outcome.kind), ("items received", str(tally.items))]
+    if isinstance(outcome, Completed):
+        rows += _completed_rows(outcome.value)
+    elif tally.last is not None:
+        last = tally.last
+        rows.append(("last loss", f"{last['loss']:.4f} at step {last['step']} "
+                                  f"(accuracy {last['accuracy']:.1%})"))
+    if isinstance(outcome, CancelledOutcome):
+        rows.append(("stopped by", stop.pressed_by or "?"))
+        if outcome.stop_latency is not None:
+            rows.append(("stop latency", f"{outcome.stop_latency * 1000:.0f} ms "
+                                         f"(grace {grace:g} s)"))
+        rows.append(("rung", _RUNG_MEANING.get(outcome.rung, outcome.rung)))
+    if isinstance(outcome, (Failed, Crashed)):  # the first paragraph: not the traceback
+        rows.append(("error", str(outcome.error).split("\n\n", 1)[0]))
+    pid = "never started" if outcome.pid is None else f"pid {outcome.pid}"
+    rows.append(("child", f"{pid}, {describe_exit(outcome.exit_code)}"))
+    rows.append(("duration", f"{outcome.duration:.2f} s"))
+    rows.append(("processes left", f"{left.count} ({left.detail})"))
+    return rows
+
+
+def _completed_rows(value: object) -> list[tuple[str, str]]:
+    if not isinstance(value, dict):
+        return [("result", repr(value))]
+    return [
+        ("steps", str(value.get("steps"))),
+        ("final loss", f"{value.get('final_loss', float('nan')):.4f}"),
+        ("final accuracy", f"{value.get('final_accuracy', float('nan')):.1%}"),
+        ("worker time", f"{value.get('seconds', float('nan')):.2f} s"),
+    ]
+
+
+def print_report(console: Console, rows: list[tuple[str, str]], outcome: Outcome) -> None:
+    """Print the rows as a table (values literally, never as markup); then, for a job
+    whose function raised, the remote traceback."""
+    from rich.table import Table
+
+    styles = {"completed": "green", "cancelled": "yellow", "failed": "red", "crashed": "red"}
+    table = Table(title="workstream demo: report", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in rows:
+        style = styles[outcome.kind] if label == "outcome" else None
+        table.add_row(label, _escape(value), style=style)
+    console.print(table)
+    if isinstance(outcome, Failed) and outcome.remote_traceback:
+        console.print("[red bold]The worker raised; its traceback:[/]", markup=True)
+        console.print(outcome.remote_traceback.rstrip(), markup=False)
+
+
+def exit_status(outcome: Outcome, left: Leftovers) -> int:
+    """0 after completion or a clean stop; 1 if the job failed or crashed or a process
+    was left behind."""
+    if isinstance(outcome, (Failed, Crashed)) or left.count:
+        return EXIT_FAILED
+    return EXIT_OK
+

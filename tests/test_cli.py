@@ -1,0 +1,228 @@
+"""The terminal demo, run as a user runs it: ``python -m workstream demo ...``.
+
+Each end-to-end test starts the demo as a subprocess with small settings and reads its
+report (a rich table; stdout is a pipe here, so rich prints it without colours). Ctrl-C
+is a real SIGINT sent once the demo printed the line that says the moment has come.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("numpy")
+pytest.importorskip("rich")
+
+from workstream import _cli, _demo
+
+DEMO = [sys.executable, "-m", "workstream", "demo"]
+ENV = {**os.environ, "COLUMNS": "200", "PYTHONIOENCODING": "utf-8", "NO_COLOR": "1"}
+
+
+def run_demo(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run the demo to its end; return the finished process and its wall time."""
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [*DEMO, *args], capture_output=True, text=True, env=ENV, timeout=50,
+        encoding="utf-8", errors="replace",
+    )
+    return proc, time.monotonic() - t0
+
+
+def report(stdout: str) -> dict[str, str]:
+    """The report table's rows as {label: value}."""
+    rows: dict[str, str] = {}
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.replace("|", "│").split("│")]
+        if len(cells) == 4 and cells[1]:
+            rows[cells[1]] = cells[2]
+    return rows
+
+
+def check_clean(proc: subprocess.CompletedProcess[str], outcome: str) -> dict[str, str]:
+    """Assert exit 0, the given outcome and no process left; return the report."""
+    rows = report(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert rows.get("outcome") == outcome, proc.stdout
+    assert rows["processes left"].startswith("0 "), proc.stdout
+    return rows
+
+
+def latency_ms(rows: dict[str, str]) -> float:
+    return float(rows["stop latency"].split(" ms")[0])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_completed_run(method: str) -> None:
+    proc, _ = run_demo("--steps", "40", "--start-method", method)
+    rows = check_clean(proc, "completed")
+    assert rows["items received"] == "40"
+    assert rows["steps"] == "40"
+    assert float(rows["final loss"]) < 0.7
+    assert rows["child"].endswith("exit code 0")
+
+
+@pytest.mark.timeout(60)
+def test_stop_after_stops_cooperatively() -> None:
+    proc, _ = run_demo("--stop-after", "0.5")
+    rows = check_clean(proc, "cancelled")
+    assert rows["rung"].startswith("cooperative"), proc.stdout
+    assert rows["stopped by"] == "--stop-after 0.5 s"
+    assert 0 < int(rows["items received"]) < _demo.DEFAULT_STEPS
+    assert latency_ms(rows) < 1000  # a yield comes every few ms
+
+
+@pytest.mark.timeout(60)
+def test_stuck_worker_is_killed_within_the_grace() -> None:
+    proc, wall = run_demo("--stuck", "--grace", "1", "--stop-after", "0.5")
+    rows = check_clean(proc, "cancelled")
+    assert "The worker is now in a long C call" in proc.stdout
+    rung = rows["rung"].split()[0]
+    assert rung in {"sigkill", "sigterm"}, proc.stdout
+    if rung == "sigkill":
+        assert "SIGKILL (-9)" in rows["child"]
+    assert 400 <= latency_ms(rows) < 2500, proc.stdout  # SIGTERM at 0.5 s, SIGKILL at 1 s
+    assert wall < 10
+
+
+@pytest.mark.timeout(60)
+def test_failure_exits_nonzero_with_the_remote_traceback() -> None:
+    proc, _ = run_demo("--fail-at", "3")
+    rows = report(proc.stdout)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert rows["outcome"] == "failed"
+    assert "InjectedFailure" in rows["error"]
+    assert "Traceback (most recent call last)" in proc.stdout
+    assert "_demo.py" in proc.stdout  # the remote traceback points at the worker's code
+    assert rows["processes left"].startswith("0 ")
+
+
+def _lines_until(stream: Iterator[str], marker: str, seen: list[str]) -> None:
+    """Read lines (appending them to ``seen``) until one contains ``marker``."""
+    for line in stream:
+        seen.append(line)
+        if marker in line:
+            return
+    raise AssertionError(f"the demo ended without printing {marker!r}:\n{''.join(seen)}")
+
+
+def _interrupted_run(args: list[str], presses: list[str]) -> tuple[int, str]:
+    """Run the demo; send SIGINT each time a line with the next marker appears."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # inherited: Python keeps it
+        pytest.skip("SIGINT is ignored in this process (and so in the demo): no Ctrl-C")
+    seen: list[str] = []
+    with subprocess.Popen(
+        [*DEMO, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=ENV, encoding="utf-8", errors="replace",
+    ) as proc:  # closes the pipe and reaps the demo on the way out
+        try:
+            assert proc.stdout is not None
+            for marker in presses:
+                _lines_until(proc.stdout, marker, seen)
+                proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=40)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return proc.returncode, "".join(seen) + rest
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_stops_the_job_and_still_reports() -> None:
+    code, out = _interrupted_run(["--steps", "100000"], ["is training"])
+    rows = report(out)
+    assert code == 0, out
+    assert rows["outcome"] == "cancelled"
+    assert rows["stopped by"] == "Ctrl-C"
+    assert rows["processes left"].startswith("0 ")
+
+
+@pytest.mark.timeout(60)
+def test_second_ctrl_c_kills_a_stuck_worker_at_once() -> None:
+    code, out = _interrupted_run(
+        ["--stuck", "--grace", "30"], ["now in a long C call", "asking the worker to stop"]
+    )
+    rows = report(out)
+    assert code == 0, out
+    assert rows["outcome"] == "cancelled"
+    assert rows["stopped by"] == "Ctrl-C twice"
+    assert rows["rung"].startswith("sigkill")
+    assert latency_ms(rows) < 10_000  # far less than the 30 s grace
+    assert rows["processes left"].startswith("0 ")
+
+
+@pytest.mark.timeout(60)
+def test_training_steps_reduce_the_loss() -> None:
+    """The worker's generator, called in-process: the loss falls, the summary is right."""
+    gen = _demo.train(80, seed=3)
+    items = []
+    while True:
+        try:
+            items.append(next(gen))
+        except StopIteration as stop:
+            summary = stop.value
+            break
+    assert [i["step"] for i in items] == list(range(80))
+    assert items[-1]["loss"] < 0.9 * items[0]["loss"]
+    assert summary["steps"] == 80
+    assert summary["final_loss"] == items[-1]["loss"]
+
+
+@pytest.mark.timeout(60)
+def test_stuck_mode_announces_the_long_call_in_process() -> None:
+    items = list(_demo.train(3, stuck=True, stuck_seconds=0.05))
+    assert [("stuck" in i) for i in items] == [False, False, True]
+    assert "np.einsum" in items[-1]["stuck"]
+
+
+@pytest.mark.timeout(60)
+def test_one_step_follows_the_gradient() -> None:
+    """A small plain gradient step along the hand-written gradients lowers the loss."""
+    x, y = _demo.make_spirals(200, noise=0.05, seed=1)
+    model = _demo.MLP.init(16, seed=2)
+    loss, _, grads = _demo.loss_and_grads(model, x, y)
+    for p, g in zip(model.params(), grads, strict=True):
+        p -= 0.1 * g
+    assert _demo.loss_and_grads(model, x, y)[0] < loss
+
+
+@pytest.mark.timeout(60)
+def test_missing_dependency_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)  # makes `import rich` fail
+    assert _cli.main(["demo", "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'workstream[demo]'" in err
+    assert "rich" in err
+
+
+@pytest.mark.timeout(60)
+def test_leftover_check_ignores_helpers_and_sees_a_live_child() -> None:
+    # The session fixture started the guard, the fork server and the resource tracker.
+    assert _cli.leftover_processes(None).count == 0
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        left = _cli.leftover_processes(child.pid)
+        assert left.count == 1, left
+        assert f"worker {child.pid}" in left.detail
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+    assert not _cli.pid_exists(child.pid)
+
+
+@pytest.mark.timeout(60)
+def test_exit_status_rendering() -> None:
+    assert _cli.describe_exit(0) == "exit code 0"
+    assert _cli.describe_exit(-signal.SIGKILL) == "SIGKILL (-9)"
+    assert _cli.describe_exit(None) == "exit status unknown"
