@@ -28,7 +28,7 @@ from workstream._supervisor import _guard, _registry
 # modules by name: make sure they can.
 sys.path.insert(0, os.path.dirname(__file__))
 
-import workers  # noqa: E402
+import workers
 
 
 def infrastructure_pids() -> set[int]:
@@ -62,10 +62,17 @@ def open_fds() -> set[int]:
 
 
 def shm_entries() -> set[str]:
+    """/dev/shm entries that workstream (or multiprocessing on its behalf) could create.
+
+    Only names that contain this test process's pid or 'workstream' count: other
+    programs on the machine create and remove their own entries at any time.
+    """
     try:
-        return set(os.listdir("/dev/shm"))
+        names = os.listdir("/dev/shm")
     except OSError:
         return set()
+    pid = str(os.getpid())
+    return {n for n in names if "workstream" in n or pid in n}
 
 
 def signal_handlers() -> dict[int, object]:

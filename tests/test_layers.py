@@ -21,7 +21,7 @@ def _internal_imports(path: pathlib.Path) -> set[str]:
     """Names of workstream modules imported by ``path``, as dotted paths under the package."""
     tree = ast.parse(path.read_text())
     here = _module_name(path).split(".")
-    package = here[:-1] if path.name != "__init__.py" else here[:-1]
+    package = here[:-1]  # for __init__.py, "pkg.__init__" minus the last part is pkg
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):

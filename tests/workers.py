@@ -22,8 +22,7 @@ def return_value(x: object) -> object:
 
 def count(n: int) -> Iterator[int]:
     """Yield 0..n-1, return n."""
-    for i in range(n):
-        yield i
+    yield from range(n)
     return n
 
 

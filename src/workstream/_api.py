@@ -104,7 +104,9 @@ class Job(Generic[T]):
 
     @property
     def cancel_requested(self) -> bool:
-        """True once ``cancel()`` was called (the request, not its result)."""
+        """True once a cancel was requested: by ``cancel()``, or by workstream itself after
+        a callback error, an undeliverable item or a broken channel (the request, not its
+        result)."""
         return self._core.cancel is not None
 
     # -- control ------------------------------------------------------------------------
@@ -143,7 +145,13 @@ class Job(Generic[T]):
         if timeout is not None:
             check_grace(timeout)
         if threading.current_thread() is self._callback_thread:
-            # Called from on_item/on_done: waiting for on_done to finish would deadlock.
+            # Called from on_item/on_done: waiting for on_done to finish would deadlock,
+            # and so would waiting inside on_item for a job that needs it to consume.
+            if not self._core.terminal.is_set():
+                raise RuntimeError(
+                    f"job.wait()/result() called inside on_item of job {self._name!r}: the "
+                    "job cannot end while its own callback waits for it; use on_done"
+                )
             event = self._core.terminal
         else:
             event = self._core.finished

@@ -90,7 +90,10 @@ class WorkerCrashed(WorkstreamError):
             except ValueError:
                 self.signal_name = None
         self.detail = detail
-        text = f"worker process {pid} died without reporting ({describe_exit(exit_code)})"
+        if pid is None:
+            text = "the worker process was never started"
+        else:
+            text = f"worker process {pid} died without reporting ({describe_exit(exit_code)})"
         if exit_code == -_signal.SIGKILL and self._hint_oom:
             text += "; SIGKILL from outside often means the out-of-memory killer"
         if detail:

@@ -106,7 +106,7 @@ class JobRunner:
         try:
             self._launch()
         except Exception as exc:
-            return self._crashed(None, f"the worker process could not be started: {exc!r}")
+            return self._crashed(None, f"{type(exc).__name__}: {str(exc).strip()}")
         self._loop()
         # Kill what is left of the group while the leader is still unreaped: its pid (the
         # group id) cannot have been recycled yet.
