@@ -7,7 +7,6 @@ fall back; nothing raises on other platforms.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
@@ -20,10 +19,16 @@ _libc: ctypes.CDLL | None = None
 def _get_libc() -> ctypes.CDLL | None:
     global _libc
     if _libc is None and IS_LINUX:
+        # The interpreter is linked against libc, so its own symbol table has prctl.
+        # (ctypes.util.find_library would run ldconfig in a subprocess: ~2-10 ms.)
         try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        except OSError:
-            return None
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.prctl  # noqa: B018 - raises AttributeError if absent
+        except (OSError, AttributeError):
+            try:
+                _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            except OSError:
+                return None
     return _libc
 
 

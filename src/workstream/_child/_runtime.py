@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import os
 import pickle
 import signal
@@ -238,7 +237,7 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
             if ctx.ctl[0]:
                 raise ctx.make_cancelled("cooperative")
             value = fn(*args)
-            if inspect.isgenerator(value):
+            if isinstance(value, types.GeneratorType):
                 value = _drive(ctx, value)
         finally:
             ctx.in_user_code = False
@@ -301,7 +300,7 @@ def child_main(
     ctl = _fds.map_control_block(control_fd)
     os.close(control_fd)
 
-    sender = Sender(data_fd, settings["batch_window"], settings["max_batch_bytes"])
+    sender = Sender(data_fd, settings["batch_window"], settings["max_batch_bytes"], ctl)
     ctx = _Context(ctl, sender)
     _current = ctx
     signal.signal(signal.SIGTERM, _on_sigterm)

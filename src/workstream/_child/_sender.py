@@ -26,11 +26,12 @@ import threading
 import time
 from typing import Any
 
-from .._transport import _framing
+from .._transport import _fds, _framing
 from .._transport._fds import write_all
 
 _dumps = pickle.dumps
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+_READER_IDLE = _fds.READER_IDLE
 
 
 def dumps_with_fallback(obj: object) -> bytes:
@@ -58,8 +59,12 @@ class Sender:
     a helper thread); frames keep the order in which items were appended.
     """
 
-    def __init__(self, fd: int, batch_window: float, max_batch_bytes: int) -> None:
+    def __init__(
+        self, fd: int, batch_window: float, max_batch_bytes: int, control: Any = None
+    ) -> None:
         self._fd = fd
+        # The control block (or a stand-in): byte READER_IDLE is 1 while the parent waits.
+        self._control = control if control is not None else bytearray(_fds.CONTROL_BLOCK_SIZE)
         self._window = batch_window
         self._max_bytes = max_batch_bytes
         self._pending: collections.deque[bytes] = collections.deque()
@@ -88,7 +93,12 @@ class Sender:
         data = dumps_with_fallback(item)
         pending = self._pending
         window = self._window
-        if not pending and (window == 0 or time.monotonic() - self._last_write >= window):
+        urgent = (
+            window == 0
+            or self._control[_READER_IDLE]
+            or time.monotonic() - self._last_write >= window
+        )
+        if not pending and urgent:
             # The channel was idle: this item goes out alone, before its yield returns.
             with self._write_lock:
                 if pending:  # another thread queued items meanwhile: keep the order
@@ -103,7 +113,7 @@ class Sender:
         pending.append(data)
         self._pending_bytes += len(data)
         if (
-            time.monotonic() - self._last_write >= self._window
+            urgent
             or self._pending_bytes >= self._max_bytes
             or len(pending) >= _framing.MAX_ITEMS_PER_FRAME
         ):

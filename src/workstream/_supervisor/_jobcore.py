@@ -60,6 +60,12 @@ class JobCore:
         self.items_received = 0  # queued for the consumer (never decreases)
         self.items_discarded = 0
 
+    @property
+    def control(self) -> mmap.mmap | None:
+        """The control block; only the runner may use it without the lock (it alone
+        closes it, in :meth:`finish`)."""
+        return self._control
+
     # -- requests from any thread -------------------------------------------------------
 
     @property

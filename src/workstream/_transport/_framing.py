@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 
 MAGIC = b"WS"
 HEADER = struct.Struct("<2sBBIQ")
@@ -41,6 +40,8 @@ class Kind(enum.IntEnum):
 
 
 FINAL_KINDS = frozenset({Kind.RESULT, Kind.ERROR, Kind.CANCELLED})
+_KIND_OF = {int(k): k for k in Kind}
+_ITEMS = int(Kind.ITEMS)
 
 
 class FrameError(ValueError):
@@ -56,11 +57,27 @@ class FrameError(ValueError):
         self.frames = []
 
 
-@dataclass(frozen=True)
 class Frame:
-    kind: Kind
-    count: int
-    body: bytes | memoryview
+    """One decoded frame (a slotted class: built once per frame on the hot path)."""
+
+    __slots__ = ("body", "count", "kind")
+
+    def __init__(self, kind: Kind, count: int, body: bytes | memoryview) -> None:
+        self.kind = kind
+        self.count = count
+        self.body = body
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Frame):
+            return NotImplemented
+        return (self.kind, self.count, bytes(self.body)) == (
+            other.kind, other.count, bytes(other.body)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Frame({self.kind.name}, count={self.count}, body={len(self.body)} bytes)"
 
     def item_payloads(self) -> list[memoryview]:
         """Split an ITEMS body into one memoryview per pickled item (validated on decode)."""
@@ -143,20 +160,31 @@ class FrameDecoder:
         frames: list[Frame] = []
         pos = 0
         try:
+            unpack_header = HEADER.unpack_from
+            unpack_one = _ONE_LENGTH.unpack_from
             while size - pos >= HEADER_SIZE:
-                magic, kind, flags, count, body_len = HEADER.unpack_from(data, pos)
-                self._check_header(magic, kind, flags, count, body_len)
+                magic, kind, flags, count, body_len = unpack_header(data, pos)
+                # Fast path: a well-formed ITEMS frame; anything else gets the full check.
+                if not (
+                    kind == _ITEMS and magic == MAGIC and not flags and not self._ended
+                    and 0 < count <= MAX_ITEMS_PER_FRAME and 8 * count <= body_len <= self._max
+                ):
+                    self._check_header(magic, kind, flags, count, body_len)
                 end = pos + HEADER_SIZE + body_len
                 if end > size:
                     self._need = end - pos
                     break
-                frame = Frame(Kind(kind), count, view[pos + HEADER_SIZE : end])
-                if kind == Kind.ITEMS:
-                    self._check_items(frame)
+                body = view[pos + HEADER_SIZE : end]
+                if kind == _ITEMS:
+                    frame = Frame(Kind.ITEMS, count, body)
+                    if count != 1 or unpack_one(body)[0] + 8 != body_len or body_len == 8:
+                        self._check_items(frame)
+                else:
+                    frame = Frame(_KIND_OF[kind], count, body)
                 pos = end
                 frames.append(frame)
                 self.frames_decoded += 1
-                if kind in FINAL_KINDS:
+                if frame.kind in FINAL_KINDS:
                     self._ended = True
             else:
                 self._need = HEADER_SIZE
