@@ -451,4 +451,6 @@ def test_sigterm_never_tears_a_frame_after_a_helper_emit(tmp_path) -> None:  # t
     job.cancel(term_after=0)
     outcome = job.wait(timeout=20)
     assert type(outcome) is workstream.CancelledOutcome, outcome
-    assert outcome.rung == "sigterm"
+    # SIGTERM lands inside workstream's own write, so it only sets the flag: the emit
+    # finishes its frame and raises Cancelled itself (cooperative); never torn.
+    assert outcome.rung in ("cooperative", "sigterm")

@@ -49,11 +49,14 @@ class _Context:
         self.sender = sender
         self.in_user_code = False  # True iff SIGTERM may raise Cancelled right now
         self.cancel_raised = False  # True once Cancelled was raised into user code
+        self.cancel_source: str | None = None  # how the first Cancelled was raised
         self.sigterm_received = False
         self.main_thread = threading.get_ident()  # the only thread SIGTERM's handler runs on
 
     def make_cancelled(self, source: str) -> Cancelled:
         self.cancel_raised = True
+        if self.cancel_source is None:
+            self.cancel_source = source
         return Cancelled(f"the job was cancelled ({source})")
 
 
@@ -115,7 +118,10 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise Cancelled("SIGTERM before the worker was set up")
     ctx.ctl[0] = 1
     ctx.sigterm_received = True
-    if ctx.in_user_code:
+    # Raise only into user code that has not seen the cancel yet: a fn already unwinding
+    # from a cooperative Cancelled keeps the rest of the grace for its finally blocks
+    # (SIGKILL at the end of the grace stays the backstop).
+    if ctx.in_user_code and ctx.cancel_source is None:
         ctx.in_user_code = False  # raise once; our handlers below are not user code
         raise ctx.make_cancelled("sigterm")
 
@@ -219,7 +225,7 @@ def _error_body(exc: BaseException, context: str = "") -> bytes:
 
 def _cancelled_body(ctx: _Context, remote_traceback: str, value: bytes | None) -> bytes:
     report = {
-        "by": "sigterm" if ctx.sigterm_received else "cooperative",
+        "by": ctx.cancel_source or ("sigterm" if ctx.sigterm_received else "cooperative"),
         "traceback": remote_traceback,
         "value": value,
     }
@@ -281,6 +287,26 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _drop_forkserver_alive_fd() -> None:
+    """Close our copy of the application's end of the fork server's "alive" pipe.
+
+    multiprocessing hands it to every forkserver child, so the server would see EOF (and
+    exit, which fires our PR_SET_PDEATHSIG) only once every child is gone: a child
+    stuck in C would then outlive a killed application. Without it, user code in the
+    worker that uses forkserver simply starts a server of its own.
+    """
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver  # type: ignore[attr-defined]
+        fd = getattr(server, "_forkserver_alive_fd", None)
+        if fd is not None:
+            _fds.close_quietly(fd)
+            server._forkserver_alive_fd = None  # type: ignore[attr-defined]
+    except Exception:  # a private detail changed; the guard still covers this case
+        return
+
+
 def child_main(
     payload: bytes,
     data_conn: _fds.PassedFd,
@@ -293,9 +319,14 @@ def child_main(
     data_fd, lifeline_fd, control_fd = data_conn.fd, lifeline_conn.fd, control_conn.fd
     for fd in settings.get("close_fds", ()):
         _fds.close_quietly(fd)
+    if settings.get("forkserver"):
+        _drop_forkserver_alive_fd()
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     set_parent_death_signal(signal.SIGKILL)
+    expected_parent = settings.get("parent_pid")
+    if expected_parent is not None and os.getppid() != expected_parent:
+        _exit_now(70)  # the parent died before PR_SET_PDEATHSIG was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctl = _fds.map_control_block(control_fd)
     os.close(control_fd)

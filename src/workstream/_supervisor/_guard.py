@@ -53,6 +53,7 @@ class _Guard:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner_pid = -1
+        self._groups: set[int] = set()  # replayed to a guard started after one died
 
     def _ensure_started(self) -> subprocess.Popen[bytes]:
         proc = self._proc
@@ -68,10 +69,18 @@ class _Guard:
         )
         self._proc = proc
         self._owner_pid = os.getpid()
+        if self._groups:
+            assert proc.stdin is not None
+            os.write(proc.stdin.fileno(), b"".join(b"+%d\n" % g for g in self._groups))
         return proc
 
     def send(self, line: bytes) -> None:
         with self._lock:
+            pgid = int(line[1:])
+            if line[:1] == b"+":
+                self._groups.add(pgid)
+            else:
+                self._groups.discard(pgid)
             for _attempt in range(2):
                 proc = self._ensure_started()
                 assert proc.stdin is not None
@@ -143,6 +152,7 @@ def _forget_in_forked_child() -> None:
     _guard._lock = threading.Lock()
     _guard._proc = None
     _guard._owner_pid = -1
+    _guard._groups = set()
 
 
 if hasattr(os, "register_at_fork"):

@@ -69,6 +69,11 @@ class JobCore:
     # -- requests from any thread -------------------------------------------------------
 
     @property
+    def wake_fds(self) -> tuple[int, int]:
+        """Both ends of the wake pipe (a forked child closes them)."""
+        return self._wake_r, self._wake_w
+
+    @property
     def wake_fd(self) -> int:
         """Read end of the runner's wake pipe (the runner polls it)."""
         return self._wake_r

@@ -131,8 +131,15 @@ class JobRunner:
             "batch_window": opts.batch_window,
             "max_batch_bytes": opts.max_batch_bytes,
         }
-        if method == "fork":  # a forked child inherits every fd; drop the guard's pipe
-            settings["close_fds"] = [fd for fd in (_guard.guard_fd(),) if fd is not None]
+        if method == "fork":
+            # A forked child inherits every fd: it must not hold the parent's ends of its
+            # own pipes (its lifeline would never reach EOF) nor the guard's pipe.
+            parent_ends = (_guard.guard_fd(), life_w, data_r, *self.core.wake_fds)
+            settings["close_fds"] = [fd for fd in parent_ends if fd is not None]
+        if method in ("fork", "spawn"):
+            settings["parent_pid"] = os.getpid()
+        else:
+            settings["forkserver"] = True
         assert self._control_fd is not None
         conns = [_fds.PassedFd(data_w), _fds.PassedFd(life_r), _fds.PassedFd(self._control_fd)]
         self._control_fd = None  # owned by its Connection now
@@ -358,16 +365,16 @@ class JobRunner:
         return True
 
     def _wait_group_gone(self, signalled: bool) -> None:
-        """Wait (bounded) until the killed group has no members, then unregister it."""
+        """Wait (bounded) until the killed group has no live members, then unregister it.
+
+        Zombies do not count: killed descendants are reaped by whoever adopted them
+        (init, or a subreaper that may never do it), not by us.
+        """
         pid = self._pid
         if pid is not None and signalled:
             deadline = time.monotonic() + _GROUP_EXIT_WAIT
             delay = 0.0005
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(pid, 0)
-                except OSError:
-                    break
+            while time.monotonic() < deadline and _group_has_live_members(pid):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
         if self._registered_group and pid is not None:
@@ -459,6 +466,30 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 error.__cause__ = _loads(report["exc"])
         return Failed(**common, error=error)
+
+
+def _group_has_live_members(pgid: int) -> bool:
+    """True if process group ``pgid`` has a member that is not a zombie."""
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True  # no /proc: trust killpg
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 _preload_done = False
