@@ -47,11 +47,9 @@ class _Context:
     def __init__(self, ctl: Any, sender: Sender) -> None:
         self.ctl = ctl  # mmap: byte 0 is the cancel flag
         self.sender = sender
-        self.in_user_code = False  # True iff SIGTERM may raise Cancelled right now
         self.cancel_raised = False  # True once Cancelled was raised into user code
         self.cancel_source: str | None = None  # how the first Cancelled was raised
         self.sigterm_received = False
-        self.main_thread = threading.get_ident()  # the only thread SIGTERM's handler runs on
 
     def make_cancelled(self, source: str) -> Cancelled:
         self.cancel_raised = True
@@ -77,16 +75,7 @@ def emit(item: object) -> None:
     :class:`Cancelled` after sending if the job was cancelled.
     """
     ctx = _context_or_raise("emit")
-    if threading.get_ident() != ctx.main_thread:
-        # Helper thread: SIGTERM is handled on the main thread, whose flag is not ours.
-        ctx.sender.send_item(item)
-    else:
-        was_user = ctx.in_user_code
-        ctx.in_user_code = False
-        try:
-            ctx.sender.send_item(item)
-        finally:
-            ctx.in_user_code = was_user
+    ctx.sender.send_item(item)
     if ctx.ctl[0]:
         raise ctx.make_cancelled("cooperative")
 
@@ -120,10 +109,29 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     ctx.sigterm_received = True
     # Raise only into user code that has not seen the cancel yet: a fn already unwinding
     # from a cooperative Cancelled keeps the rest of the grace for its finally blocks
-    # (SIGKILL at the end of the grace stays the backstop).
-    if ctx.in_user_code and ctx.cancel_source is None:
-        ctx.in_user_code = False  # raise once; our handlers below are not user code
+    # (SIGKILL at the end of the grace stays the backstop). Inside our own code (pickling,
+    # writing a frame) only the flag is set; the next cancellation point raises.
+    if ctx.cancel_source is None and _interrupted_user_code(frame):
         raise ctx.make_cancelled("sigterm")
+
+
+def _interrupted_user_code(frame: FrameType | None) -> bool:
+    """True if the main thread was interrupted in user code called by ``_drive``/``_run``.
+
+    Walks out from the interrupted frame: reaching one of our two call sites of user code
+    from a user frame means user code; meeting any other workstream frame first (emit,
+    the sender, our own loop between statements) means our code, which must not be torn.
+    Costs nothing per item: it runs only when SIGTERM arrives.
+    """
+    f = frame
+    while f is not None:
+        code = f.f_code
+        if code in _USER_CODE_CALLERS:
+            return f is not frame
+        if f.f_globals.get("__name__", "").startswith("workstream."):
+            return False
+        f = f.f_back
+    return False
 
 
 def _drive(ctx: _Context, gen: Any) -> Any:
@@ -131,11 +139,9 @@ def _drive(ctx: _Context, gen: Any) -> Any:
     send = ctx.sender.send_item
     ctl = ctx.ctl
     throw: BaseException | None = None
-    ctx.in_user_code = True
     try:
         item = next(gen)
         while True:
-            ctx.in_user_code = False
             try:
                 send(item)
             except Exception as exc:  # unpicklable item: raise it at the yield
@@ -143,7 +149,6 @@ def _drive(ctx: _Context, gen: Any) -> Any:
             else:
                 if ctl[0]:
                     throw = ctx.make_cancelled("cooperative")
-            ctx.in_user_code = True
             if throw is None:
                 item = next(gen)
             else:
@@ -151,8 +156,6 @@ def _drive(ctx: _Context, gen: Any) -> Any:
                 item = gen.throw(pending)
     except StopIteration as stop:
         return stop.value
-    finally:
-        ctx.in_user_code = False
 
 
 _DYNAMIC = "<dynamic-code>"
@@ -235,18 +238,14 @@ def _cancelled_body(ctx: _Context, remote_traceback: str, value: bytes | None) -
 def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
     """Run the user's function; return the final frame to send."""
     try:
-        ctx.in_user_code = True
-        try:
-            fn, args = pickle.loads(payload)
-            with contextlib.suppress(Exception):
-                _restore_filenames(fn)
-            if ctx.ctl[0]:
-                raise ctx.make_cancelled("cooperative")
-            value = fn(*args)
-            if isinstance(value, types.GeneratorType):
-                value = _drive(ctx, value)
-        finally:
-            ctx.in_user_code = False
+        fn, args = pickle.loads(payload)
+        with contextlib.suppress(Exception):
+            _restore_filenames(fn)
+        if ctx.ctl[0]:
+            raise ctx.make_cancelled("cooperative")
+        value = fn(*args)
+        if isinstance(value, types.GeneratorType):
+            value = _drive(ctx, value)
     except Cancelled as exc:
         return _framing.Kind.CANCELLED, _cancelled_body(ctx, _user_traceback(exc), None)
     except BaseException as exc:
@@ -261,6 +260,9 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
         return _framing.Kind.RESULT, dumps_with_fallback(value)
     except Exception as exc:
         return _framing.Kind.ERROR, _error_body(exc, "the return value of fn cannot be pickled")
+
+
+_USER_CODE_CALLERS = frozenset({_drive.__code__, _run.__code__})
 
 
 def _watch_lifeline(fd: int) -> None:

@@ -90,13 +90,34 @@ class Sender:
 
         Raises the pickling error (nothing is queued) or ``OSError`` if the parent is gone.
         """
-        data = dumps_with_fallback(item)
+        try:
+            data = _dumps(item, _PROTOCOL)
+        except Exception:
+            data = dumps_with_fallback(item)
         pending = self._pending
+        control = self._control
+        reader_idle = control[_READER_IDLE]
+        if reader_idle:
+            # The parent waits for data: give it everything now. One write per wait:
+            # clear the flag (the parent sets it again before it next blocks), so a
+            # flood is still batched while the parent is busy.
+            control[_READER_IDLE] = 0
+        elif pending and len(pending) & 63:
+            # A batch is open and the flusher is armed: just queue. The clock is read
+            # every 64 items only (the flusher owns the deadline); the size bound always.
+            pending.append(data)
+            size = self._pending_bytes + len(data)
+            self._pending_bytes = size
+            if size >= self._max_bytes:
+                with self._write_lock:
+                    self._flush_locked()
+            elif not self._armed:  # the flusher took the batch just before our append
+                self._armed = True
+                self._wake.set()
+            return
         window = self._window
         urgent = (
-            window == 0
-            or self._control[_READER_IDLE]
-            or time.monotonic() - self._last_write >= window
+            reader_idle or window == 0 or time.monotonic() - self._last_write >= window
         )
         if not pending and urgent:
             # The channel was idle: this item goes out alone, before its yield returns.
