@@ -131,3 +131,18 @@ def catch_cancel_and_return() -> Iterator[str]:
             yield "tick"
     except workstream.Cancelled:
         return "checkpoint.pt"
+
+
+def flood_then_die(n: int) -> Iterator[int]:
+    """Yield 0..n-1 as fast as possible, then SIGKILL ourselves right after the last."""
+    yield from range(n)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sparse_then_die(n: int, gap: float) -> Iterator[int]:
+    """Yield 0..n-1 with ``gap`` seconds of work between, SIGKILL right after the last."""
+    for i in range(n):
+        if i:
+            time.sleep(gap)  # ok: sleep (simulated work between items)
+        yield i
+    os.kill(os.getpid(), signal.SIGKILL)
