@@ -89,8 +89,11 @@ class JobRunner:
             detail = "internal error in workstream's runner: " + "".join(
                 traceback.format_exception_only(type(exc), exc)
             ).strip()
-            outcome = self._crashed(None, detail)
+            outcome = self._crashed(self._pid, detail)
         finally:
+            if self._registered_group and self._pid is not None:
+                with contextlib.suppress(Exception):
+                    _guard.unregister(self._pid)
             self._close_fds()
         self.core.finish(outcome)
 
@@ -106,6 +109,7 @@ class JobRunner:
         try:
             self._launch()
         except Exception as exc:
+            self._emergency_kill()  # if the process exists, it must not outlive the failure
             return self._crashed(None, f"{type(exc).__name__}: {str(exc).strip()}")
         self._loop()
         # Kill what is left of the group while the leader is still unreaped: its pid (the
@@ -338,8 +342,12 @@ class JobRunner:
                 os.kill(self._pid, sig)
 
     def _emergency_kill(self) -> None:
+        """SIGKILL the child and its group and reap it (bounded): after a failure of ours."""
         if self._pid is not None and not self._exited:
             self._signal(signal.SIGKILL)
+            if self._options.kill_group:
+                with contextlib.suppress(OSError):
+                    os.killpg(self._pid, signal.SIGKILL)
             with contextlib.suppress(Exception):
                 self._proc.join(5.0)
 

@@ -1,0 +1,53 @@
+"""When workstream's own machinery fails, the job still ends and nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import workers
+import workstream
+from workstream._supervisor import _guard
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_failure_after_the_process_started_kills_and_reaps_it(
+    monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """If registering the new worker with the guard fails, the job ends crashed with the
+    cause in its message, and the already started process is killed and reaped (the leak
+    check sees no child, fd or thread left)."""
+
+    started: list[int] = []
+
+    def refuse(pgid: int) -> None:
+        started.append(pgid)
+        raise OSError(24, "Too many open files (injected)")
+
+    monkeypatch.setattr(_guard, "register", refuse)
+    job = workstream.start(workers.count, 3, start_method=method)
+    outcome = job.wait(timeout=20)
+    assert isinstance(outcome, workstream.Crashed)
+    assert "Too many open files (injected)" in str(outcome.error)
+    assert list(job) == []
+    [pid] = started
+    assert not os.path.exists(f"/proc/{pid}"), "the started worker was not killed and reaped"
+
+
+@pytest.mark.timeout(30)
+def test_runner_bug_ends_the_job_as_crashed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected exception inside the runner's loop kills the worker and ends the job
+    crashed with 'internal error' instead of hanging."""
+    from workstream._supervisor import _runner
+
+    def broken_loop(self: object) -> None:
+        raise RuntimeError("injected runner bug")
+
+    monkeypatch.setattr(_runner.JobRunner, "_loop", broken_loop)
+    job = workstream.start(workers.forever)
+    outcome = job.wait(timeout=20)
+    assert isinstance(outcome, workstream.Crashed)
+    assert "internal error in workstream's runner" in str(outcome.error)
+    assert "injected runner bug" in str(outcome.error)
