@@ -42,6 +42,7 @@ from ._jobcore import JobCore
 
 _READ_CHUNK = 1 << 20
 _GROUP_EXIT_WAIT = 0.5  # seconds to wait for a killed process group to disappear
+_TERM_REPEAT = 0.1  # seconds between SIGTERMs while waiting for SIGKILL (see _escalate)
 
 _loads = pickle.loads
 
@@ -72,7 +73,8 @@ class JobRunner:
         self._lifeline_w: int | None = None
         self._decoder = _framing.FrameDecoder()
         self._final: _framing.Frame | None = None
-        self._term_sent = False
+        self._term_sent = False  # True once a SIGTERM was sent
+        self._next_term = 0.0  # when SIGTERM may be sent (again)
         self._kill_sent = False
         self._exited = False
         self._channel_error: ChannelBroken | None = None
@@ -311,26 +313,34 @@ class JobRunner:
     # -- the ladder ---------------------------------------------------------------------
 
     def _escalate(self) -> int | None:
-        """Send the signals that are due; return ms until the next rung (None = none)."""
+        """Send the signals that are due; return ms until the next rung (None = none).
+
+        SIGTERM is repeated every ``_TERM_REPEAT`` seconds until SIGKILL: CPython runs a
+        Python signal handler only between bytecodes, so a SIGTERM that lands just
+        before the main thread enters a blocking call (``read()``, a lock) is noticed
+        only when that call returns. The next SIGTERM interrupts the call. The child's
+        handler raises ``Cancelled`` once; later SIGTERMs only set the flag.
+        """
         req = self.core.cancel
         if req is None or self._exited:
             return None
         now = time.monotonic()
-        if not self._term_sent and now >= req.term_at:
+        if now < req.kill_at and now >= max(req.term_at, self._next_term):
             self._term_sent = True
-            if now < req.kill_at:  # when both are due, SIGKILL alone says what happened
-                self._signal(signal.SIGTERM)
+            self._next_term = now + _TERM_REPEAT
+            self._signal(signal.SIGTERM)
         if not self._kill_sent and now >= req.kill_at:
             self._kill_sent = True
             self._signal(signal.SIGKILL)
             if self._options.kill_group and self._pid is not None:
                 with contextlib.suppress(OSError):
                     os.killpg(self._pid, signal.SIGKILL)
-        pending = [t for t, sent in ((req.term_at, self._term_sent), (req.kill_at, self._kill_sent))
-                   if not sent]
-        if not pending:
+        if self._kill_sent:
             return None
-        return max(0, math.ceil((min(pending) - now) * 1000))
+        next_rung = req.kill_at
+        if now < req.kill_at:
+            next_rung = min(next_rung, max(req.term_at, self._next_term))
+        return max(0, math.ceil((next_rung - now) * 1000))
 
     def _signal(self, sig: int) -> None:
         if self._pid is None:
