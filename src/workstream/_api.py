@@ -57,16 +57,24 @@ class Job(Generic[T]):
         self._cur: list[object] = []
         self._pos = 0
         self._discard_local = False  # set by cancel(discard=True), read by the iterator
+        # Both threads exist before either starts: the runner must know whether a
+        # callback thread will publish "finished" (after on_done) or it must itself.
         self._callback_thread: threading.Thread | None = None
-        _registry.add(self)
-        self._runner_thread = threading.Thread(
-            target=self._run, name=f"workstream-job:{self._name}", daemon=True
-        )
-        self._runner_thread.start()
         if options.on_item is not None or options.on_done is not None:
             self._callback_thread = threading.Thread(
                 target=self._run_callbacks, name=f"workstream-callbacks:{self._name}", daemon=True
             )
+        self._runner_thread = threading.Thread(
+            target=self._run, name=f"workstream-job:{self._name}", daemon=True
+        )
+        _registry.add(self)
+        try:
+            self._runner_thread.start()
+        except BaseException:  # e.g. "can't create new thread at interpreter shutdown"
+            _registry.remove(self)
+            self._runner.release_unstarted()
+            raise
+        if self._callback_thread is not None:
             self._callback_thread.start()
 
     def _run(self) -> None:

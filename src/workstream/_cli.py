@@ -57,6 +57,8 @@ HELPER_MARKERS = ("forkserver", "resource_tracker", "-I -S -c")
 """Command-line fragments of workstream's and multiprocessing's own helper processes
 (the fork server, the resource tracker, the guard): not left-overs of a job."""
 
+_ENTER_CALL_DELAY = 0.3  # s; see LiveView.show
+
 _RUNG_MEANING = {
     "before-start": "before-start (the process was never started)",
     "cooperative": "cooperative (Cancelled raised at a yield)",
@@ -448,6 +450,10 @@ class LiveView:
             self._console.print(f"step {done}/{self._total}  loss {loss}  accuracy {acc}")
         stuck = item.get("stuck")
         if stuck is not None:
+            # The worker checks for a cancel right after sending this item, then enters
+            # the call: give it that moment, so that a Stop pressed on this announcement
+            # really meets a worker inside the C call (no more items come meanwhile).
+            time.sleep(_ENTER_CALL_DELAY)
             self._progress.update(self._task, description="stuck in a C call", rate="0")
             self.announce(
                 f"[bold yellow]The worker is now in a long C call[/]: {_escape(stuck)}. "

@@ -201,11 +201,19 @@ class JobCore:
             self._set_state_locked(JobState(outcome.kind))
             self.outcome = outcome
             self.stream_ended = True
-            if self._control is not None:
-                self._control.close()
-                self._control = None
-            close_quietly(self._wake_w)
-            close_quietly(self._wake_r)
-            self._wake_w = self._wake_r = -1
+            self._release_locked()
             self.terminal.set()
             self.cond.notify_all()
+
+    def release(self) -> None:
+        """Close the control block and the wake pipe (idempotent)."""
+        with self.lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        close_quietly(self._wake_w)
+        close_quietly(self._wake_r)
+        self._wake_w = self._wake_r = -1

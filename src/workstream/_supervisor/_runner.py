@@ -399,6 +399,11 @@ class JobRunner:
             _guard.unregister(pid)
             self._registered_group = False
 
+    def release_unstarted(self) -> None:
+        """Free everything when the runner thread could not even be started."""
+        self._close_fds()
+        self.core.release()
+
     def _close_fds(self) -> None:
         for name in ("_data_r", "_lifeline_w", "_pidfd", "_control_fd"):
             _fds.close_quietly(getattr(self, name))
