@@ -424,16 +424,7 @@ def test_parent_sigkill_kills_child_and_grandchild(method: str, mode: str, tmp_p
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param("forkserver", id="forkserver"),
-        pytest.param("spawn", id="spawn"),
-        pytest.param(
-            "fork", id="fork", marks=pytest.mark.filterwarnings("ignore::DeprecationWarning")
-        ),
-    ],
-)
+@pytest.mark.parametrize("method", METHODS)
 def test_parent_sigkill_kills_child_without_guard(method: str, tmp_path: Path) -> None:
     """With kill_group=False (no guard for the job), a child holding the GIL still dies
     when the application is SIGKILLed (PR_SET_PDEATHSIG), as do the driver's helpers."""
@@ -506,15 +497,7 @@ def test_interpreter_exit_stops_running_jobs(method: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(
-    "method",
-    [
-        pytest.param("forkserver", id="forkserver"),
-        pytest.param("spawn", id="spawn"),
-        # fork fails here about one run in eight; the deterministic reproduction is
-        # test_fork_child_of_a_parent_dead_before_go_exits below.
-    ],
-)
+@pytest.mark.parametrize("method", METHODS)
 def test_parent_sigkill_right_after_start_leaves_nothing(method: str, tmp_path: Path) -> None:
     """An application SIGKILLed right after start(), while its child is still booting,
     leaves no process behind: neither the child (whatever step it reached), nor a
