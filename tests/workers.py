@@ -26,11 +26,6 @@ def count(n: int) -> Iterator[int]:
     return n
 
 
-def emit_count(n: int) -> str:
-    for i in range(n):
-        workstream.emit(i)
-    return "emitted"
-
 
 def flood_dicts(n: int) -> Iterator[dict[str, float]]:
     for i in range(n):
@@ -53,30 +48,7 @@ def raise_after(n: int) -> Iterator[int]:
     raise ValueError(f"boom after {n}")
 
 
-def ready_then_sleep_in_c(seconds: float) -> Iterator[str]:
-    """Ignore SIGTERM, report ready, then sit in a C call that never checks signals."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    yield "ready"
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    time.sleep(seconds)  # ok: sleep (the C call under test)
-    yield "woke"
 
-
-def ready_then_sleep(seconds: float) -> Iterator[str]:
-    """Report ready, then sleep (SIGTERM raises Cancelled inside the sleep)."""
-    try:
-        yield "ready"
-        time.sleep(seconds)  # ok: sleep (a long call the cancel must interrupt)
-        yield "woke"
-    finally:
-        workstream.emit("finally")
-
-
-def ready_then_spin_ignoring_sigterm() -> Iterator[str]:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    yield "ready"
-    while True:
-        pass
 
 
 def crash_with(kind: str, after: int = 1) -> Iterator[int]:
@@ -101,28 +73,7 @@ def spawn_grandchild_then_wait() -> Iterator[int]:
     time.sleep(300)  # ok: sleep (stuck child under test)
 
 
-def unpicklable_item() -> Iterator[object]:
-    yield 1
-    import threading
 
-    yield threading.Lock()
-    yield 3
-
-
-def poll_cancelled() -> str:
-    workstream.emit("ready")
-    while not workstream.cancelled():
-        pass
-    return "saw cancel"
-
-
-def check_cancelled_loop() -> None:
-    workstream.emit("ready")
-    try:
-        while True:
-            workstream.check_cancelled()
-    finally:
-        workstream.emit("finally")
 
 
 def catch_cancel_and_return() -> Iterator[str]:
