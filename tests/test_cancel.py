@@ -36,13 +36,13 @@ def take(it: object, n: int) -> list[object]:
     pytest.fail(f"the stream ended after {len(out)} of {n} items")
 
 
-def cancelled_outcome(job: workstream.Job[object], timeout: float = 10) -> CancelledOutcome:
+def cancelled_outcome(job: workstream.Job[object, object], timeout: float = 10) -> CancelledOutcome:
     outcome = job.wait(timeout=timeout)
     assert isinstance(outcome, CancelledOutcome), outcome
     return outcome
 
 
-def started(job: workstream.Job[object], marker: Path) -> None:
+def started(job: workstream.Job[object, object], marker: Path) -> None:
     """Wait until the child created ``marker`` (it passed its last cancellation point)."""
     wait_until(marker.exists, 15, f"the child of {job!r} to create {marker.name}")
 

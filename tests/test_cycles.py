@@ -154,7 +154,7 @@ def run_threaded_cycles(count: int, seed: int) -> tuple[float, str]:
             items: list[object] = []
 
             def ask(
-                job: workstream.Job[object] = job, box: list[object] = box, slot: int = slot
+                job: workstream.Job[object, object] = job, box: list[object] = box, slot: int = slot
             ) -> None:
                 with conds[slot]:
                     requests[slot].append([job, box])

@@ -12,9 +12,9 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast, overload
 
 import cloudpickle
 
@@ -27,10 +27,11 @@ from ._supervisor._jobcore import JobCore
 from ._supervisor._runner import JobRunner
 from ._transport import _fds
 
-T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
 
 
-class Job(Generic[T]):
+class Job(Generic[ItemT, ResultT]):
     """A running (or finished) worker process and the stream of items it yields.
 
     Create with :func:`workstream.start`. Thread-safe, except that one thread at a time
@@ -54,7 +55,7 @@ class Job(Generic[T]):
         self._runner = JobRunner(
             self._core, payload, control_fd, options, self._name, self._started_at
         )
-        self._cur: list[object] = []
+        self._cur: list[ItemT] = []
         self._pos = 0
         self._discard_local = False  # set by cancel(discard=True), read by the iterator
         # Both threads exist before either starts: the runner must know whether a
@@ -178,7 +179,7 @@ class Job(Generic[T]):
         assert outcome is not None
         return outcome
 
-    def result(self, timeout: float | None = None) -> T:
+    def result(self, timeout: float | None = None) -> ResultT:
         """Wait (as :meth:`wait`) and return ``fn``'s return value.
 
         Raises :class:`Cancelled` if the job was cancelled, :class:`WorkerError` if ``fn``
@@ -196,7 +197,7 @@ class Job(Generic[T]):
 
     # -- the stream ---------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[ItemT]:
         if self._options.on_item is not None:
             raise RuntimeError(
                 f"job {self._name!r} delivers its items to on_item; iterate only a job "
@@ -204,7 +205,7 @@ class Job(Generic[T]):
             )
         return self
 
-    def __next__(self) -> Any:
+    def __next__(self) -> ItemT:
         cur = self._cur
         i = self._pos
         if i < len(cur) and not self._discard_local:
@@ -217,9 +218,9 @@ class Job(Generic[T]):
             self._cur = []
             self._pos = 0
             raise StopIteration
-        self._cur = batch
+        self._cur = cast("list[ItemT]", batch)
         self._pos = 1
-        return batch[0]
+        return self._cur[0]
 
     def _drop_local_batch(self) -> None:
         """After cancel(discard=True): the rest of the batch being iterated is dropped too.
@@ -230,7 +231,7 @@ class Job(Generic[T]):
         self._cur = []
         self._pos = 0
 
-    def drain(self) -> list[Any]:
+    def drain(self) -> list[ItemT]:
         """Return every item received so far without blocking ([] if none yet).
 
         For event loops that poll (a GUI timer). Shares the stream with iteration.
@@ -250,7 +251,7 @@ class Job(Generic[T]):
 
     # -- context manager ----------------------------------------------------------------
 
-    def __enter__(self) -> Job[T]:
+    def __enter__(self) -> Job[ItemT, ResultT]:
         return self
 
     def __exit__(
@@ -317,7 +318,17 @@ class Job(Generic[T]):
         return f"<workstream.Job {self._name!r} pid={self.pid} state={self.state.value}>"
 
 
-def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any]:
+@overload
+def start(
+    fn: Callable[..., Generator[ItemT, Any, ResultT]], *args: Any, **options: Any
+) -> Job[ItemT, ResultT]: ...
+@overload
+def start(
+    fn: Callable[..., Iterator[ItemT]], *args: Any, **options: Any
+) -> Job[ItemT, Any]: ...
+@overload
+def start(fn: Callable[..., ResultT], *args: Any, **options: Any) -> Job[Any, ResultT]: ...
+def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any, Any]:
     """Start ``fn(*args)`` in a new worker process and return its :class:`Job` at once.
 
     ``fn`` may be a generator function (each yielded value is an item; the ``return``

@@ -241,7 +241,7 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def _start_job(settings: DemoSettings) -> Job[Any]:
+def _start_job(settings: DemoSettings) -> Job[Any, Any]:
     from . import _demo
 
     fn = functools.partial(
@@ -278,7 +278,7 @@ class Tally:
     last: StepItem | None = None
 
 
-def consume(job: Job[Any], view: LiveView, stop: StopButton) -> Tally:
+def consume(job: Job[Any, Any], view: LiveView, stop: StopButton) -> Tally:
     """Iterate the job to the end of its stream, showing each item.
 
     Ctrl-C (KeyboardInterrupt) presses Stop and iteration goes on: the stream always
@@ -300,7 +300,7 @@ def consume(job: Job[Any], view: LiveView, stop: StopButton) -> Tally:
             _handle_interrupt(stop)
 
 
-def wait_for(job: Job[Any], stop: StopButton) -> Outcome:
+def wait_for(job: Job[Any, Any], stop: StopButton) -> Outcome:
     """Wait until the job is reaped and return its outcome; Ctrl-C presses Stop."""
     while True:
         try:
@@ -329,7 +329,7 @@ class StopButton:
     """
 
     def __init__(
-        self, job: Job[Any], announce: Callable[[str], None], stop_after: float | None,
+        self, job: Job[Any, Any], announce: Callable[[str], None], stop_after: float | None,
         grace: float,
     ) -> None:
         self._job = job
