@@ -68,7 +68,7 @@ def spawn_grandchild_then_tick() -> Iterator[object]:
     A cooperative cancel makes this child exit normally while the grandchild lives on:
     only the parent's kill of the process group after the exit can remove it.
     """
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # ok: sleep
     yield proc.pid
     while True:
         yield "tick"
@@ -143,7 +143,7 @@ def mark_then_check_cancelled(path: str) -> None:
 def mark_then_spawn_grandchild_and_wait(path: str) -> None:
     """Start a subprocess, then (SIGTERM ignored and blocked) write its pid to ``path``
     and sit in a C call: only SIGKILL to the process group ends both."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # ok: sleep
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     tmp = path + ".tmp"
@@ -155,7 +155,7 @@ def mark_then_spawn_grandchild_and_wait(path: str) -> None:
 
 def spawn_grandchild_then_return() -> Iterator[int]:
     """Start a subprocess (in our process group), yield its pid, and return at once."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # ok: sleep
     yield proc.pid
     return "done"
 
@@ -166,10 +166,10 @@ def spawn_grandchild_then_hold_gil() -> Iterator[int]:
     run Python code any more, so its lifeline watchdog cannot act either."""
     import ctypes
 
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # ok: sleep
     yield proc.pid
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    ctypes.PyDLL(None).sleep(300)
+    ctypes.PyDLL(None).sleep(300)  # ok: sleep (a C call holding the GIL, under test)
 
 
 def return_immediately() -> str:
