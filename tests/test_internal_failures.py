@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -51,3 +52,24 @@ def test_runner_bug_ends_the_job_as_crashed(monkeypatch: pytest.MonkeyPatch) -> 
     assert isinstance(outcome, workstream.Crashed)
     assert "internal error in workstream's runner" in str(outcome.error)
     assert "injected runner bug" in str(outcome.error)
+
+
+@pytest.mark.timeout(30)
+def test_cancel_from_a_signal_handler_inside_the_cores_lock() -> None:
+    """cancel() called by a signal handler that interrupted the main thread while it held
+    the job's lock (e.g. inside next()) neither deadlocks nor is lost: it returns at once
+    and the job ends cancelled once the interrupted section is done."""
+    job = workstream.start(workers.forever)
+    it = iter(job)
+    assert next(it) == 0
+    core = job._core
+    with core.lock:  # the main thread is "inside take_batch" when the handler runs
+        t0 = time.monotonic()
+        assert job.cancel() is True  # what a SIGINT handler calling job.cancel() does
+        assert time.monotonic() - t0 < 1.0
+    outcome = job.wait(timeout=20)
+    assert isinstance(outcome, workstream.CancelledOutcome)
+    assert outcome.rung == "cooperative"
+    rest = list(it)
+    assert rest[-1] == "finally"
+    assert rest[:-1] == list(range(1, len(rest)))

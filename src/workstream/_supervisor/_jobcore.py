@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from .._outcomes import JobState, Outcome, check_transition
 from .._transport._fds import CANCEL_FLAG, close_quietly
 
+_REENTRY_WAIT = 0.05  # s; see JobCore.request_cancel
+
 
 @dataclass
 class CancelRequest:
@@ -86,9 +88,29 @@ class JobCore:
     def request_cancel(
         self, grace: float, term_delay: float, discard: bool, now: float | None = None
     ) -> bool:
-        """Record a cancel (or tighten an earlier one); return False if already terminal."""
+        """Record a cancel (or tighten an earlier one); return False if already terminal.
+
+        Never blocks for long, and is safe from a signal handler: a handler runs on the
+        main thread between two bytecodes, possibly while that same thread holds
+        ``lock`` (inside ``take_batch``, say). If the lock cannot be had within
+        ``_REENTRY_WAIT`` on the main thread, the request is handed to a short-lived
+        thread that records it once the interrupted critical section is done.
+        """
         now = time.monotonic() if now is None else now
-        with self.lock:
+        on_main = threading.current_thread() is threading.main_thread()
+        if not self.lock.acquire(timeout=_REENTRY_WAIT if on_main else -1):
+            if self.state.is_terminal:
+                return False
+            control = self._control  # alive: its closer needs the lock we are inside
+            if control is not None:
+                with contextlib.suppress(ValueError):  # closed after all: job is over
+                    control[CANCEL_FLAG] = 1
+            threading.Thread(
+                target=self.request_cancel, args=(grace, term_delay, discard, now),
+                name="workstream-deferred-cancel", daemon=True,
+            ).start()
+            return True
+        try:
             if self.state.is_terminal:
                 return False
             if self._control is not None:  # first, so the child can see it at once
@@ -105,6 +127,8 @@ class JobCore:
                 self._discard_buffered_locked()
             self._wake_locked()
             return True
+        finally:
+            self.lock.release()
 
     def take_batch(self, block: bool = True) -> list[object] | None:
         """Return the next batch of items; None once the stream ended and is empty.
