@@ -79,15 +79,22 @@ def _wait_blocked(pid: int, timeout: float = 5.0) -> bool:
 # -- references -----------------------------------------------------------------------------
 
 
-def ref_terminate(method: str) -> dict[str, Any]:
+def _started_reference(method: str, target: Any, *args: Any) -> tuple[Any, Any]:
+    """Start a plain Process running ``target(writer, *args)``; return it and the read end
+    once it reported ready and has worked for DELAY seconds."""
     ctx = mp.get_context(method)
     r, wr = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=w.mp_busy, args=(wr,), daemon=True)
+    p = ctx.Process(target=target, args=(wr, *args), daemon=True)
     p.start()
     wr.close()
     if not r.poll(60) or r.recv() != w.READY:
         raise RuntimeError("no ready marker")
     time.sleep(DELAY)
+    return p, r
+
+
+def ref_terminate(method: str) -> dict[str, Any]:
+    p, r = _started_reference(method, w.mp_busy)
     pid = p.pid
     t0 = bc.perf()
     p.terminate()
@@ -100,15 +107,8 @@ def ref_terminate(method: str) -> dict[str, Any]:
 
 
 def ref_event(method: str) -> dict[str, Any]:
-    ctx = mp.get_context(method)
-    stop = ctx.Event()
-    r, wr = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=w.mp_cooperative, args=(wr, stop), daemon=True)
-    p.start()
-    wr.close()
-    if not r.poll(60) or r.recv() != w.READY:
-        raise RuntimeError("no ready marker")
-    time.sleep(DELAY)
+    stop = mp.get_context(method).Event()
+    p, r = _started_reference(method, w.mp_cooperative, stop)
     pid = p.pid
     t0 = bc.perf()
     stop.set()
