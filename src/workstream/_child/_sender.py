@@ -95,16 +95,11 @@ class Sender:
         except Exception:
             data = dumps_with_fallback(item)
         pending = self._pending
-        control = self._control
-        reader_idle = control[_READER_IDLE]
-        if reader_idle:
-            # The parent waits for data: give it everything now. One write per wait:
-            # clear the flag (the parent sets it again before it next blocks), so a
-            # flood is still batched while the parent is busy.
-            control[_READER_IDLE] = 0
-        elif pending and len(pending) & 63:
-            # A batch is open and the flusher is armed: just queue. The clock is read
-            # every 64 items only (the flusher owns the deadline); the size bound always.
+        n = len(pending)
+        # A batch is open (the flusher is armed): just queue. The reader-idle byte is
+        # read every 8th item of a batch, the clock every 64th (the flusher owns the
+        # deadline); the size bound is checked always.
+        if n & 7 or (n and n & 63 and not self._control[_READER_IDLE]):
             pending.append(data)
             size = self._pending_bytes + len(data)
             self._pending_bytes = size
@@ -115,6 +110,13 @@ class Sender:
                 self._armed = True
                 self._wake.set()
             return
+        control = self._control
+        reader_idle = control[_READER_IDLE]
+        if reader_idle:
+            # The parent waits for data: give it everything now. One write per wait:
+            # clear the flag (the parent sets it again before it next blocks), so a
+            # flood is still batched while the parent is busy.
+            control[_READER_IDLE] = 0
         window = self._window
         urgent = (
             reader_idle or window == 0 or time.monotonic() - self._last_write >= window
