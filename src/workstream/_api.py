@@ -83,7 +83,7 @@ class Job(Generic[ItemT, ResultT]):
             self._runner.run()
         finally:
             if self._callback_thread is None:
-                self._core.finished.set()
+                self._core.set_finished()
             _registry.remove(self)
 
     # -- facts --------------------------------------------------------------------------
@@ -249,6 +249,32 @@ class Job(Generic[ItemT, ResultT]):
                 return out
             out.extend(batch)
 
+    def add_listener(self, fn: Callable[[], object]) -> Callable[[], None]:
+        """Call ``fn()`` whenever new items can be taken and once the job is done.
+
+        The hook for event loops (asyncio, Qt, Tk...): ``fn`` runs on a workstream thread
+        and must only *schedule* work on the loop (``loop.call_soon_threadsafe``, a
+        queued Qt signal) — never block, never touch the GUI. Calls are not coalesced
+        and may come after ``fn`` was removed by a racing call. If ``fn`` is added after
+        the job is done it is called once, at once, on the caller's thread. A listener
+        that raises is dropped silently from the hook (the error is kept on the job,
+        not printed). Returns a function that removes ``fn`` (idempotent).
+        """
+        if not callable(fn):
+            raise TypeError(f"add_listener() needs a callable, not {type(fn).__name__}")
+        core = self._core
+        with core.lock:
+            core.listeners.append(fn)
+
+        def remove() -> None:
+            with core.lock:
+                if fn in core.listeners:
+                    core.listeners.remove(fn)
+
+        if core.finished.is_set():
+            fn()
+        return remove
+
     # -- context manager ----------------------------------------------------------------
 
     def __enter__(self) -> Job[ItemT, ResultT]:
@@ -292,7 +318,7 @@ class Job(Generic[ItemT, ResultT]):
                 except BaseException as exc:
                     self._callback_failed(exc)
         finally:
-            core.finished.set()
+            core.set_finished()
 
     def _callback_failed(self, exc: BaseException) -> None:
         with self._core.lock:

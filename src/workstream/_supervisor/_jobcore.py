@@ -15,6 +15,7 @@ import mmap
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._outcomes import JobState, Outcome, check_transition
@@ -61,6 +62,10 @@ class JobCore:
         self.stream_ended = False
         self.items_received = 0  # queued for the consumer (never decreases)
         self.items_discarded = 0
+        # Called (no arguments, from the runner or callback thread) whenever items were
+        # queued and once the job is finished; see Job.add_listener.
+        self.listeners: list[Callable[[], object]] = []
+        self.listener_error: BaseException | None = None
 
     @property
     def control(self) -> mmap.mmap | None:
@@ -182,6 +187,28 @@ class JobCore:
             self.buffered_bytes += nbytes
             self.items_received += len(items)
             self.cond.notify_all()
+        self.notify_listeners()
+
+    def notify_listeners(self) -> None:
+        """Call every listener; must not be called with ``lock`` held.
+
+        A listener that raises is removed and its error kept in ``listener_error`` (the
+        first one): a broken integration must not kill the runner or print from it.
+        """
+        for fn in tuple(self.listeners):
+            try:
+                fn()
+            except BaseException as exc:  # noqa: BLE001 - reported through the Job
+                with self.lock:
+                    if fn in self.listeners:
+                        self.listeners.remove(fn)
+                    if self.listener_error is None:
+                        self.listener_error = exc
+
+    def set_finished(self) -> None:
+        """Mark the job finished (after on_done ran) and tell the listeners."""
+        self.finished.set()
+        self.notify_listeners()
 
     def count_taken_but_discarded(self, n: int) -> None:
         """Items the consumer had taken but not yet seen were dropped by a discard."""
