@@ -198,7 +198,7 @@ class JobCore:
         for fn in tuple(self.listeners):
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - reported through the Job
+            except BaseException as exc:
                 with self.lock:
                     if fn in self.listeners:
                         self.listeners.remove(fn)
