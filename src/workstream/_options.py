@@ -52,6 +52,16 @@ class Options:
     """Pending pickled bytes in the child that trigger a write at once."""
     pipe_bytes: int = 1 << 20
     """Kernel buffer of the data pipe (Linux); with the batch, the most in flight."""
+    shm_threshold: int | None = 64 << 10
+    """Buffers of at least this many bytes inside an item (numpy arrays, anything that
+    pickles through ``pickle.PickleBuffer``) travel through shared memory instead of the
+    pipe; None sends everything through the pipe."""
+    shm_pool_bytes: int = 256 << 20
+    """Most shared memory one job may use for such buffers (sparse: pages are allocated as
+    written); beyond it, while the consumer still holds earlier items, buffers go in-band."""
+    shm_copy: bool = False
+    """Deliver copies of shared-memory buffers (their block is reused at once) instead of
+    zero-copy views (the block is reused once the item and every view of it are dropped)."""
     kill_group: bool = True
     """Kill the child's process group (its own subprocesses) when the job ends, and have
     the guard kill it if this application dies."""
@@ -88,6 +98,23 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, not {value!r}")
+        if self.shm_threshold is not None and (
+            not isinstance(self.shm_threshold, int) or isinstance(self.shm_threshold, bool)
+            or self.shm_threshold < 1
+        ):
+            raise ValueError(
+                f"shm_threshold must be a positive number of bytes or None, "
+                f"not {self.shm_threshold!r}"
+            )
+        if (
+            not isinstance(self.shm_pool_bytes, int) or isinstance(self.shm_pool_bytes, bool)
+            or self.shm_pool_bytes < 1
+        ):
+            raise ValueError(
+                f"shm_pool_bytes must be a positive int, not {self.shm_pool_bytes!r}"
+            )
+        if not isinstance(self.shm_copy, bool):
+            raise TypeError(f"shm_copy must be a bool, not {type(self.shm_copy).__name__}")
         if not isinstance(self.kill_group, bool):
             raise TypeError(f"kill_group must be a bool, not {type(self.kill_group).__name__}")
         if self.name is not None and not isinstance(self.name, str):

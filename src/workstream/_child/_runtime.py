@@ -36,6 +36,8 @@ from typing import Any
 from .._errors import Cancelled, NotInWorkerError
 from .._linux import set_parent_death_signal
 from .._transport import _fds, _framing
+from .._transport._shm import BlockPool
+from ._arrays import ArrayPickler
 from ._sender import Sender, dumps_with_fallback
 
 _current: _Context | None = None
@@ -309,6 +311,20 @@ def _drop_forkserver_alive_fd() -> None:
         return
 
 
+def _arrays_from_settings(settings: dict[str, Any]) -> ArrayPickler | None:
+    """Map the job's shared-memory arena if the parent passed one (see ``_arrays``)."""
+    passed = settings.get("arrays")
+    if passed is None:
+        return None
+    conn, threshold = passed
+    try:
+        return ArrayPickler(BlockPool(conn.fd), threshold)
+    except (OSError, ValueError):
+        return None  # large buffers then travel in-band: correct, slower
+    finally:
+        conn.close()
+
+
 def child_main(
     payload: bytes,
     data_conn: _fds.PassedFd,
@@ -333,7 +349,10 @@ def child_main(
     ctl = _fds.map_control_block(control_fd)
     os.close(control_fd)
 
-    sender = Sender(data_fd, settings["batch_window"], settings["max_batch_bytes"], ctl)
+    arrays = _arrays_from_settings(settings)
+    sender = Sender(
+        data_fd, settings["batch_window"], settings["max_batch_bytes"], ctl, arrays
+    )
     ctx = _Context(ctl, sender)
     _current = ctx
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -60,9 +60,12 @@ class Sender:
     """
 
     def __init__(
-        self, fd: int, batch_window: float, max_batch_bytes: int, control: Any = None
+        self, fd: int, batch_window: float, max_batch_bytes: int, control: Any = None,
+        arrays: Any = None,
     ) -> None:
         self._fd = fd
+        # An _arrays.ArrayPickler (large buffers through shared memory), or None.
+        self._arrays = arrays
         # The control block (or a stand-in): byte READER_IDLE is 1 while the parent waits.
         self._control = control if control is not None else bytearray(_fds.CONTROL_BLOCK_SIZE)
         self._window = batch_window
@@ -90,10 +93,13 @@ class Sender:
 
         Raises the pickling error (nothing is queued) or ``OSError`` if the parent is gone.
         """
-        try:
-            data = _dumps(item, _PROTOCOL)
-        except Exception:
-            data = dumps_with_fallback(item)
+        if self._arrays is None:
+            try:
+                data = _dumps(item, _PROTOCOL)
+            except Exception:
+                data = dumps_with_fallback(item)
+        else:
+            data = self._arrays.dumps(item)
         pending = self._pending
         n = len(pending)
         # A batch is open (the flusher is armed): just queue. The reader-idle byte is

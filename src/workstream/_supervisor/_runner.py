@@ -36,8 +36,9 @@ from .._errors import ChannelBroken, DeliveryError, WorkerCrashed, WorkerError, 
 from .._linux import open_pidfd
 from .._options import Options
 from .._outcomes import CancelledOutcome, CancelRung, Completed, Crashed, Failed, Outcome
-from .._transport import _fds, _framing
+from .._transport import _fds, _framing, _shm
 from . import _guard
+from ._arrays import ArrayChannel
 from ._jobcore import JobCore
 
 _READ_CHUNK = 1 << 20
@@ -80,6 +81,7 @@ class JobRunner:
         self._channel_error: ChannelBroken | None = None
         self._delivery_error: DeliveryError | None = None
         self._registered_group = False
+        self._arrays: ArrayChannel | None = None  # large buffers in shared memory
 
     # -- thread entry -------------------------------------------------------------------
 
@@ -142,6 +144,9 @@ class JobRunner:
             # own pipes (its lifeline would never reach EOF) nor the guard's pipe.
             parent_ends = (_guard.guard_fd(), life_w, data_r, *self.core.wake_fds)
             settings["close_fds"] = [fd for fd in parent_ends if fd is not None]
+        self._arrays = ArrayChannel.for_options(opts)
+        if self._arrays is not None:
+            settings["arrays"] = self._arrays.child_settings()
         if method in ("fork", "spawn"):
             settings["parent_pid"] = os.getpid()
         else:
@@ -160,6 +165,8 @@ class JobRunner:
         finally:
             for conn in conns:
                 conn.close()
+            if self._arrays is not None:
+                self._arrays.close_fd()  # the child has its copy; our mapping needs none
         self._payload = b""
         self._proc = proc
         # We reap our children ourselves; multiprocessing's own reaping (active_children(),
@@ -269,6 +276,8 @@ class JobRunner:
             if kind is _framing.Kind.ITEMS:
                 if core.discarding() or self._delivery_error is not None:
                     core.count_discarded(frame.count)
+                    if self._arrays is not None:
+                        self._arrays.release_unread(frame.item_payloads())
                 elif self._decode_items(frame, batch):
                     nbytes += len(frame.body)
             elif kind is _framing.Kind.READY:
@@ -276,34 +285,48 @@ class JobRunner:
                 core.mark_running(self._pid)
             else:
                 self._final = frame
+        if self._arrays is not None:  # shared-memory bytes count for backpressure too
+            nbytes += self._arrays.take_new_bytes()
         if batch:  # one hand-over (one lock, one wake-up) per chunk read, not per frame
             core.deliver(batch, nbytes)
         if self._delivery_error is not None and core.cancel is None:
             self._request_internal_cancel(grace=self._options.grace)
 
     def _decode_items(self, frame: _framing.Frame, out: list[object]) -> bool:
-        """Unpickle the frame's items onto ``out``; on failure record a DeliveryError."""
+        """Unpickle the frame's items onto ``out``; on failure record a DeliveryError.
+
+        The fast path unpickles plain payloads in one C loop; a payload with buffers in
+        shared memory (first byte 0x00, never a pickle's) makes it fail over to
+        :meth:`ArrayChannel.loads` for that item and resume after it.
+        """
         payloads = frame.item_payloads()
-        try:
-            out.extend([_loads(p) for p in payloads])
-        except Exception as exc:
-            decoded = 0
-            for p in payloads:
+        base = len(out)
+        rest = iter(payloads)
+        while True:
+            try:
+                out.extend(map(_loads, rest))  # appends item by item: survives a failure
+                return True
+            except Exception as exc:
+                index = len(out) - base  # the payload that failed
+                error: Exception = exc
+            payload = payloads[index]
+            if self._arrays is not None and _shm.is_out_of_band(payload):
                 try:
-                    out.append(_loads(p))
-                except Exception:
-                    break
-                decoded += 1
-            index = self.core.items_received + len(out) + 1
-            err = DeliveryError(
-                f"item #{index} could not be unpickled in the parent "
-                f"({type(exc).__name__}: {exc}); the job was cancelled"
-            )
-            err.__cause__ = exc
-            self._delivery_error = err
-            self.core.count_discarded(frame.count - decoded)
-            return False
-        return True
+                    out.append(self._arrays.loads(payload))
+                    continue
+                except Exception as exc:
+                    error = exc
+            break
+        if self._arrays is not None:
+            self._arrays.release_unread(payloads[index + 1 :])
+        err = DeliveryError(
+            f"item #{self.core.items_received + len(out) + 1} could not be unpickled in the "
+            f"parent ({type(error).__name__}: {error}); the job was cancelled"
+        )
+        err.__cause__ = error
+        self._delivery_error = err
+        self.core.count_discarded(frame.count - index)
+        return False
 
     def _request_internal_cancel(self, grace: float) -> None:
         # Not discard=True: the good items already queued stay deliverable; the runner
@@ -408,6 +431,8 @@ class JobRunner:
         for name in ("_data_r", "_lifeline_w", "_pidfd", "_control_fd"):
             _fds.close_quietly(getattr(self, name))
             setattr(self, name, None)
+        if self._arrays is not None:
+            self._arrays.close()  # arrays the user still holds stay valid
         if self._proc is not None:
             with contextlib.suppress(Exception):
                 self._proc.close()

@@ -1,0 +1,343 @@
+"""Shared-memory blocks for large buffers: the arena, the child's pool, the parent's table.
+
+Bytes only: no pickling, nothing of ours imported. One *arena* per job: a memfd (no name
+anywhere in the file system, so no other user can open it and nothing is left in
+``/dev/shm`` whatever happens) of ``STATE_BYTES + pool_bytes``, created by the parent
+and passed to the child like the control block. Its size is set once (a sparse file:
+pages are allocated on first write, freed when the last mapping and fd are gone)::
+
+    offset 0              STATE_BYTES (one page): one state byte per slot
+    offset STATE_BYTES    blocks, page aligned, carved by the child as it needs them
+
+State byte of slot ``i``: 0 = free (the child may write the block), 1 = in use (the
+child wrote it and sent a descriptor; the parent has not finished with it). Only the
+child sets 1 (on a free slot) and only the parent sets 0 (on a used slot), so the two
+never race on a byte. A slot is tied to one block (offset, capacity) for the whole job.
+
+Item payload with out-of-band buffers (an ordinary item is a plain protocol-5 pickle,
+whose first byte is always 0x80)::
+
+    0      1    MARK (0x00: never the first byte of a pickle)
+    1      4    n, the number of buffers (u32)
+    5      20n  n descriptors (slot u32, offset u64, length u64), in pickle's buffer order
+    5+20n  ...  the pickle, made with ``buffer_callback`` (its big buffers are outside)
+
+The parent maps the arena once, through libc's ``mmap`` rather than :mod:`mmap`: a
+Python ``mmap`` object keeps a duplicate of the fd open for as long as it lives, and an
+array the user keeps after the job ended must not keep a descriptor open. The mapping
+is unmapped when the table is closed *and* the last buffer built on it is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import struct
+import sys
+import threading
+import weakref
+from typing import Any
+
+PAGE = mmap.PAGESIZE
+STATE_BYTES = PAGE  # one page of state bytes
+MAX_SLOTS = STATE_BYTES
+MARK = 0
+_COUNT = struct.Struct("<BI")
+DESCRIPTOR = struct.Struct("<IQQ")
+_FREE, _USED = 0, 1
+_MIN_BLOCK = 64 << 10
+
+Descriptor = tuple[int, int, int]  # (slot, offset, length)
+
+
+def supported() -> bool:
+    """True where arenas work here: memfd and a libc ``mmap`` reachable through ctypes."""
+    return hasattr(os, "memfd_create") and _libc() is not None
+
+
+def create_arena(pool_bytes: int) -> int:
+    """Create a job's arena (a memfd, close-on-exec) for ``pool_bytes`` of blocks.
+
+    Returns the fd; the caller owns it. Raises OSError if the kernel refuses.
+    """
+    fd = os.memfd_create("workstream-arrays", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, STATE_BYTES + pool_bytes)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def block_capacity(n: int) -> int:
+    """Capacity of a new block for an ``n``-byte buffer: the next power of two, at least
+    64 KiB (a few size classes, so blocks of a stream of similar arrays get reused)."""
+    cap = _MIN_BLOCK
+    while cap < n:
+        cap <<= 1
+    return cap
+
+
+def encode_payload(descriptors: list[Descriptor], pickled: bytes) -> bytes:
+    """Return the item payload carrying ``descriptors`` and the in-band pickle."""
+    parts = [_COUNT.pack(MARK, len(descriptors))]
+    parts.extend(DESCRIPTOR.pack(*d) for d in descriptors)
+    parts.append(pickled)
+    return b"".join(parts)
+
+
+def is_out_of_band(payload: bytes | memoryview) -> bool:
+    """True if ``payload`` is an item with out-of-band buffers (see the module docstring)."""
+    return len(payload) > 0 and payload[0] == MARK
+
+
+def decode_payload(payload: bytes | memoryview) -> tuple[list[Descriptor], memoryview]:
+    """Split an out-of-band payload into its descriptors and the pickle.
+
+    Raises ValueError if the payload is malformed (the bounds of each descriptor are
+    checked by :meth:`BlockTable.buffers`).
+    """
+    view = memoryview(payload)
+    if len(view) < _COUNT.size:
+        raise ValueError("out-of-band item payload shorter than its header")
+    mark, n = _COUNT.unpack_from(view, 0)
+    end = _COUNT.size + n * DESCRIPTOR.size
+    if mark != MARK or n == 0 or end > len(view):
+        raise ValueError(f"malformed out-of-band item payload ({n} descriptors)")
+    descriptors = [
+        DESCRIPTOR.unpack_from(view, _COUNT.size + i * DESCRIPTOR.size) for i in range(n)
+    ]
+    return descriptors, view[end:]
+
+
+# -- the child's side -------------------------------------------------------------------
+
+
+class BlockPool:
+    """The child's blocks: writes large buffers into free blocks, carves new ones.
+
+    Never waits: when no free block fits and the arena has no room (or all slots are
+    taken), :meth:`put` returns None and the caller sends the buffer in-band. So a
+    consumer that keeps every item (``list(job)``) can never deadlock the stream, and the
+    shared memory of a job never exceeds the arena's size. Used by one thread at a time
+    (the sender pickles under its own discipline; see ``_child._arrays``).
+    """
+
+    def __init__(self, fd: int) -> None:
+        """Map the arena ``fd`` (the caller may close ``fd`` afterwards)."""
+        size = os.fstat(fd).st_size
+        self._map: mmap.mmap | None = mmap.mmap(fd, size)
+        self._state = memoryview(self._map)[:STATE_BYTES]
+        self._size = size
+        self._next = STATE_BYTES  # where the next new block starts
+        # Every block ever carved, as (capacity, slot, offset), sorted by capacity.
+        self._blocks: list[tuple[int, int, int]] = []
+        self.blocks_created = 0
+
+    def put(self, raw: memoryview) -> Descriptor | None:
+        """Copy the contiguous byte buffer ``raw`` into a free block; return its descriptor.
+
+        The slot is marked in use *before* the copy; the descriptor is only returned (and
+        so only written to the pipe) after the copy completed, so a child killed during the
+        copy never delivers a torn buffer. Returns None if no block can be had.
+        """
+        n = raw.nbytes
+        state = self._state
+        found: tuple[int, int, int] | None = None
+        for block in self._blocks:  # smallest free block that fits
+            if block[0] >= n and state[block[1]] == _FREE:
+                found = block
+                break
+        if found is None:
+            found = self._carve(n)
+            if found is None:
+                return None
+        _cap, slot, offset = found
+        state[slot] = _USED
+        assert self._map is not None
+        self._map[offset : offset + n] = raw
+        return slot, offset, n
+
+    def _carve(self, n: int) -> tuple[int, int, int] | None:
+        cap = block_capacity(n)
+        slot = len(self._blocks)
+        if slot >= MAX_SLOTS or self._next + cap > self._size:
+            return None
+        block = (cap, slot, self._next)
+        self._next += cap
+        self._blocks.append(block)
+        self._blocks.sort()
+        self.blocks_created += 1
+        return block
+
+    def release(self, descriptors: list[Descriptor]) -> None:
+        """Give back blocks whose descriptors were never sent (pickling failed later)."""
+        for slot, _offset, _n in descriptors:
+            self._state[slot] = _FREE
+
+    def close(self) -> None:
+        """Unmap the arena (idempotent)."""
+        if self._map is not None:
+            self._state.release()
+            self._map.close()
+            self._map = None
+
+
+# -- the parent's side ------------------------------------------------------------------
+
+_libc_handle: Any = None
+
+
+def _libc() -> Any:
+    global _libc_handle
+    if _libc_handle is None and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [
+                ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                ctypes.c_long,
+            ]
+            libc.munmap.restype = ctypes.c_int
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        except (OSError, AttributeError):
+            return None
+        _libc_handle = libc
+    return _libc_handle
+
+
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _map_shared(fd: int, size: int) -> int:
+    libc = _libc()
+    if libc is None:
+        raise OSError("libc mmap is not available")
+    addr = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of the shared-memory arena failed: {os.strerror(err)}")
+    return int(addr)
+
+
+def _unmap(addr: int, size: int) -> None:
+    libc = _libc()
+    if libc is not None:
+        libc.munmap(addr, size)
+
+
+_exporter_types: dict[int, Any] = {}
+
+
+def _exporter_type(capacity: int) -> Any:
+    """A ctypes array type of ``capacity`` bytes that supports weak references.
+
+    One per block capacity (a handful of power-of-two sizes). Its instances sit at the
+    bottom of every buffer built on a block: a memoryview of it, a slice of that view, a
+    numpy array on either, all keep it alive, so its death means "nothing refers to this
+    block any more". (A memoryview cannot play this part: ``memoryview(m)`` refers to
+    ``m``'s underlying exporter, not to ``m``.)
+    """
+    cls = _exporter_types.get(capacity)
+    if cls is None:
+        cls = type(f"_Block{capacity}", (ctypes.c_ubyte * capacity,), {})
+        _exporter_types[capacity] = cls
+    return cls
+
+
+class BlockTable:
+    """The parent's view of an arena: turns descriptors into buffers, releases blocks.
+
+    Zero-copy (default): each buffer is a writable view of the block, backed by a fresh
+    per-item exporter; when the last object built on it is gone (the user dropped the
+    array and every view of it), a ``weakref.finalize`` sets the slot's state byte to
+    free. Copy mode: the bytes are copied out and the slot is freed at once.
+
+    Thread-safe: buffers are made by the runner thread; finalizers run in whatever thread
+    drops the last reference.
+    """
+
+    def __init__(self, fd: int, copy: bool = False) -> None:
+        """Map the arena ``fd`` (the caller keeps ownership of ``fd`` and may close it)."""
+        size = os.fstat(fd).st_size
+        addr = _map_shared(fd, size)
+        mapping = (ctypes.c_ubyte * size).from_address(addr)
+        # munmap once the table is closed and no buffer refers to the mapping any more.
+        weakref.finalize(mapping, _unmap, addr, size)
+        self._mapping: Any = mapping
+        self._view: memoryview | None = memoryview(mapping).cast("B")
+        self._state: memoryview | None = self._view[:STATE_BYTES]
+        self._size = size
+        self._copy = copy
+        self._lock = threading.Lock()
+        self.bytes_mapped = 0  # out-of-band bytes turned into buffers so far
+        self.blocks_seen = 0  # 1 + the highest slot seen (the child carves slots in order)
+
+    def buffers(self, descriptors: list[Descriptor]) -> list[memoryview | bytearray]:
+        """Return one buffer per descriptor (views, or copies in copy mode).
+
+        Raises ValueError for a descriptor outside the arena (a corrupt channel).
+        """
+        view, state = self._view, self._state
+        if view is None or state is None:
+            raise ValueError("the block table is closed")
+        out: list[memoryview | bytearray] = []
+        for slot, offset, n in descriptors:
+            if not (
+                slot < MAX_SLOTS and offset >= STATE_BYTES and offset + n <= self._size
+                and n > 0
+            ):
+                raise ValueError(
+                    f"out-of-band descriptor (slot {slot}, offset {offset}, {n} bytes) "
+                    f"lies outside the {self._size}-byte arena"
+                )
+            self.bytes_mapped += n
+            if slot >= self.blocks_seen:
+                self.blocks_seen = slot + 1
+            if self._copy:
+                out.append(bytearray(view[offset : offset + n]))
+                self._release(slot)
+                continue
+            cap = block_capacity(n)
+            if offset + cap > self._size:
+                cap = self._size - offset
+            exporter = _exporter_type(cap).from_buffer(self._mapping, offset)
+            # The finalizer holds the state view (so the mapping) only while the
+            # exporter lives, and the exporter holds the mapping anyway.
+            weakref.finalize(exporter, _release_slot, state, self._lock, slot)
+            out.append(memoryview(exporter).cast("B")[:n])
+        return out
+
+    def release_unread(self, descriptors: list[Descriptor]) -> None:
+        """Free the blocks of an item that is dropped without being decoded."""
+        if self._state is None:
+            return
+        for slot, _offset, _n in descriptors:
+            if slot < MAX_SLOTS:
+                _release_slot(self._state, self._lock, slot)
+
+    def _release(self, slot: int) -> None:
+        assert self._state is not None
+        _release_slot(self._state, self._lock, slot)
+
+    @property
+    def closed(self) -> bool:
+        return self._state is None
+
+    def close(self) -> None:
+        """Drop the table's references to the mapping (idempotent); holds no fd.
+
+        Buffers still held stay valid; the mapping is unmapped when the last one is gone
+        (their finalizers then only write a state byte that nobody reads any more).
+        """
+        self._mapping = None
+        self._view = None
+        self._state = None
+
+
+def _release_slot(state: memoryview, lock: threading.Lock, slot: int) -> None:
+    # The lock (a full barrier) orders the reads of the block, done before the last
+    # reference went, before the store that lets the child overwrite it.
+    with lock:
+        state[slot] = _FREE
