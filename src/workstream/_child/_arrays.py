@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 from typing import Any
 
-from .._transport import _shm
+from .._transport import _fds, _shm
 from .._transport._shm import BlockPool, Descriptor
 
 _PROTOCOL = 5
+_CANCEL_FLAG = _fds.CANCEL_FLAG
 
 
 class ArrayPickler:
@@ -30,22 +32,50 @@ class ArrayPickler:
     item's pickling, held only while its large buffers are being placed.
     """
 
-    def __init__(self, pool: BlockPool, threshold: int) -> None:
+    def __init__(
+        self, pool: BlockPool, threshold: int, max_in_pipe: int | None, control: Any
+    ) -> None:
         self._pool = pool
         self._threshold = threshold
+        self._max_in_pipe = max_in_pipe
+        self._control = control  # byte 0: the cancel flag
         self._lock = threading.Lock()
         self._placed: list[Descriptor] = []
 
     def _place(self, buf: pickle.PickleBuffer) -> bool:
         # pickle's contract: a false return value makes the buffer out-of-band.
         raw = buf.raw()  # contiguous bytes (C or Fortran order), no copy
-        if raw.nbytes < self._threshold:
+        n = raw.nbytes
+        if n < self._threshold:
             return True
+        if self._max_in_pipe is not None:
+            self._wait_for_room(n, self._max_in_pipe)
         desc = self._pool.put(raw)
         if desc is None:  # no block to be had: send it in-band (correct, slower)
             return True
         self._placed.append(desc)
         return False
+
+    def _wait_for_room(self, n: int, limit: int) -> None:
+        """Wait while the parent has more than ``limit`` out-of-band bytes left to read.
+
+        This is the pipe's backpressure for bytes that do not travel in it: a descriptor
+        is tiny, so without it a slow consumer would let the child run ahead until the
+        arena is full. Items the consumer has *taken* do not count (they are read), so
+        holding every item (``list(job)``) can never block the child here. Returns at
+        once when nothing is in flight (one item may exceed ``limit``) and as soon as a
+        cancel was requested (its flag is read at every poll), so a cancelled child
+        always reaches its next cancellation point. Polls with a backoff capped at 1 ms:
+        the parent has no way to wake us but the shared counter.
+        """
+        pool, control = self._pool, self._control
+        delay = 20e-6
+        while True:
+            in_flight = pool.in_flight()
+            if in_flight <= 0 or in_flight + n <= limit or control[_CANCEL_FLAG]:
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
 
     def dumps(self, item: Any) -> bytes:
         """Return the item's payload: a plain pickle, or descriptors + pickle.

@@ -311,14 +311,14 @@ def _drop_forkserver_alive_fd() -> None:
         return
 
 
-def _arrays_from_settings(settings: dict[str, Any]) -> ArrayPickler | None:
+def _arrays_from_settings(settings: dict[str, Any], ctl: Any) -> ArrayPickler | None:
     """Map the job's shared-memory arena if the parent passed one (see ``_arrays``)."""
     passed = settings.get("arrays")
     if passed is None:
         return None
-    conn, threshold = passed
+    conn, threshold, max_in_pipe = passed
     try:
-        return ArrayPickler(BlockPool(conn.fd), threshold)
+        return ArrayPickler(BlockPool(conn.fd), threshold, max_in_pipe, ctl)
     except (OSError, ValueError):
         return None  # large buffers then travel in-band: correct, slower
     finally:
@@ -349,7 +349,7 @@ def child_main(
     ctl = _fds.map_control_block(control_fd)
     os.close(control_fd)
 
-    arrays = _arrays_from_settings(settings)
+    arrays = _arrays_from_settings(settings, ctl)
     sender = Sender(
         data_fd, settings["batch_window"], settings["max_batch_bytes"], ctl, arrays
     )

@@ -44,10 +44,10 @@ class ArrayChannel:
         except OSError:
             return None
 
-    def child_settings(self) -> tuple[_fds.PassedFd, int]:
+    def child_settings(self, max_in_pipe: int | None) -> tuple[_fds.PassedFd, int, int | None]:
         """What the child needs (the arena fd travels like the control block's)."""
         assert self._fd is not None
-        return _fds.PassedFd(self._fd), self._threshold
+        return _fds.PassedFd(self._fd), self._threshold, max_in_pipe
 
     def close_fd(self) -> None:
         """Close the parent's fd of the arena (the mapping does not need it)."""
@@ -82,7 +82,12 @@ class ArrayChannel:
         return self._table.blocks_seen
 
     def take_new_bytes(self) -> int:
-        """Out-of-band bytes decoded since the last call (they count as buffered bytes)."""
+        """Out-of-band bytes decoded since the last call (they count as buffered bytes).
+
+        Called once per chunk read; also tells the child how far the parent has read, so
+        the child never has more than ``max_buffered_bytes`` of them in the pipe.
+        """
+        self._table.publish_done()
         total = self._table.bytes_mapped
         new = total - self._counted
         self._counted = total

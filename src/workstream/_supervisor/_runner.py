@@ -146,7 +146,7 @@ class JobRunner:
             settings["close_fds"] = [fd for fd in parent_ends if fd is not None]
         self._arrays = ArrayChannel.for_options(opts)
         if self._arrays is not None:
-            settings["arrays"] = self._arrays.child_settings()
+            settings["arrays"] = self._arrays.child_settings(opts.max_buffered_bytes)
         if method in ("fork", "spawn"):
             settings["parent_pid"] = os.getpid()
         else:

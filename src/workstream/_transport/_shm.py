@@ -6,13 +6,16 @@ anywhere in the file system, so no other user can open it and nothing is left in
 and passed to the child like the control block. Its size is set once (a sparse file:
 pages are allocated on first write, freed when the last mapping and fd are gone)::
 
-    offset 0              STATE_BYTES (one page): one state byte per slot
+    offset 0              MAX_SLOTS state bytes, one per slot
+    offset DONE_OFFSET    u64: out-of-band bytes the parent has decoded or dropped
     offset STATE_BYTES    blocks, page aligned, carved by the child as it needs them
 
 State byte of slot ``i``: 0 = free (the child may write the block), 1 = in use (the
 child wrote it and sent a descriptor; the parent has not finished with it). Only the
 child sets 1 (on a free slot) and only the parent sets 0 (on a used slot), so the two
 never race on a byte. A slot is tied to one block (offset, capacity) for the whole job.
+The parent alone writes the u64 counter; the child compares it with what it sent to
+bound the bytes still in the pipe (see :meth:`BlockPool.in_flight`).
 
 Item payload with out-of-band buffers (an ordinary item is a plain protocol-5 pickle,
 whose first byte is always 0x80)::
@@ -41,7 +44,9 @@ from typing import Any
 
 PAGE = mmap.PAGESIZE
 STATE_BYTES = PAGE  # one page of state bytes
-MAX_SLOTS = STATE_BYTES
+MAX_SLOTS = STATE_BYTES - 64
+DONE_OFFSET = MAX_SLOTS
+_DONE = struct.Struct("<Q")
 MARK = 0
 _COUNT = struct.Struct("<BI")
 DESCRIPTOR = struct.Struct("<IQQ")
@@ -134,6 +139,15 @@ class BlockPool:
         # Every block ever carved, as (capacity, slot, offset), sorted by capacity.
         self._blocks: list[tuple[int, int, int]] = []
         self.blocks_created = 0
+        self._sent = 0  # out-of-band bytes handed out by put() (and not given back)
+
+    def in_flight(self) -> int:
+        """Out-of-band bytes sent (or about to be) that the parent has not decoded yet."""
+        read = _DONE.unpack_from
+        while True:  # the parent may be halfway through its 8-byte store: read until stable
+            done: int = read(self._state, DONE_OFFSET)[0]
+            if read(self._state, DONE_OFFSET)[0] == done:
+                return self._sent - done
 
     def put(self, raw: memoryview) -> Descriptor | None:
         """Copy the contiguous byte buffer ``raw`` into a free block; return its descriptor.
@@ -157,6 +171,7 @@ class BlockPool:
         state[slot] = _USED
         assert self._map is not None
         self._map[offset : offset + n] = raw
+        self._sent += n
         return slot, offset, n
 
     def _carve(self, n: int) -> tuple[int, int, int] | None:
@@ -173,8 +188,9 @@ class BlockPool:
 
     def release(self, descriptors: list[Descriptor]) -> None:
         """Give back blocks whose descriptors were never sent (pickling failed later)."""
-        for slot, _offset, _n in descriptors:
+        for slot, _offset, n in descriptors:
             self._state[slot] = _FREE
+            self._sent -= n
 
     def close(self) -> None:
         """Unmap the arena (idempotent)."""
@@ -272,6 +288,7 @@ class BlockTable:
         self._copy = copy
         self._lock = threading.Lock()
         self.bytes_mapped = 0  # out-of-band bytes turned into buffers so far
+        self._done = 0  # bytes_mapped + bytes of items dropped undecoded (see publish_done)
         self.blocks_seen = 0  # 1 + the highest slot seen (the child carves slots in order)
 
     def buffers(self, descriptors: list[Descriptor]) -> list[memoryview | bytearray]:
@@ -293,6 +310,7 @@ class BlockTable:
                     f"lies outside the {self._size}-byte arena"
                 )
             self.bytes_mapped += n
+            self._done += n
             if slot >= self.blocks_seen:
                 self.blocks_seen = slot + 1
             if self._copy:
@@ -313,9 +331,15 @@ class BlockTable:
         """Free the blocks of an item that is dropped without being decoded."""
         if self._state is None:
             return
-        for slot, _offset, _n in descriptors:
+        for slot, _offset, n in descriptors:
+            self._done += n
             if slot < MAX_SLOTS:
                 _release_slot(self._state, self._lock, slot)
+
+    def publish_done(self) -> None:
+        """Tell the child how many out-of-band bytes were decoded or dropped so far."""
+        if self._state is not None:
+            _DONE.pack_into(self._state, DONE_OFFSET, self._done)
 
     def _release(self, slot: int) -> None:
         assert self._state is not None
