@@ -210,7 +210,9 @@ class Job(Generic[ItemT, ResultT]):
         i = self._pos
         if i < len(cur) and not self._discard_local:
             self._pos = i + 1
-            return cur[i]
+            item = cur[i]
+            cur[i] = None  # type: ignore[assignment]  # the consumer alone holds it now
+            return item
         if self._discard_local:
             self._drop_local_batch()
         batch = self._core.take_batch()
@@ -220,7 +222,10 @@ class Job(Generic[ItemT, ResultT]):
             raise StopIteration
         self._cur = cast("list[ItemT]", batch)
         self._pos = 1
-        return self._cur[0]
+        first = self._cur[0]
+        # Not kept here: a shared-memory block is reused as soon as the consumer drops it.
+        batch[0] = None
+        return first
 
     def _drop_local_batch(self) -> None:
         """After cancel(discard=True): the rest of the batch being iterated is dropped too.

@@ -1,0 +1,315 @@
+"""Large arrays through shared memory: content, zero-copy views and their lifetime, block
+reuse, copy mode, backpressure by bytes, cancel while the child waits for room, torn
+arrays on SIGKILL, and nothing left behind (fd, mapping, /dev/shm) after any outcome."""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import workers_arrays as wa
+import workstream
+from conftest import wait_until
+from workstream import CancelledOutcome, Crashed
+from workstream._transport import _shm
+
+KIB, MIB = wa.KIB, wa.MIB
+
+pytestmark = pytest.mark.skipif(not _shm.supported(), reason="no memfd / libc mmap here")
+
+
+def arena_mappings() -> int:
+    """Mappings of workstream arenas in this process (memfds show up by name in maps)."""
+    with open("/proc/self/maps") as f:
+        return sum("workstream-arrays" in line for line in f)
+
+
+def in_shared_memory(a: np.ndarray) -> bool:
+    """True if ``a``'s memory is a block of a job's arena (not a private copy)."""
+    obj: object = a
+    while isinstance(obj, np.ndarray):
+        obj = obj.base
+    return isinstance(obj, memoryview) and type(obj.obj).__name__.startswith("_Block")
+
+
+def blocks_seen(job: workstream.Job) -> int:  # type: ignore[type-arg]
+    channel = job._runner._arrays
+    return 0 if channel is None else channel.blocks_seen
+
+
+def assert_same(got: object, want: object) -> None:
+    if isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.flags.f_contiguous == want.flags.f_contiguous
+        assert np.array_equal(got, want)
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys()
+        for k in want:
+            assert_same(got[k], want[k])
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert_same(g, w)
+    else:
+        assert type(got) is type(want) and got == want
+
+
+@pytest.fixture(autouse=True)
+def no_arena_left() -> object:
+    """Every arena mapping is gone once the test dropped what it held."""
+    before = arena_mappings()
+    yield
+    gc.collect()
+    assert arena_mappings() == before, "an arena mapping outlived every array built on it"
+
+
+# -- content ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_every_kind_of_item_arrives_intact_and_in_order(method: str) -> None:
+    """dtype, shape, order and content survive for every case; big contiguous arrays come
+    as views of shared memory, and the rest as ordinary copies."""
+    names = wa.CASES * 2
+    job = workstream.start(wa.yield_cases, names, start_method=method)
+    got = list(job)
+    job.result(timeout=30)
+    assert len(got) == len(names)
+    for name, item in zip(names, got, strict=True):
+        assert_same(item, wa.make_case(name))
+    by_name = dict(zip(names, got, strict=True))
+    for name in ("float64", "uint8-image", "fortran-order", "structured", "readonly"):
+        assert in_shared_memory(by_name[name]), name  # type: ignore[arg-type]
+    for name in ("non-contiguous", "zero-d", "small-array"):
+        assert not in_shared_memory(by_name[name]), name  # type: ignore[arg-type]
+    assert all(in_shared_memory(a) for a in by_name["nested"]["images"])  # type: ignore[index]
+    assert by_name["float64"].flags.writeable  # type: ignore[attr-defined]
+    assert not by_name["readonly"].flags.writeable  # type: ignore[attr-defined]
+    assert blocks_seen(job) > 0
+
+
+@pytest.mark.timeout(60)
+def test_emit_from_several_threads_keeps_every_array_whole() -> None:
+    """Arrays emitted concurrently from threads each arrive whole and exactly once."""
+    job = workstream.start(wa.emit_arrays_from_threads, 4, 50, 128 * KIB)
+    seen = sorted(int(a[0]) for a in job if np.all(a == a[0]))
+    assert job.result(timeout=30) == 200
+    assert seen == sorted(t * 1000 + k for t in range(4) for k in range(50))
+
+
+@pytest.mark.timeout(60)
+def test_threshold_none_sends_everything_through_the_pipe() -> None:
+    """shm_threshold=None: no arena at all, and arrays are still right."""
+    before = arena_mappings()
+    job = workstream.start(wa.numbered_arrays, 5, MIB, shm_threshold=None)
+    arrays = list(job)
+    assert arena_mappings() == before
+    assert [a[0] for a in arrays] == [0, 1, 2, 3, 4]
+    assert not any(in_shared_memory(a) for a in arrays)
+    assert job._runner._arrays is None
+
+
+# -- lifetime -----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_held_views_stay_valid_after_the_job_ended() -> None:
+    """100 arrays kept past the end of the job keep their content; no fd stays open for
+    them, and the mapping goes with the last one."""
+    before = arena_mappings()
+    job = workstream.start(wa.numbered_arrays, 100, 128 * KIB)
+    held = list(job)
+    job.result(timeout=30)
+    del job
+    gc.collect()
+    assert all(in_shared_memory(a) for a in held)
+    assert arena_mappings() == before + 1  # alive, without any fd (the leak check sees fds)
+    for i, a in enumerate(held):
+        assert a.shape == (16 * KIB,) and np.all(a == i)
+    held[3][:] = -1.0  # writable, and private to this item
+    assert np.all(held[3] == -1.0) and np.all(held[4] == 4)
+    del held, a
+    gc.collect()
+    assert arena_mappings() == before
+
+
+@pytest.mark.timeout(60)
+def test_blocks_are_reused_when_the_consumer_drops_each_array() -> None:
+    """1,000 arrays through a handful of blocks: a block is reused once its array is gone."""
+    job = workstream.start(wa.numbered_arrays, 1000, 100 * KIB, max_buffered_bytes=MIB)
+    n = 0
+    for a in job:
+        assert in_shared_memory(a) and a[0] == n and a[-1] == n
+        n += 1
+    job.result(timeout=30)
+    assert n == 1000
+    # In flight at most: 1 MiB in the pipe + 1 MiB queued + one chunk + the item held.
+    assert blocks_seen(job) <= 40, blocks_seen(job)
+
+
+@pytest.mark.timeout(60)
+def test_a_view_of_a_view_keeps_the_block() -> None:
+    """A slice (or a memoryview of it) outliving its array keeps the block from reuse."""
+    job = workstream.start(wa.numbered_arrays, 300, 100 * KIB, max_buffered_bytes=MIB)
+    kept = []
+    for i, a in enumerate(job):
+        if i % 50 == 0:
+            kept.append((i, memoryview(a[10:20])))
+    job.result(timeout=30)
+    for i, view in kept:
+        assert np.all(np.frombuffer(view, dtype=np.float64) == i)
+    del kept, view
+
+
+@pytest.mark.timeout(60)
+def test_copy_mode_delivers_private_arrays_and_frees_blocks_at_once() -> None:
+    """shm_copy=True: arrays own their memory and blocks are reused regardless of holding."""
+    job = workstream.start(
+        wa.numbered_arrays, 200, 100 * KIB, shm_copy=True, max_buffered_bytes=MIB
+    )
+    held = list(job)
+    job.result(timeout=30)
+    assert [a[0] for a in held] == list(range(200))
+    assert not any(in_shared_memory(a) for a in held)
+    assert all(np.all(a == i) for i, a in enumerate(held))
+    assert blocks_seen(job) <= 40, blocks_seen(job)
+
+
+@pytest.mark.timeout(60)
+def test_a_small_pool_sends_the_rest_in_band_when_everything_is_held() -> None:
+    """With every item held and the pool full, later arrays travel in-band: no deadlock."""
+    job = workstream.start(wa.numbered_arrays, 40, 128 * KIB, shm_pool_bytes=MIB)
+    held = list(job)
+    job.result(timeout=30)
+    assert [a[0] for a in held] == list(range(40))
+    shared = sum(in_shared_memory(a) for a in held)
+    assert 0 < shared <= 8 < len(held)
+
+
+# -- backpressure and cancel ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_slow_consumer_bounds_the_bytes_in_flight() -> None:
+    """Shared-memory bytes count for max_buffered_bytes; the child waits for the parent to
+    read, so a slow consumer does not let it run ahead through the arena."""
+    job = workstream.start(wa.numbered_arrays, 150, 256 * KIB, max_buffered_bytes=MIB)
+    peak = 0
+    for i, a in enumerate(job):
+        assert a[0] == i
+        peak = max(peak, job._core.buffered_bytes)
+        time.sleep(0.002)  # ok: sleep (simulated slow consumer)
+    job.result(timeout=30)
+    # Queued at most: the bound + what one read can decode (itself bounded by the child).
+    assert peak <= 3 * MIB, peak
+    # Without the child's wait it would use ~150 blocks (one per array).
+    assert blocks_seen(job) <= 16, blocks_seen(job)
+
+
+@pytest.mark.timeout(60)
+def test_cancel_reaches_a_child_waiting_for_room() -> None:
+    """A child blocked because the parent stopped reading sees a cooperative cancel."""
+    job = workstream.start(
+        wa.numbered_arrays_forever, MIB, max_buffered_bytes=2 * MIB, grace=30.0
+    )
+    wait_until(lambda: job._core.reader_paused, 20, "the runner to stop reading")
+    job.cancel()
+    outcome = job.wait(timeout=30)
+    assert isinstance(outcome, CancelledOutcome) and outcome.rung == "cooperative"
+
+
+# -- nothing left behind --------------------------------------------------------------------
+
+
+def _end_by_completion() -> None:
+    job = workstream.start(wa.numbered_arrays, 50, MIB)
+    assert len(list(job)) == 50
+
+
+def _end_by_cancel() -> None:
+    job = workstream.start(wa.numbered_arrays_forever, MIB)
+    for i, _a in enumerate(job):
+        if i == 5:
+            job.cancel()
+    assert isinstance(job.wait(timeout=30), CancelledOutcome)
+
+
+def _end_by_cancel_discard() -> None:
+    job = workstream.start(wa.numbered_arrays_forever, MIB)
+    for i, _a in enumerate(job):
+        if i == 5:
+            job.cancel(discard=True)
+    assert isinstance(job.wait(timeout=30), CancelledOutcome)
+
+
+def _end_by_child_sigkill() -> None:
+    job = workstream.start(wa.arrays_then_kill_self, 20, MIB)
+    assert len(list(job)) == 20
+    outcome = job.wait(timeout=30)
+    assert isinstance(outcome, Crashed) and outcome.exit_code == -signal.SIGKILL
+
+
+def _end_by_parent_exception() -> None:
+    with pytest.raises(KeyError), workstream.start(wa.numbered_arrays_forever, MIB) as job:
+        for i, _a in enumerate(job):
+            if i == 3:
+                raise KeyError("consumer failed")
+    assert job.done()
+
+
+def _end_by_cancel_before_reading() -> None:
+    job = workstream.start(wa.numbered_arrays_forever, MIB, max_buffered_bytes=4 * MIB)
+    wait_until(lambda: job._core.reader_paused, 20, "the runner to stop reading")
+    job.cancel(grace=0)
+    job.wait(timeout=30)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "end",
+    [_end_by_completion, _end_by_cancel, _end_by_cancel_discard, _end_by_child_sigkill,
+     _end_by_parent_exception, _end_by_cancel_before_reading],
+    ids=["completion", "cancel", "cancel-discard", "child-sigkill", "parent-exception",
+         "sigkill-while-queued"],
+)
+def test_nothing_is_left_after_any_outcome(end: object) -> None:
+    """No fd, no /dev/shm entry (the autouse leak check) and no mapping (this module's
+    fixture) remain once the job ended, however it ended."""
+    before = arena_mappings()
+    end()  # type: ignore[operator]
+    gc.collect()
+    assert arena_mappings() == before
+
+
+# -- torn arrays ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.slow
+def test_a_child_killed_mid_copy_never_delivers_a_torn_array() -> None:
+    """SIGKILL at random moments while 16 MiB arrays are copied into reused blocks: every
+    delivered array is whole (one value throughout) and they come in order."""
+    rng = random.Random(1234)
+    for _round in range(4):
+        job = workstream.start(wa.numbered_arrays_forever, 16 * MIB, max_buffered_bytes=32 * MIB)
+        delivered = 0
+        kill_after = rng.randint(1, 6)
+        for a in job:
+            assert a[0] == delivered and np.all(a == a[0]), "torn or out-of-order array"
+            delivered += 1
+            if delivered == kill_after:
+                # Most of the child's time goes into filling and copying 16 MiB: a kill at
+                # a random moment lands in a copy more often than not.
+                time.sleep(rng.random() * 0.01)  # ok: sleep (random kill moment)
+                os.kill(job.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        outcome = job.wait(timeout=30)
+        assert isinstance(outcome, Crashed)
+        assert delivered >= kill_after
