@@ -74,7 +74,11 @@ def no_arena_left() -> object:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+@pytest.mark.parametrize(
+    "method",
+    ["forkserver", "spawn",
+     pytest.param("fork", marks=pytest.mark.filterwarnings("ignore::DeprecationWarning"))],
+)
 def test_every_kind_of_item_arrives_intact_and_in_order(method: str) -> None:
     """dtype, shape, order and content survive for every case; big contiguous arrays come
     as views of shared memory, and the rest as ordinary copies."""
@@ -251,7 +255,8 @@ def _end_by_cancel_discard() -> None:
 
 
 def _end_by_child_sigkill() -> None:
-    job = workstream.start(wa.arrays_then_kill_self, 20, MIB)
+    # batch_window=0: each item is written before its yield returns, so none is lost.
+    job = workstream.start(wa.arrays_then_kill_self, 20, MIB, batch_window=0)
     assert len(list(job)) == 20
     outcome = job.wait(timeout=30)
     assert isinstance(outcome, Crashed) and outcome.exit_code == -signal.SIGKILL
@@ -287,6 +292,19 @@ def test_nothing_is_left_after_any_outcome(end: object) -> None:
     end()  # type: ignore[operator]
     gc.collect()
     assert arena_mappings() == before
+
+
+@pytest.mark.timeout(60)
+def test_an_item_that_cannot_be_unpickled_here_fails_the_job_cleanly() -> None:
+    """An out-of-band item whose pickle fails in the parent: DeliveryError, the arrays
+    before it delivered, and nothing left behind."""
+    job = workstream.start(wa.arrays_then_an_undeliverable_item, MIB)
+    got = list(job)
+    outcome = job.wait(timeout=30)
+    assert isinstance(outcome, workstream.Failed)
+    assert isinstance(outcome.error, workstream.DeliveryError)
+    assert "cannot be rebuilt in the parent" in str(outcome.error)
+    assert [a[0] for a in got] == [0.0, 1.0]
 
 
 # -- torn arrays ------------------------------------------------------------------------------

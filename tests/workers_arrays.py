@@ -112,3 +112,25 @@ def arrays_then_kill_self(count: int, nbytes: int) -> Iterator[np.ndarray]:
     """Yield ``count`` numbered arrays, then die by SIGKILL (a hard crash after them)."""
     yield from numbered_arrays(count, nbytes)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _explode_outside_the_worker() -> object:
+    if not workstream.in_worker():
+        raise ValueError("this object cannot be rebuilt in the parent")
+    return "fine"
+
+
+class LoadsOnlyInTheChild:
+    """Pickles fine; unpickling it anywhere but in a worker raises."""
+
+    def __reduce__(self) -> tuple[object, tuple[()]]:
+        return _explode_outside_the_worker, ()
+
+
+def arrays_then_an_undeliverable_item(nbytes: int) -> Iterator[object]:
+    """Two good arrays, then an item whose array is fine but whose other part cannot be
+    unpickled in the parent, then arrays until cancelled."""
+    yield np.full(nbytes // 8, 0.0)
+    yield np.full(nbytes // 8, 1.0)
+    yield (np.full(nbytes // 8, 2.0), LoadsOnlyInTheChild())
+    yield from numbered_arrays_forever(nbytes)
