@@ -331,3 +331,26 @@ def test_a_child_killed_mid_copy_never_delivers_a_torn_array() -> None:
         outcome = job.wait(timeout=30)
         assert isinstance(outcome, Crashed)
         assert delivered >= kill_after
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "exc", "fragment"),
+    [
+        ({"shm_threshold": 0}, ValueError, "shm_threshold must be a positive number of bytes"),
+        ({"shm_threshold": 1.5}, ValueError, "shm_threshold must be"),
+        ({"shm_threshold": True}, ValueError, "shm_threshold must be"),
+        ({"shm_pool_bytes": 0}, ValueError, "shm_pool_bytes must be a positive int"),
+        ({"shm_pool_bytes": None}, ValueError, "shm_pool_bytes must be a positive int"),
+        ({"shm_copy": 1}, TypeError, "shm_copy must be a bool"),
+    ],
+    ids=["threshold-0", "threshold-float", "threshold-bool", "pool-0", "pool-none", "copy-int"],
+)
+def test_bad_shared_memory_options_fail_at_the_call(
+    options: dict[str, object], exc: type[Exception], fragment: str
+) -> None:
+    """A bad shared-memory option raises at start(), naming the option."""
+    with pytest.raises(exc, match=fragment):
+        workstream.start(wa.numbered_arrays, 1, KIB, **options)  # type: ignore[arg-type]
