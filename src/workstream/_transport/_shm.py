@@ -136,8 +136,12 @@ class BlockPool:
         self._state = memoryview(self._map)[:STATE_BYTES]
         self._size = size
         self._next = STATE_BYTES  # where the next new block starts
-        # Every block ever carved, as (capacity, slot, offset), sorted by capacity.
-        self._blocks: list[tuple[int, int, int]] = []
+        # Blocks by capacity class: [(slot, offset)] in carving order, and where the next
+        # search of each class starts (the consumer frees blocks in about the order they
+        # were sent, so the block after the last one taken is usually free: O(1)).
+        self._classes: dict[int, list[tuple[int, int]]] = {}
+        self._cursor: dict[int, int] = {}
+        self._slots = 0
         self.blocks_created = 0
         self._sent = 0  # out-of-band bytes handed out by put() (and not given back)
 
@@ -157,32 +161,48 @@ class BlockPool:
         copy never delivers a torn buffer. Returns None if no block can be had.
         """
         n = raw.nbytes
-        state = self._state
-        found: tuple[int, int, int] | None = None
-        for block in self._blocks:  # smallest free block that fits
-            if block[0] >= n and state[block[1]] == _FREE:
-                found = block
-                break
-        if found is None:
-            found = self._carve(n)
-            if found is None:
+        cap = block_capacity(n)
+        found = self._find_free(cap) or self._carve(cap)
+        if found is None:  # the arena is full: a free block of a larger class will do
+            for larger in sorted(c for c in self._classes if c > cap):
+                found = self._find_free(larger)
+                if found is not None:
+                    break
+            else:
                 return None
-        _cap, slot, offset = found
-        state[slot] = _USED
+        slot, offset = found
+        self._state[slot] = _USED
         assert self._map is not None
         self._map[offset : offset + n] = raw
         self._sent += n
         return slot, offset, n
 
-    def _carve(self, n: int) -> tuple[int, int, int] | None:
-        cap = block_capacity(n)
-        slot = len(self._blocks)
+    def _find_free(self, cap: int) -> tuple[int, int] | None:
+        blocks = self._classes.get(cap)
+        if not blocks:
+            return None
+        state = self._state
+        k = len(blocks)
+        start = self._cursor[cap]
+        for j in range(k):
+            i = start + j
+            if i >= k:
+                i -= k
+            block = blocks[i]
+            if state[block[0]] == _FREE:
+                self._cursor[cap] = i + 1 if i + 1 < k else 0
+                return block
+        return None
+
+    def _carve(self, cap: int) -> tuple[int, int] | None:
+        slot = self._slots
         if slot >= MAX_SLOTS or self._next + cap > self._size:
             return None
-        block = (cap, slot, self._next)
+        block = (slot, self._next)
         self._next += cap
-        self._blocks.append(block)
-        self._blocks.sort()
+        self._slots += 1
+        self._classes.setdefault(cap, []).append(block)
+        self._cursor.setdefault(cap, 0)
         self.blocks_created += 1
         return block
 
