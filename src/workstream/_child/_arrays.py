@@ -14,8 +14,8 @@ completed: a child killed in the middle of a copy never delivers a torn buffer.
 from __future__ import annotations
 
 import pickle
-import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .._transport import _fds, _shm
@@ -28,8 +28,9 @@ _CANCEL_FLAG = _fds.CANCEL_FLAG
 class ArrayPickler:
     """Pickles items for the sender, moving large buffers into the job's arena.
 
-    Thread-safe (``emit`` may be called from several threads): one lock around each
-    item's pickling, held only while its large buffers are being placed.
+    Thread-safe: ``emit`` may be called from several threads at once, and their items
+    are pickled concurrently (a user ``__reduce__`` that blocks holds up only its own
+    thread); each call keeps its placed blocks in its own list, and the pool has a lock.
     """
 
     def __init__(
@@ -39,10 +40,8 @@ class ArrayPickler:
         self._threshold = threshold
         self._max_in_pipe = max_in_pipe
         self._control = control  # byte 0: the cancel flag
-        self._lock = threading.Lock()
-        self._placed: list[Descriptor] = []
 
-    def _place(self, buf: pickle.PickleBuffer) -> bool:
+    def _place(self, buf: pickle.PickleBuffer, placed: list[Descriptor]) -> bool:
         # pickle's contract: a false return value makes the buffer out-of-band.
         raw = buf.raw()  # contiguous bytes (C or Fortran order), no copy
         n = raw.nbytes
@@ -53,7 +52,7 @@ class ArrayPickler:
         desc = self._pool.put(raw)
         if desc is None:  # no block to be had: send it in-band (correct, slower)
             return True
-        self._placed.append(desc)
+        placed.append(desc)
         return False
 
     def _wait_for_room(self, n: int, limit: int) -> None:
@@ -83,28 +82,33 @@ class ArrayPickler:
         Raises the pickling error (after freeing any block already written) exactly as
         ``pickle.dumps`` would; cloudpickle is tried for what plain pickle refuses.
         """
-        with self._lock:
-            self._placed = []
-            try:
-                data = self._pickle(item)
-            except BaseException:
-                self._pool.release(self._placed)
-                raise
-            placed = self._placed
-            if not placed:
-                return data
-            return _shm.encode_payload(placed, data)
+        placed: list[Descriptor] = []
 
-    def _pickle(self, item: Any) -> bytes:
+        def place(buf: pickle.PickleBuffer) -> bool:
+            return self._place(buf, placed)
+
         try:
-            return pickle.dumps(item, _PROTOCOL, buffer_callback=self._place)
+            data = self._pickle(item, place, placed)
+        except BaseException:
+            self._pool.release(placed)
+            raise
+        if not placed:
+            return data
+        return _shm.encode_payload(placed, data)
+
+    def _pickle(
+        self, item: Any, place: Callable[[pickle.PickleBuffer], bool],
+        placed: list[Descriptor],
+    ) -> bytes:
+        try:
+            return pickle.dumps(item, _PROTOCOL, buffer_callback=place)
         except Exception as first:
-            self._pool.release(self._placed)
-            self._placed = []
+            self._pool.release(placed)
+            placed.clear()
             import cloudpickle
 
             try:
-                data: bytes = cloudpickle.dumps(item, _PROTOCOL, buffer_callback=self._place)
+                data: bytes = cloudpickle.dumps(item, _PROTOCOL, buffer_callback=place)
             except Exception:
                 raise first from None
             return data

@@ -125,8 +125,8 @@ class BlockPool:
     Never waits: when no free block fits and the arena has no room (or all slots are
     taken), :meth:`put` returns None and the caller sends the buffer in-band. So a
     consumer that keeps every item (``list(job)``) can never deadlock the stream, and the
-    shared memory of a job never exceeds the arena's size. Used by one thread at a time
-    (the sender pickles under its own discipline; see ``_child._arrays``).
+    shared memory of a job never exceeds the arena's size. Thread-safe: one lock around
+    the choice of a block (the copy itself runs outside it, into a block now ours).
     """
 
     def __init__(self, fd: int) -> None:
@@ -144,6 +144,7 @@ class BlockPool:
         self._slots = 0
         self.blocks_created = 0
         self._sent = 0  # out-of-band bytes handed out by put() (and not given back)
+        self._lock = threading.Lock()
 
     def in_flight(self) -> int:
         """Out-of-band bytes sent (or about to be) that the parent has not decoded yet."""
@@ -162,19 +163,20 @@ class BlockPool:
         """
         n = raw.nbytes
         cap = block_capacity(n)
-        found = self._find_free(cap) or self._carve(cap)
-        if found is None:  # the arena is full: a free block of a larger class will do
-            for larger in sorted(c for c in self._classes if c > cap):
-                found = self._find_free(larger)
-                if found is not None:
-                    break
-            else:
-                return None
-        slot, offset = found
-        self._state[slot] = _USED
+        with self._lock:
+            found = self._find_free(cap) or self._carve(cap)
+            if found is None:  # the arena is full: a free block of a larger class will do
+                for larger in sorted(c for c in self._classes if c > cap):
+                    found = self._find_free(larger)
+                    if found is not None:
+                        break
+                else:
+                    return None
+            slot, offset = found
+            self._state[slot] = _USED
+            self._sent += n
         assert self._map is not None
         self._map[offset : offset + n] = raw
-        self._sent += n
         return slot, offset, n
 
     def _find_free(self, cap: int) -> tuple[int, int] | None:
@@ -208,9 +210,10 @@ class BlockPool:
 
     def release(self, descriptors: list[Descriptor]) -> None:
         """Give back blocks whose descriptors were never sent (pickling failed later)."""
-        for slot, _offset, n in descriptors:
-            self._state[slot] = _FREE
-            self._sent -= n
+        with self._lock:
+            for slot, _offset, n in descriptors:
+                self._state[slot] = _FREE
+                self._sent -= n
 
     def close(self) -> None:
         """Unmap the arena (idempotent)."""
