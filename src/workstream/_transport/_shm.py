@@ -302,14 +302,17 @@ class BlockTable:
         size = os.fstat(fd).st_size
         addr = _map_shared(fd, size)
         mapping = (ctypes.c_ubyte * size).from_address(addr)
-        # munmap once the table is closed and no buffer refers to the mapping any more.
-        weakref.finalize(mapping, _unmap, addr, size)
+        # munmap once the table is closed and no buffer refers to the mapping any more;
+        # never at interpreter exit (an array may still be read during shutdown: the
+        # process's exit unmaps it anyway).
+        weakref.finalize(mapping, _unmap, addr, size).atexit = False
         self._mapping: Any = mapping
         self._view: memoryview | None = memoryview(mapping).cast("B")
         self._state: memoryview | None = self._view[:STATE_BYTES]
         self._size = size
         self._copy = copy
-        self._lock = threading.Lock()
+        # Re-entrant: a finalizer may run in a thread that is inside _release_slot.
+        self._lock = threading.RLock()
         self.bytes_mapped = 0  # out-of-band bytes turned into buffers so far
         self._done = 0  # bytes_mapped + bytes of items dropped undecoded (see publish_done)
         self.blocks_seen = 0  # 1 + the highest slot seen (the child carves slots in order)
@@ -346,7 +349,7 @@ class BlockTable:
             exporter = _exporter_type(cap).from_buffer(self._mapping, offset)
             # The finalizer holds the state view (so the mapping) only while the
             # exporter lives, and the exporter holds the mapping anyway.
-            weakref.finalize(exporter, _release_slot, state, self._lock, slot)
+            weakref.finalize(exporter, _release_slot, state, self._lock, slot).atexit = False
             out.append(memoryview(exporter).cast("B")[:n])
         return out
 
@@ -383,7 +386,7 @@ class BlockTable:
         self._state = None
 
 
-def _release_slot(state: memoryview, lock: threading.Lock, slot: int) -> None:
+def _release_slot(state: memoryview, lock: Any, slot: int) -> None:
     # The lock (a full barrier) orders the reads of the block, done before the last
     # reference went, before the store that lets the child overwrite it.
     with lock:
