@@ -354,3 +354,32 @@ def test_bad_shared_memory_options_fail_at_the_call(
     """A bad shared-memory option raises at start(), naming the option."""
     with pytest.raises(exc, match=fragment):
         workstream.start(wa.numbered_arrays, 1, KIB, **options)  # type: ignore[arg-type]
+
+
+# -- interpreter exit -------------------------------------------------------------------------
+
+_EXIT_SCRIPT = """
+import atexit, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+held = []
+atexit.register(lambda: print("sum", sum(int(a[0]) for a in held), flush=True))
+import workstream, workers_arrays as wa
+if __name__ == "__main__":
+    held.extend(workstream.start(wa.numbered_arrays, 10, 128 * 1024))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_arrays_are_still_readable_in_atexit_handlers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Arrays kept until interpreter exit stay mapped while atexit handlers run."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "hold.py"
+    script.write_text(_EXIT_SCRIPT.format(tests=os.path.dirname(__file__)))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "sum 45"
