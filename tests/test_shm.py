@@ -383,3 +383,26 @@ def test_arrays_are_still_readable_in_atexit_handlers(tmp_path) -> None:  # type
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "sum 45"
+
+
+# -- torch tensors (a stand-in: torch is not installed in CI) ----------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cpu_tensors_travel_as_shared_memory_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With torch imported in the child, eligible tensors (top level or directly in a
+    container) come back through torch.from_numpy on shared memory; the others keep
+    torch's own pickling."""
+    monkeypatch.setitem(__import__("sys").modules, "torch", wa.fake_torch_module())
+    job = workstream.start(wa.fake_tensors, MIB)
+    big, in_dict, grad, small, nested = list(job)
+    job.result(timeout=30)
+    assert big.via_from_numpy and in_shared_memory(big.array)
+    assert big.array.dtype == np.float32 and np.all(big.array == 1.0)
+    assert in_dict["loss"] == 0.5 and in_dict["features"].via_from_numpy
+    assert in_shared_memory(in_dict["features"].array)
+    assert not grad.via_from_numpy and np.all(grad.array == 3.0)  # autograd: torch's way
+    assert not small.via_from_numpy and list(small.array) == list(range(10))
+    assert not nested["outer"]["inner"].via_from_numpy  # two levels deep: torch's way
+    assert np.all(nested["outer"]["inner"].array == 5.0)
+    del big, in_dict

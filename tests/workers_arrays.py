@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import types
 from collections.abc import Iterator
 
 import numpy as np
@@ -134,3 +136,63 @@ def arrays_then_an_undeliverable_item(nbytes: int) -> Iterator[object]:
     yield np.full(nbytes // 8, 1.0)
     yield (np.full(nbytes // 8, 2.0), LoadsOnlyInTheChild())
     yield from numbered_arrays_forever(nbytes)
+
+
+# -- a stand-in for torch (not installed in CI): just what ArrayPickler touches ------------
+
+
+class FakeTensor:
+    """Just enough of ``torch.Tensor`` for the tensor path of ``ArrayPickler``."""
+
+    device = types.SimpleNamespace(type="cpu")
+    layout = "strided"
+
+    def __init__(self, array: np.ndarray, requires_grad: bool = False) -> None:
+        self.array = array
+        self.requires_grad = requires_grad
+        self.via_from_numpy = False
+
+    def is_contiguous(self) -> bool:
+        return bool(self.array.flags.c_contiguous)
+
+    def element_size(self) -> int:
+        return int(self.array.itemsize)
+
+    def nelement(self) -> int:
+        return int(self.array.size)
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
+        # Like torch: the storage goes as plain bytes, in-band.
+        return _fake_rebuild, (self.array.tobytes(), self.array.dtype.str, self.array.shape)
+
+
+def _fake_rebuild(data: bytes, dtype: str, shape: tuple[int, ...]) -> FakeTensor:
+    return FakeTensor(np.frombuffer(data, dtype=dtype).reshape(shape).copy())
+
+
+def _fake_from_numpy(array: np.ndarray) -> FakeTensor:
+    t = FakeTensor(array)
+    t.via_from_numpy = True
+    return t
+
+
+def fake_torch_module() -> types.ModuleType:
+    mod = types.ModuleType("torch")
+    mod.Tensor = FakeTensor  # type: ignore[attr-defined]
+    mod.strided = "strided"  # type: ignore[attr-defined]
+    mod.from_numpy = _fake_from_numpy  # type: ignore[attr-defined]
+    return mod
+
+
+def fake_tensors(nbytes: int) -> Iterator[object]:
+    """With a stand-in torch imported: a big tensor, one in a dict, one with autograd,
+    a small one, and one nested two levels deep."""
+    sys.modules["torch"] = fake_torch_module()
+    yield FakeTensor(np.full(nbytes // 4, 1.0, dtype=np.float32))
+    yield {"loss": 0.5, "features": FakeTensor(np.full(nbytes // 8, 2.0))}
+    yield FakeTensor(np.full(nbytes // 8, 3.0), requires_grad=True)
+    yield FakeTensor(np.arange(10, dtype=np.int64))
+    yield {"outer": {"inner": FakeTensor(np.full(nbytes // 8, 5.0))}}

@@ -9,11 +9,23 @@ small items pay only the callback's presence (measured: nothing visible).
 
 The descriptor reaches the pipe only with the item's payload, built after every copy
 completed: a child killed in the middle of a copy never delivers a torn buffer.
+
+torch CPU tensors pickle their storage as bytes (no ``PickleBuffer``), so when torch is
+imported in the child, an item that is a tensor, or a dict / list / tuple holding one
+directly, is pickled with a dispatch table that sends each eligible tensor (plain
+``torch.Tensor``, CPU, strided, contiguous, no autograd, a numpy-compatible dtype, at
+least ``threshold`` bytes) as its numpy view, rebuilt in the parent with
+``torch.from_numpy`` — a tensor on the shared block. Anything else keeps torch's own
+pickling (in-band). Items without tensors never pay for this check beyond a type test.
 """
 
 from __future__ import annotations
 
+import copyreg
+import importlib
+import io
 import pickle
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -101,6 +113,9 @@ class ArrayPickler:
         placed: list[Descriptor],
     ) -> bytes:
         try:
+            torch = sys.modules.get("torch")
+            if torch is not None and _holds_tensor(item, torch.Tensor):
+                return self._dumps_with_tensors(item, place, torch)
             return pickle.dumps(item, _PROTOCOL, buffer_callback=place)
         except Exception as first:
             self._pool.release(placed)
@@ -113,6 +128,59 @@ class ArrayPickler:
                 raise first from None
             return data
 
+    def _dumps_with_tensors(
+        self, item: Any, place: Callable[[pickle.PickleBuffer], bool], torch: Any
+    ) -> bytes:
+        out = io.BytesIO()
+        pickler = pickle.Pickler(out, _PROTOCOL, buffer_callback=place)
+        table = dict(copyreg.dispatch_table)
+        threshold = self._threshold
+
+        def reduce_tensor(t: Any) -> Any:
+            if (
+                t.device.type == "cpu" and not t.requires_grad and t.layout == torch.strided
+                and t.is_contiguous() and t.element_size() * t.nelement() >= threshold
+            ):
+                try:
+                    array = t.numpy()  # raises for bfloat16, conjugate / negative views
+                except Exception:
+                    pass
+                else:
+                    return tensor_from_array, (array,)
+            return t.__reduce_ex__(_PROTOCOL)
+
+        table[torch.Tensor] = reduce_tensor
+        pickler.dispatch_table = table
+        pickler.dump(item)
+        return out.getvalue()
+
     def close(self) -> None:
         """Unmap the arena (the job is over)."""
         self._pool.close()
+
+
+def _holds_tensor(item: Any, tensor_type: type) -> bool:
+    """True if ``item`` is a tensor or a dict / list / tuple with a tensor directly in it."""
+    kind = type(item)
+    if kind is tensor_type:
+        return True
+    if kind is dict:
+        values = item.values()
+    elif kind is list or kind is tuple:
+        values = item
+    else:
+        return False
+    return any(type(value) is tensor_type for value in values)
+
+
+def tensor_from_array(array: Any) -> Any:
+    """Rebuild a tensor sent by :class:`ArrayPickler` (runs in the parent, on unpickling).
+
+    The tensor shares the array's memory (a block of shared memory, kept until the tensor
+    and every view of it are gone). A read-only array (sent in-band) is copied first:
+    torch tensors are always writable.
+    """
+    torch = importlib.import_module("torch")
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array)
