@@ -220,14 +220,41 @@ def test_a_slow_consumer_bounds_the_bytes_in_flight() -> None:
 
 @pytest.mark.timeout(60)
 def test_cancel_reaches_a_child_waiting_for_room() -> None:
-    """A child blocked because the parent stopped reading sees a cooperative cancel."""
+    """A child held back because the parent stopped reading ends cooperatively on a
+    cancel (long before SIGTERM would come)."""
     job = workstream.start(
         wa.numbered_arrays_forever, MIB, max_buffered_bytes=2 * MIB, grace=30.0
     )
     wait_until(lambda: job._core.reader_paused, 20, "the runner to stop reading")
+    assert blocks_seen(job) <= 8  # it did not run on through the arena: it waits
     job.cancel()
     outcome = job.wait(timeout=30)
     assert isinstance(outcome, CancelledOutcome) and outcome.rung == "cooperative"
+
+
+def test_the_wait_for_room_ends_when_the_cancel_flag_is_set() -> None:
+    """The child's wait for the parent to read returns once the cancel flag is set, even
+    if the parent never reads again."""
+    import threading
+
+    from workstream._child._arrays import ArrayPickler
+
+    fd = _shm.create_arena(MIB)
+    try:
+        pool = _shm.BlockPool(fd)
+    finally:
+        os.close(fd)
+    control = bytearray(64)
+    pickler = ArrayPickler(pool, 64 * KIB, MIB, control)
+    pool._sent = 10 * MIB  # as if 10 MiB were sent and never read
+    waiter = threading.Thread(target=pickler._wait_for_room, args=(MIB, MIB))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive(), "returned although nothing was read and no cancel came"
+    control[0] = 1
+    waiter.join(10)
+    assert not waiter.is_alive()
+    pickler.close()
 
 
 # -- nothing left behind --------------------------------------------------------------------
