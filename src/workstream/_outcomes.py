@@ -20,8 +20,9 @@ exhaustive. Exceptions are raised only when someone asks for the value (``Job.re
 from __future__ import annotations
 
 import enum
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from ._errors import Cancelled, WorkerCrashed, WorkstreamError
 
@@ -78,6 +79,9 @@ CancelRung = Literal["before-start", "cooperative", "sigterm", "sigkill"]
 (``Cancelled`` raised at the next bytecode, or the default action), or by SIGKILL."""
 
 
+_O = TypeVar("_O", bound="_Common")
+
+
 @dataclass(frozen=True)
 class _Common:
     pid: int | None
@@ -88,6 +92,16 @@ class _Common:
     """Child exit status as in multiprocessing (negative = signal); None if never started."""
     duration: float
     """Seconds from ``start()`` until the child was reaped."""
+
+    def __await__(self: _O) -> Generator[Any, None, _O]:
+        """``await outcome`` is the outcome itself, at once.
+
+        ``Job.wait()`` returns an awaitable instead of blocking when called on a thread
+        that runs an asyncio loop; this makes ``outcome = await job.wait()`` type as an
+        :data:`Outcome` (and work on an outcome already in hand).
+        """
+        yield from ()
+        return self
 
 
 @dataclass(frozen=True)
