@@ -86,9 +86,11 @@ class Job(Generic[ItemT, ResultT]):
         try:
             self._runner.run()
         finally:
+            # Out of the registry before "finished" is published: a waiter woken by it
+            # (a thread, or a coroutine through a listener) never sees the job live.
+            _registry.remove(self)
             if self._callback_thread is None:
                 self._core.set_finished()
-            _registry.remove(self)
 
     # -- facts --------------------------------------------------------------------------
 
@@ -423,6 +425,8 @@ class Job(Generic[ItemT, ResultT]):
                 except BaseException as exc:
                     self._callback_failed(exc)
         finally:
+            if core.terminal.is_set():  # (the runner removes it too, maybe later)
+                _registry.remove(self)
             core.set_finished()
 
     def _callback_failed(self, exc: BaseException) -> None:
