@@ -652,3 +652,60 @@ def test_import_does_not_import_asyncio() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=25)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+_TYPED_SNIPPET = '''
+from collections.abc import Generator
+
+import workstream
+
+
+def gen(n: int) -> Generator[int, None, str]:
+    yield n
+    return "done"
+
+
+async def main() -> None:
+    job = workstream.start(gen, 3)
+    async for item in job:
+        reveal_type(item)  # L14
+    reveal_type(await job.wait())  # L15
+    reveal_type(await job.wait_async())  # L16
+    reveal_type(await job.result_async())  # L17
+    async with job as j:
+        reveal_type(j)  # L19
+    wrong: int = await job.wait()  # L20
+'''
+
+
+@pytest.mark.timeout(120)
+def test_types_seen_by_mypy(tmp_path: pathlib.Path) -> None:
+    """Under ``mypy --strict``, ``await job.wait()`` is an Outcome (not a coroutine),
+    ``async for`` items and ``result_async()`` carry the job's types, and assigning the
+    outcome to an ``int`` is an error."""
+    pytest.importorskip("mypy")
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(_TYPED_SNIPPET.lstrip("\n"))
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+         "--cache-dir", str(tmp_path / "cache"), str(snippet)],
+        capture_output=True, text=True, timeout=110,
+    )
+    revealed = {}
+    errors = []
+    for line in done.stdout.splitlines():
+        parts = line.split(":", 3)
+        if len(parts) == 4 and "Revealed type is" in parts[3]:
+            revealed[int(parts[1])] = parts[3].split('"')[1]
+        elif len(parts) == 4 and "error" in parts[2]:
+            errors.append(int(parts[1]))
+    # Spelling varies with mypy's version ("builtins.int" / "int", "Union[...]" / "|").
+    short = {n: t.replace("builtins.", "").replace("workstream._outcomes.", "")
+             for n, t in revealed.items()}
+    assert set(short) == {14, 15, 16, 17, 19}, done.stdout
+    assert short[14] == "int" and short[17] == "str", done.stdout
+    for n in (15, 16):
+        assert all(k in short[n] for k in ("Completed", "CancelledOutcome", "Failed", "Crashed"))
+        assert "Coroutine" not in short[n]
+    assert short[19] == "workstream._api.Job[int, str]", done.stdout
+    assert errors == [20], done.stdout
