@@ -160,6 +160,26 @@ def test_discard_stops_async_iteration_mid_batch() -> None:
     asyncio.run(main())
 
 
+def _broken_on_done(outcome: object) -> None:
+    raise LookupError("on_done bug")
+
+
+@pytest.mark.timeout(30)
+def test_a_raising_callback_surfaces_in_await_and_async_with() -> None:
+    """As the synchronous calls: ``await job.wait()`` and leaving ``async with``
+    normally raise CallbackError from the callback's exception."""
+
+    async def main() -> None:
+        job = workstream.start(workers.count, 3, on_done=_broken_on_done)
+        with pytest.raises(workstream.CallbackError, match="on_done bug"):
+            await job.wait()
+        with pytest.raises(workstream.CallbackError, match="on_done bug"):
+            async with workstream.start(workers.count, 3, on_done=_broken_on_done) as job2:
+                assert [item async for item in job2] == [0, 1, 2]
+
+    asyncio.run(main())
+
+
 # -- cancelling the awaiting task cancels the job -----------------------------------------
 
 
@@ -709,3 +729,24 @@ def test_types_seen_by_mypy(tmp_path: pathlib.Path) -> None:
         assert "Coroutine" not in short[n]
     assert short[19] == "workstream._api.Job[int, str]", done.stdout
     assert errors == [20], done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_readme_asyncio_example(tmp_path: pathlib.Path) -> None:
+    """The README's asyncio example, run as a user would: it stops soon after the loss
+    drops under 0.2 (cancelled), then wait_for's timeout cancels the second job."""
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.index("## asyncio\n")
+    start = text.index("```python\n", section) + len("```python\n")
+    script = tmp_path / "example.py"
+    script.write_text(text[start : text.index("```", start)])
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[-2:] == ["cancelled", "cancelled"], lines
+    epochs = [eval(line)["epoch"] for line in lines[:-2]]
+    assert epochs == list(range(len(epochs)))
+    assert 5 <= len(epochs) < 20
