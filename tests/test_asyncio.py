@@ -204,7 +204,6 @@ def test_cancelling_the_iterating_task_reaps_the_child() -> None:
             await task
         assert gone(job)
         assert isinstance(job.outcome, CancelledOutcome)
-        assert job.outcome.rung == "cooperative"
 
     asyncio.run(main())
 
@@ -628,6 +627,20 @@ def test_result_on_the_loop_thread_never_blocks() -> None:
         await job.wait()
         with pytest.raises(workstream.Cancelled):
             job.result()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_plain_with_in_a_coroutine_still_waits() -> None:
+    """The synchronous ``with job:`` keeps its meaning in a coroutine: on exit it
+    cancels and waits (blocking, bounded by the grace) — no stray coroutine, no warning."""
+
+    async def main() -> None:
+        with workstream.start(workers.forever) as job:
+            assert job.aiter() is not None
+        assert gone(job)
+        assert isinstance(job.outcome, CancelledOutcome)
 
     asyncio.run(main())
 
