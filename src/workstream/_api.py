@@ -295,8 +295,10 @@ class Job(Generic[ItemT, ResultT]):
     ) -> None:
         """Cancel the job if it still runs, then await (without blocking) its end.
 
-        If the task is cancelled meanwhile, the wait goes on shielded and the child is
-        killed at once; the block is left only after the child was reaped.
+        Raises :class:`CallbackError` as :meth:`wait` unless an exception is already
+        leaving the block. If the task is cancelled meanwhile, the wait goes on
+        (shielded; a second cancellation kills the child at once): the block is left
+        only after the child was reaped.
         """
         from . import _aio
 
