@@ -530,6 +530,37 @@ def test_async_for_over_a_buffered_flood_lets_the_loop_run() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_loop_stays_responsive_while_a_child_floods() -> None:
+    """A child yields as fast as it can while ``async for`` takes 200,000 items and a
+    ticker task measures the loop: it keeps ticking, with no long gap."""
+
+    async def main() -> None:
+        ticks: list[float] = []
+        stop = False
+
+        async def ticker() -> None:
+            while not stop:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.001)  # ok: sleep (the ticker's period)
+
+        tick_task = asyncio.ensure_future(ticker())
+        async with workstream.start(workers.forever) as job:
+            n = 0
+            async for item in job:
+                assert item == n
+                n += 1
+                if n == 200_000:
+                    break
+        stop = True
+        await tick_task
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        assert len(ticks) >= 10, len(ticks)
+        assert max(gaps) < 0.5, max(gaps)  # generous: a shared, noisy machine
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
 def test_waiting_never_blocks_the_loop() -> None:
     """While a task awaits ``job.wait()`` and another ``async for`` of a job that sends
     nothing, a ticker keeps running; a watchdog thread would end the job after 20 s if
