@@ -280,6 +280,54 @@ def test_second_cancellation_kills_at_once(tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.timeout(30)
+def test_cancelling_a_task_that_consumes_a_flood_reaps_the_child() -> None:
+    """A task consuming a flood (its loop body never awaits) is cancelled: the
+    cancellation lands in the iterator's hand-over to the loop, and the child is gone
+    when the task ends."""
+
+    async def main() -> None:
+        job = workstream.start(workers.forever)
+        seen = 0
+
+        async def consume() -> None:
+            nonlocal seen
+            async for _ in job:
+                seen += 1
+
+        task = asyncio.ensure_future(consume())
+        await until(lambda: seen >= 10_000, 15, "10,000 items")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert gone(job)
+        assert isinstance(job.outcome, CancelledOutcome)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
+def test_shield_stops_waiting_without_cancelling_the_job() -> None:
+    """``asyncio.shield(job.wait_async())``: cancelling the outer await leaves the job
+    running (the documented way to stop waiting only)."""
+
+    async def main() -> None:
+        job = workstream.start(wa.ready_then_idle)
+        inner = asyncio.ensure_future(job.wait_async())
+        outer = asyncio.ensure_future(asyncio.shield(inner))
+        await asyncio.sleep(0)
+        outer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        await asyncio.sleep(0)
+        assert not job.cancel_requested
+        assert not inner.done()
+        job.cancel()
+        assert isinstance(await inner, CancelledOutcome)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
 def test_async_with_cancels_and_reaps_on_exit() -> None:
     """Leaving ``async with job`` (by ``break`` or by an exception) cancels the running
     job and awaits its end; the exception goes on unchanged."""
