@@ -42,6 +42,7 @@ iterations to resume its task (the timer fires, then the task step runs), so ano
 task waits up to two slices: 2 ms keeps that well inside a 16 ms frame, and costs no
 measurable throughput (one ``sleep(0)`` per ~thousands of items)."""
 
+_monotonic = time.monotonic
 _EMPTY: Any = object()  # nothing buffered yet
 _END: Any = object()  # the stream ended and was consumed
 
@@ -181,7 +182,7 @@ class AsyncItems(Generic[ItemT]):
 
     def __init__(self, job: Job[ItemT, Any]) -> None:
         self._job = job
-        self._ran_since = time.monotonic()
+        self._ran_since = _monotonic()
 
     def __aiter__(self) -> AsyncItems[ItemT]:
         return self
@@ -193,9 +194,25 @@ class AsyncItems(Generic[ItemT]):
                 f"job {job.name!r} is already being iterated by another task; one "
                 "consumer at a time (share the items through an asyncio.Queue)"
             )
+        # The fast path (an item of the local batch, time slice not used up) does not
+        # suspend, so it needs no busy flag; it is __next__'s, plus one clock read.
+        cur = job._cur
+        i = job._pos
+        if (
+            i < len(cur)
+            and not job._discard_local
+            and _monotonic() - self._ran_since <= _SLICE
+        ):
+            job._pos = i + 1
+            return cur[i]
+        return await self._next_slow()
+
+    async def _next_slow(self) -> ItemT:
+        """Hand the loop over if the slice is used up, then take an item or wait."""
+        job = self._job
         job._aio_busy = True
         try:
-            if time.monotonic() - self._ran_since > _SLICE:
+            if _monotonic() - self._ran_since > _SLICE:
                 await self._pause(None)
             item = _next_nowait(job)
             while item is _EMPTY:
@@ -225,4 +242,4 @@ class AsyncItems(Generic[ItemT]):
             await cancel_and_reap(self._job)
             raise
         finally:
-            self._ran_since = time.monotonic()
+            self._ran_since = _monotonic()
