@@ -101,3 +101,18 @@ def flag_after_cancel(path: str) -> Iterator[object]:
             yield "tick"
     finally:
         workstream.emit(("finally", os.getpid()))
+
+
+def init_wait_for_file(path: str) -> str:
+    """An initializer that waits (bounded) until ``path`` exists."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.005)  # ok: sleep (bounded poll of an external fact)
+    return "initialized"
+
+
+def cancel_flag_at_start() -> bool:
+    """Return whether this job saw a cancel request before doing anything."""
+    return workstream.cancelled()

@@ -180,15 +180,19 @@ class Worker:
 
     # -- closing ------------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, grace: float | None = None) -> None:
         """Cancel the running job (with its grace), stop the process and reap it.
 
-        Blocks until the process is reaped: at most the running job's grace, plus 1 s
-        for an idle process to exit, plus reaping. Idempotent; safe from any thread
-        (inside a job's ``on_item`` / ``on_done`` too). A job waiting for the process
-        ends ``cancelled`` (``before-start``); later ``start()`` calls raise.
+        ``grace`` caps the running job's grace (``close(grace=0)``: SIGKILL at once).
+        Blocks until the process is reaped: at most that grace, plus 1 s for an idle
+        process to exit, plus reaping. Idempotent (a later call can only shorten the
+        grace); safe from any thread (inside a job's ``on_item`` / ``on_done`` too). A
+        job waiting for the process ends ``cancelled`` (``before-start``); later
+        ``start()`` calls raise ``RuntimeError``.
         """
-        self._sup.close(wait=True)
+        if grace is not None:
+            check_grace(grace)
+        self._sup.close(wait=True, grace=grace)
 
     def __enter__(self) -> Worker:
         return self

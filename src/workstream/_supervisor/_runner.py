@@ -268,9 +268,9 @@ class JobRunner:
         self._outbox = memoryview(job_frame)
         keep = False
         try:
-            self._write_outbox()
             assert self._pid is not None
-            self.core.mark_running(self._pid)
+            self.core.mark_running(self._pid)  # before the child can run any of fn
+            self._write_outbox()
             self._loop()
             keep = (
                 not self._exited

@@ -70,6 +70,7 @@ class WorkerSupervisor:
         self._current: Submission | None = None  # taken: waiting for a process, or running
         self._init_core: JobCore | None = None  # the running initializer job, if any
         self._closing = False
+        self._close_grace: float | None = None  # close(grace=...): caps every job's grace
         self._want_process = prestart  # start one when there is none (prestart, wait_ready)
         self.init_error: WorkstreamError | None = None
         self.processes_started = 0
@@ -128,21 +129,26 @@ class WorkerSupervisor:
             self.ready.clear()
         self._wake()
 
-    def close(self, *, wait: bool = True) -> None:
-        """Cancel the running job (its own grace) and retire the process; idempotent.
+    def close(self, *, wait: bool = True, grace: float | None = None) -> None:
+        """Cancel the running job (its own grace, at most ``grace``) and retire the
+        process; idempotent.
 
         With ``wait`` (and not on this supervisor's own thread) blocks until the
         process is reaped: at most the job's grace + ``RETIRE_WAIT`` + reaping.
         """
         with self.lock:
             self._closing = True
+            if grace is not None:
+                old = self._close_grace
+                self._close_grace = grace if old is None else min(old, grace)
         self._wake()
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
 
     # the registry's interface (interpreter exit)
-    def cancel(self) -> bool:
-        self.close(wait=False)
+    def cancel(self, grace: float | None = None) -> bool:
+        """Close without waiting (the running job is cancelled with its own grace)."""
+        self.close(wait=False, grace=grace)
         return True
 
     def _wait_quietly(self, timeout: float) -> None:
@@ -180,6 +186,7 @@ class WorkerSupervisor:
         """On every wake-up inside a loop: apply close(), settle a waiting job's cancel."""
         with self.lock:
             closing = self._closing
+            cap = self._close_grace
             init_core = self._init_core
             current = self._current
             waiting = [s for s in (self._next, current) if s is not None]
@@ -187,9 +194,15 @@ class WorkerSupervisor:
             targets = [(init_core, self._options)]
             if current is not None:
                 targets.append((current.core, current.options))
+            now = time.monotonic()
             for core, opts in targets:
-                if core is not None and core.cancel is None:
-                    core.request_cancel(opts.grace, opts.term_delay(opts.grace), False)
+                if core is None:
+                    continue
+                grace = opts.grace if cap is None else min(cap, opts.grace)
+                req = core.cancel
+                # Only a new or shorter deadline (request_cancel wakes us: no loop).
+                if req is None or req.kill_at > now + grace + 0.001:
+                    core.request_cancel(grace, opts.term_delay(grace), False, now=now)
         if init_core is not None:  # jobs wait for the initializer: settle their cancels
             for sub in waiting:
                 if sub.core.cancel is not None and not sub.core.terminal.is_set():
