@@ -84,8 +84,8 @@ class Worker:
         self._name = name
         self._job_options = dataclasses.replace(opts, name=None)
         self._sup = WorkerSupervisor(opts, name, payload, prestart)
-        finalizer = weakref.finalize(self, self._sup.close, wait=False)
-        finalizer.atexit = False  # the registry stops it at exit (and waits for it)
+        self._finalizer = weakref.finalize(self, self._sup.close_when_collected)
+        self._finalizer.atexit = False  # the registry stops it at exit (and waits for it)
 
     # -- facts --------------------------------------------------------------------------
 
@@ -192,6 +192,7 @@ class Worker:
         """
         if grace is not None:
             check_grace(grace)
+        self._finalizer.detach()
         self._sup.close(wait=True, grace=grace)
 
     def __enter__(self) -> Worker:

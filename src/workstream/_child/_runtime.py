@@ -457,6 +457,10 @@ def worker_main(
         if payload is None:
             _exit_now(0)
         ctx.begin_job()
+        # A previous job may have changed how SIGTERM is handled (ignored it, blocked
+        # it): every job starts with the ladder working as documented.
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         kind, body = _run(ctx, payload)
         del payload
         try:

@@ -96,8 +96,13 @@ class WorkerSupervisor:
         return self._wake_r, self._wake_w
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"!")
+        with self.lock:
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if self._wake_w >= 0:  # -1 once the thread is done (the fd number may be reused)
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"!")
 
     def submit(self, sub: Submission) -> None:
         """Queue ``sub`` as the next job; raise if closed, broken or busy (never blocks)."""
@@ -115,7 +120,7 @@ class WorkerSupervisor:
                     "Worker runs one job at a time; wait() for it or cancel() it first"
                 )
             self._next = sub
-        self._wake()
+            self._wake_locked()
 
     def request_process(self) -> None:
         """Have a process started (and initialized) if there is none; never blocks."""
@@ -127,7 +132,7 @@ class WorkerSupervisor:
                 return
             self._want_process = True
             self.ready.clear()
-        self._wake()
+            self._wake_locked()
 
     def close(self, *, wait: bool = True, grace: float | None = None) -> None:
         """Cancel the running job (its own grace, at most ``grace``) and retire the
@@ -141,9 +146,24 @@ class WorkerSupervisor:
             if grace is not None:
                 old = self._close_grace
                 self._close_grace = grace if old is None else min(old, grace)
-        self._wake()
+            self._wake_locked()
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
+
+    def close_when_collected(self) -> None:
+        """The Worker facade was garbage-collected: close without waiting.
+
+        The collector may run on a thread that holds ``lock`` (it is not re-entrant):
+        then a short-lived thread does it.
+        """
+        if self.lock.acquire(blocking=False):
+            self.lock.release()
+            self.close(wait=False)
+        else:
+            threading.Thread(
+                target=self.close, kwargs={"wait": False}, name="workstream-worker-gc",
+                daemon=True,
+            ).start()
 
     # the registry's interface (interpreter exit)
     def cancel(self, grace: float | None = None) -> bool:
@@ -342,8 +362,10 @@ class WorkerSupervisor:
             self._proc.retire(graceful=True)
             self._proc = None
             self.pid = None
-        _fds.close_quietly(self._wake_r)
-        _fds.close_quietly(self._wake_w)
+        with self.lock:
+            _fds.close_quietly(self._wake_r)
+            _fds.close_quietly(self._wake_w)
+            self._wake_r = self._wake_w = -1
         self.ready.set()
         self.closed.set()
         _registry.remove(self)
