@@ -458,3 +458,23 @@ def test_close_with_grace_zero_kills_at_once(tmp_path: Path) -> None:
     worker.close(grace=0)
     outcome = job.wait(timeout=5)
     assert isinstance(outcome, CancelledOutcome) and outcome.rung == "sigkill", outcome
+
+
+def _readme_worker_block() -> str:
+    text = (Path(TESTS_DIR).parent / "README.md").read_text()
+    section = text[text.index("## Warm workers") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```", start)]
+
+
+@pytest.mark.timeout(60)
+def test_readme_worker_example_runs(tmp_path: Path) -> None:
+    """The README's Worker example, run as a user would, prints each job's items and
+    that the process stayed warm."""
+    script = tmp_path / "example.py"
+    script.write_text(_readme_worker_block())
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[1.0, 0.5] True", "[2.0, 1.0] True"]
+    assert done.stderr == ""
