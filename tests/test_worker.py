@@ -478,3 +478,33 @@ def test_readme_worker_example_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["[1.0, 0.5] True", "[2.0, 1.0] True"]
     assert done.stderr == ""
+
+
+@pytest.mark.timeout(60)
+def test_each_job_starts_with_the_sigterm_rung_working(tmp_path: Path) -> None:
+    """A job that left SIGTERM ignored and blocked does not weaken the next job's cancel:
+    the next job is still interrupted by the SIGTERM rung."""
+    with Worker() as worker:
+        pid = worker.wait_ready(timeout=30)
+        assert worker.start(ww.ignore_sigterm_and_return).result(timeout=15) == "done"
+        marker = tmp_path / "sleeping"
+        job = worker.start(ww.mark_then_sleep, str(marker))
+        wait_for_marker(marker)
+        assert job.pid == pid
+        job.cancel(grace=20, term_after=0)
+        outcome = job.wait(timeout=15)
+        assert isinstance(outcome, CancelledOutcome) and outcome.rung == "sigterm", outcome
+
+
+@pytest.mark.timeout(60)
+def test_a_job_that_leaves_an_emitting_thread_costs_the_process() -> None:
+    """Bytes written while no job runs (a thread a job left behind) make the Worker
+    replace the process; the next job gets only its own items."""
+    with Worker() as worker:
+        pid = worker.wait_ready(timeout=30)
+        job = worker.start(ww.leave_an_emitting_thread)
+        assert job.result(timeout=15) == "returned"
+        wait_until(lambda: worker.restarts == 1, 20, "the process to be replaced")
+        assert wl.pid_gone(pid)
+        job2 = worker.start(ww.tagged_numbers, "b", 50)
+        assert list(job2) == [("b", i) for i in range(50)]

@@ -116,3 +116,23 @@ def init_wait_for_file(path: str) -> str:
 def cancel_flag_at_start() -> bool:
     """Return whether this job saw a cancel request before doing anything."""
     return workstream.cancelled()
+
+
+def ignore_sigterm_and_return() -> str:
+    """Leave SIGTERM ignored and blocked in the process, and end normally."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    return "done"
+
+
+def leave_an_emitting_thread() -> str:
+    """Start a thread that emits forever (a bug in user code) and return at once."""
+    import threading
+
+    def spam() -> None:
+        while True:
+            time.sleep(0.01)  # ok: sleep (a stray producer's pace)
+            workstream.emit("stray")
+
+    threading.Thread(target=spam, daemon=True).start()
+    return "returned"
