@@ -508,3 +508,23 @@ def test_a_job_that_leaves_an_emitting_thread_costs_the_process() -> None:
         assert wl.pid_gone(pid)
         job2 = worker.start(ww.tagged_numbers, "b", 50)
         assert list(job2) == [("b", i) for i in range(50)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_close_right_after_construction(method: str) -> None:
+    """A Worker closed while its process is still starting leaves nothing behind."""
+    Worker(ww.init_counter, ("T",), start_method=method).close()
+
+
+@pytest.mark.timeout(60)
+def test_close_while_the_initializer_runs(tmp_path: Path) -> None:
+    """close() interrupts an initializer that never returns (its grace applies) and a
+    job waiting for it ends 'before-start'."""
+    worker = Worker(ww.init_wait_for_file, (str(tmp_path / "never"),), grace=0.5)
+    job = worker.start(ww.pid)
+    worker.close()
+    outcome = job.wait(timeout=5)
+    assert isinstance(outcome, CancelledOutcome) and outcome.rung == "before-start", outcome
+    with pytest.raises(RuntimeError, match="closed"):
+        worker.wait_ready(timeout=5)
