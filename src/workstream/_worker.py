@@ -129,7 +129,10 @@ class Worker:
             raise sup.init_error.with_traceback(None)
         pid = sup.pid
         if pid is None:
-            raise RuntimeError(f"worker {self._name!r} has no process (it is closed)")
+            raise RuntimeError(
+                f"worker {self._name!r} has no process: it is closed (or its process was "
+                "lost just now; call wait_ready() again)"
+            )
         return pid
 
     # -- jobs ---------------------------------------------------------------------------
