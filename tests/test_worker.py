@@ -528,3 +528,24 @@ def test_close_while_the_initializer_runs(tmp_path: Path) -> None:
     assert isinstance(outcome, CancelledOutcome) and outcome.rung == "before-start", outcome
     with pytest.raises(RuntimeError, match="closed"):
         worker.wait_ready(timeout=5)
+
+
+@pytest.mark.timeout(120)
+def test_many_cancel_cycles_never_mix_streams() -> None:
+    """Forty jobs on one process, each cancelled cooperatively after a different number
+    of items (some with discard=True): every job delivers a contiguous run of its own
+    items only, every cancel keeps the process, and the worker never restarts."""
+    with Worker() as worker:
+        pid = worker.wait_ready(timeout=30)
+        for tag in range(40):
+            job = worker.start(ww.tagged_stream, tag)
+            it = iter(job)
+            taken = [next(it) for _ in range(1 + (tag * 37) % 200)]
+            job.cancel(discard=tag % 3 == 0)
+            items = taken + list(it)
+            outcome = job.wait(timeout=15)
+            assert isinstance(outcome, CancelledOutcome) and outcome.rung == "cooperative"
+            assert outcome.kept_warm is True and outcome.pid == pid, outcome
+            assert {t for t, _ in items} == {tag}
+            wl.assert_contiguous([i for _, i in items])
+        assert worker.restarts == 0 and worker.pid == pid

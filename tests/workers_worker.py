@@ -136,3 +136,11 @@ def leave_an_emitting_thread() -> str:
 
     threading.Thread(target=spam, daemon=True).start()
     return "returned"
+
+
+def tagged_stream(tag: int) -> Iterator[tuple[int, int]]:
+    """Yield (tag, i) forever: cancelled cooperatively at some yield."""
+    i = 0
+    while True:
+        yield (tag, i)
+        i += 1
