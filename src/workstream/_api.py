@@ -26,6 +26,7 @@ from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, JobState, O
 from ._supervisor import _registry
 from ._supervisor._jobcore import JobCore
 from ._supervisor._runner import JobRunner
+from ._supervisor._worker import Submission
 from ._transport import _fds
 
 ItemT = TypeVar("ItemT")
@@ -42,7 +43,10 @@ class Job(Generic[ItemT, ResultT]):
     :meth:`aiter` and :meth:`wait_async`).
     """
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], options: Options) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], options: Options,
+        worker: Any = None,
+    ) -> None:
         self._options = options
         self._name = options.name or _describe(fn)
         try:
@@ -52,12 +56,10 @@ class Job(Generic[ItemT, ResultT]):
                 f"workstream.start(): {self._name} or its arguments cannot be pickled, so they "
                 f"cannot be sent to the worker process: {type(exc).__name__}: {exc}"
             ) from exc
-        control_fd, control = _fds.make_control_block()
-        self._core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
-        self._started_at = time.monotonic()
-        self._runner = JobRunner(
-            self._core, payload, control_fd, options, self._name, self._started_at
-        )
+        # A Worker's job keeps its Worker alive (so dropping the Worker while holding one
+        # of its jobs does not close it under the job); the Worker never holds its jobs
+        # beyond the one it runs.
+        self._worker = worker
         self._cur: list[ItemT] = []
         self._pos = 0
         self._discard_local = False  # set by cancel(discard=True), read by the iterator
@@ -69,6 +71,15 @@ class Job(Generic[ItemT, ResultT]):
             self._callback_thread = threading.Thread(
                 target=self._run_callbacks, name=f"workstream-callbacks:{self._name}", daemon=True
             )
+        if worker is not None:
+            self._start_on_worker(worker, payload)
+            return
+        control_fd, control = _fds.make_control_block()
+        self._core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
+        self._started_at = time.monotonic()
+        self._runner = JobRunner(
+            self._core, payload, control_fd, options, self._name, self._started_at
+        )
         self._runner_thread = threading.Thread(
             target=self._run, name=f"workstream-job:{self._name}", daemon=True
         )
@@ -81,6 +92,26 @@ class Job(Generic[ItemT, ResultT]):
             raise
         if self._callback_thread is not None:
             self._callback_thread.start()
+
+    def _start_on_worker(self, worker: Any, payload: bytes) -> None:
+        """Hand the job to a Worker's supervisor thread (raises if closed or busy)."""
+        sup = worker._sup
+        opts = self._options
+        self._core = JobCore(
+            None, opts.max_buffered_items, opts.max_buffered_bytes, wake=sup.wake_fds
+        )
+        self._started_at = time.monotonic()
+        sup.submit(Submission(
+            self._core, payload, opts, self._name, self._started_at, self._job_ended
+        ))
+        if self._callback_thread is not None:
+            self._callback_thread.start()
+
+    def _job_ended(self) -> None:
+        """A Worker's job: the outcome is published; mark it finished unless the
+        callback thread will (after on_done)."""
+        if self._callback_thread is None:
+            self._core.set_finished()
 
     def _run(self) -> None:
         try:
@@ -480,26 +511,36 @@ def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any, Any]:
     inside a worker; NotImplementedError on Windows. Never waits for the child: the
     process is created by the job's own thread.
     """
+    check_can_start("workstream.start()")
+    check_fn(fn, "workstream.start()")
+    opts = Options.from_kwargs(options)
+    return Job(fn, args, opts)
+
+
+def check_can_start(what: str) -> None:
+    """Raise unless this process may start workers (POSIX, not inside a worker)."""
     if os.name != "posix":
         raise NotImplementedError(
             "workstream needs POSIX process groups and signals; Windows is not supported yet"
         )
-    if not callable(fn):
-        raise TypeError(f"workstream.start() needs a callable, not {type(fn).__name__}")
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
-        raise TypeError(
-            f"workstream.start() runs plain and generator functions; {_describe(fn)} is async. "
-            "Wrap it: def run(*a): return asyncio.run(fn(*a))"
-        )
     if in_worker():
         raise RuntimeError(
-            "workstream.start() cannot be called inside a workstream worker; use "
+            f"{what} cannot be called inside a workstream worker; use "
             "multiprocessing or subprocess there (the job's process group is cleaned up "
             "with it)"
         )
-    opts = Options.from_kwargs(options)
-    return Job(fn, args, opts)
+
+
+def check_fn(fn: object, what: str) -> None:
+    """Raise TypeError unless ``fn`` is a plain or generator callable."""
+    if not callable(fn):
+        raise TypeError(f"{what} needs a callable, not {type(fn).__name__}")
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{what} runs plain and generator functions; {_describe(fn)} is async. "
+            "Wrap it: def run(*a): return asyncio.run(fn(*a))"
+        )
 
 
 def _on_event_loop() -> bool:

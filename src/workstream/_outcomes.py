@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from ._errors import Cancelled, WorkerCrashed, WorkstreamError
@@ -91,7 +91,13 @@ class _Common:
     exit_code: int | None
     """Child exit status as in multiprocessing (negative = signal); None if never started."""
     duration: float
-    """Seconds from ``start()`` until the child was reaped."""
+    """Seconds from ``start()`` until the child was reaped (a Worker's job: until its
+    final frame arrived, or its process was reaped)."""
+    kept_warm: bool | None = field(default=None, kw_only=True)
+    """Jobs of a :class:`workstream.Worker` only (None otherwise): True if the worker
+    process survived the job and runs the next one; False if the job cost the process
+    (it needed SIGTERM/SIGKILL, crashed, or left the channel unclean) and the Worker
+    replaces it."""
 
     def __await__(self: _O) -> Generator[Any, None, _O]:
         """``await outcome`` is the outcome itself, at once.
