@@ -62,6 +62,9 @@ def test_layer_rules(path: pathlib.Path) -> None:
     elif top == "_supervisor":
         bad = {i for i in imports if i.split(".")[0] in {"_api", "_cli"}}
         assert not bad, f"{name} imports {bad}"
+    elif top == "_aio":
+        bad = {i for i in imports if i.split(".")[0] not in LEAVES | {"_api"}}
+        assert not bad, f"{name} imports {bad}"
     elif top in {"_cli", "_demo", "__main__"}:
         bad = {i for i in imports if i.split(".")[0].startswith("_") and i not in {"_cli", "_demo"}}
         assert not bad, f"{name} should use the public API only, imports {bad}"

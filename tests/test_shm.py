@@ -433,3 +433,20 @@ def test_cpu_tensors_travel_as_shared_memory_views(monkeypatch: pytest.MonkeyPat
     assert not nested["outer"]["inner"].via_from_numpy  # two levels deep: torch's way
     assert np.all(nested["outer"]["inner"].array == 5.0)
     del big, in_dict
+
+
+@pytest.mark.timeout(60)
+def test_a_warm_workers_jobs_share_one_arena() -> None:
+    """Arrays through a Worker: jobs in turn use the process's arena; arrays held from
+    an earlier job stay intact while later jobs reuse free blocks."""
+    with workstream.Worker() as worker:
+        first = list(worker.start(wa.numbered_arrays, 20, 128 * KIB))
+        for _ in range(3):
+            job = worker.start(wa.numbered_arrays, 50, 128 * KIB, max_buffered_bytes=MIB)
+            for i, a in enumerate(job):
+                assert in_shared_memory(a) and np.all(a == i)
+            assert job.wait(timeout=30).kept_warm
+        copies = list(worker.start(wa.numbered_arrays, 5, 128 * KIB, shm_copy=True))
+        assert not any(in_shared_memory(a) for a in copies)
+    assert all(in_shared_memory(a) and np.all(a == i) for i, a in enumerate(first))
+    del first, a

@@ -11,7 +11,7 @@ Layers (each may import only the ones below it; ``tests/test_layers.py`` checks 
 """
 
 from ._api import Job, start
-from ._child._runtime import cancelled, check_cancelled, emit, in_worker
+from ._child._runtime import cancelled, check_cancelled, emit, in_worker, worker_state
 from ._errors import (
     CallbackError,
     Cancelled,
@@ -24,6 +24,7 @@ from ._errors import (
 )
 from ._options import DEFAULT_GRACE, Options
 from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, JobState, Outcome
+from ._worker import Worker
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "NotInWorkerError",
     "Options",
     "Outcome",
+    "Worker",
     "WorkerCrashed",
     "WorkerError",
     "WorkstreamError",
@@ -51,4 +53,5 @@ __all__ = [
     "emit",
     "in_worker",
     "start",
+    "worker_state",
 ]

@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -25,6 +26,7 @@ from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, JobState, O
 from ._supervisor import _registry
 from ._supervisor._jobcore import JobCore
 from ._supervisor._runner import JobRunner
+from ._supervisor._worker import Submission
 from ._transport import _fds
 
 ItemT = TypeVar("ItemT")
@@ -37,9 +39,14 @@ class Job(Generic[ItemT, ResultT]):
     Create with :func:`workstream.start`. Thread-safe, except that one thread at a time
     may iterate. Iterating yields items in order; the loop ends when the stream ends,
     whatever the outcome (ask :meth:`result` or :attr:`outcome` which one it was).
+    In asyncio code: ``async for``, ``await job.wait()``, ``async with`` (see
+    :meth:`aiter` and :meth:`wait_async`).
     """
 
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], options: Options) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], options: Options,
+        worker: Any = None,
+    ) -> None:
         self._options = options
         self._name = options.name or _describe(fn)
         try:
@@ -49,15 +56,14 @@ class Job(Generic[ItemT, ResultT]):
                 f"workstream.start(): {self._name} or its arguments cannot be pickled, so they "
                 f"cannot be sent to the worker process: {type(exc).__name__}: {exc}"
             ) from exc
-        control_fd, control = _fds.make_control_block()
-        self._core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
-        self._started_at = time.monotonic()
-        self._runner = JobRunner(
-            self._core, payload, control_fd, options, self._name, self._started_at
-        )
+        # A Worker's job keeps its Worker alive (so dropping the Worker while holding one
+        # of its jobs does not close it under the job); the Worker never holds its jobs
+        # beyond the one it runs.
+        self._worker = worker
         self._cur: list[ItemT] = []
         self._pos = 0
         self._discard_local = False  # set by cancel(discard=True), read by the iterator
+        self._aio_busy = False  # True while a task is inside AsyncItems.__anext__ (_aio.py)
         # Both threads exist before either starts: the runner must know whether a
         # callback thread will publish "finished" (after on_done) or it must itself.
         self._callback_thread: threading.Thread | None = None
@@ -65,6 +71,15 @@ class Job(Generic[ItemT, ResultT]):
             self._callback_thread = threading.Thread(
                 target=self._run_callbacks, name=f"workstream-callbacks:{self._name}", daemon=True
             )
+        if worker is not None:
+            self._start_on_worker(worker, payload)
+            return
+        control_fd, control = _fds.make_control_block()
+        self._core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
+        self._started_at = time.monotonic()
+        self._runner = JobRunner(
+            self._core, payload, control_fd, options, self._name, self._started_at
+        )
         self._runner_thread = threading.Thread(
             target=self._run, name=f"workstream-job:{self._name}", daemon=True
         )
@@ -78,13 +93,35 @@ class Job(Generic[ItemT, ResultT]):
         if self._callback_thread is not None:
             self._callback_thread.start()
 
+    def _start_on_worker(self, worker: Any, payload: bytes) -> None:
+        """Hand the job to a Worker's supervisor thread (raises if closed or busy)."""
+        sup = worker._sup
+        opts = self._options
+        self._core = JobCore(
+            None, opts.max_buffered_items, opts.max_buffered_bytes, wake=sup.wake_fds
+        )
+        self._started_at = time.monotonic()
+        sup.submit(Submission(
+            self._core, payload, opts, self._name, self._started_at, self._job_ended
+        ))
+        if self._callback_thread is not None:
+            self._callback_thread.start()
+
+    def _job_ended(self) -> None:
+        """A Worker's job: the outcome is published; mark it finished unless the
+        callback thread will (after on_done)."""
+        if self._callback_thread is None:
+            self._core.set_finished()
+
     def _run(self) -> None:
         try:
             self._runner.run()
         finally:
+            # Out of the registry before "finished" is published: a waiter woken by it
+            # (a thread, or a coroutine through a listener) never sees the job live.
+            _registry.remove(self)
             if self._callback_thread is None:
                 self._core.set_finished()
-            _registry.remove(self)
 
     # -- facts --------------------------------------------------------------------------
 
@@ -150,9 +187,24 @@ class Job(Generic[ItemT, ResultT]):
         Returns the outcome (it does not raise for a failed job: see :meth:`result`).
         Raises ``TimeoutError`` after ``timeout`` seconds, leaving the job running, and
         :class:`CallbackError` if an ``on_item`` / ``on_done`` callback raised.
+
+        On a thread that runs an asyncio event loop, where blocking would freeze the
+        loop, it does not block but returns an awaitable: ``outcome = await
+        job.wait()`` is :meth:`wait_async` (cancelling the awaiting task cancels the
+        job). Calling it there without ``await`` waits for nothing and Python warns
+        "coroutine ... was never awaited".
         """
         if timeout is not None:
             check_grace(timeout)
+        if _on_event_loop() and threading.current_thread() is not self._callback_thread:
+            from . import _aio
+
+            # An awaitable, typed as the Outcome it gives: Outcome.__await__ makes
+            # "await job.wait()" an Outcome for type checkers on both paths.
+            return cast(Outcome, _aio.wait(self, timeout))
+        return self._wait_blocking(timeout)
+
+    def _wait_blocking(self, timeout: float | None) -> Outcome:
         if threading.current_thread() is self._callback_thread:
             # Called from on_item/on_done: waiting for on_done to finish would deadlock,
             # and so would waiting inside on_item for a job that needs it to consume.
@@ -165,10 +217,17 @@ class Job(Generic[ItemT, ResultT]):
         else:
             event = self._core.finished
         if not event.wait(timeout):
-            raise TimeoutError(
-                f"job {self._name!r} (pid {self.pid}) is still {self.state.value} "
-                f"after {timeout} s"
-            )
+            raise self._timeout_error(timeout)
+        return self._outcome_now()
+
+    def _timeout_error(self, timeout: float | None) -> TimeoutError:
+        return TimeoutError(
+            f"job {self._name!r} (pid {self.pid}) is still {self.state.value} "
+            f"after {timeout} s"
+        )
+
+    def _outcome_now(self) -> Outcome:
+        """The outcome of an ended job; raises CallbackError if a callback raised."""
         err = self._core.callback_error
         if err is not None:
             raise CallbackError(
@@ -185,8 +244,19 @@ class Job(Generic[ItemT, ResultT]):
         Raises :class:`Cancelled` if the job was cancelled, :class:`WorkerError` if ``fn``
         raised, :class:`WorkerCrashed` if the child died, :class:`DeliveryError` if what
         it sent could not be unpickled here, ``TimeoutError`` after ``timeout``.
+        On a thread running an asyncio event loop it never blocks: for a job not yet
+        done it raises ``RuntimeError`` (use ``await job.result_async()``).
         """
-        outcome = self.wait(timeout)
+        if timeout is not None:
+            check_grace(timeout)
+        if _on_event_loop() and not self.done():
+            raise RuntimeError(
+                f"job.result() would block the event loop until job {self._name!r} ends; "
+                "use 'await job.result_async()'"
+            )
+        return self._value_of(self._wait_blocking(timeout))
+
+    def _value_of(self, outcome: Outcome) -> ResultT:
         if isinstance(outcome, Completed):
             return outcome.value  # type: ignore[return-value]
         if isinstance(outcome, CancelledOutcome):
@@ -194,6 +264,76 @@ class Job(Generic[ItemT, ResultT]):
         if isinstance(outcome, (Failed, Crashed)):
             raise outcome.error
         raise AssertionError(f"unknown outcome {outcome!r}")
+
+    # -- asyncio ------------------------------------------------------------------------
+
+    def wait_async(self, timeout: float | None = None) -> Coroutine[Any, Any, Outcome]:
+        """Return a coroutine that waits, without blocking the loop, for :meth:`wait`'s
+        outcome.
+
+        Raises (when awaited) ``TimeoutError`` after ``timeout`` seconds, leaving the job
+        running, and :class:`CallbackError` as :meth:`wait`. If the awaiting task is
+        cancelled (``task.cancel()``, a TaskGroup, ``asyncio.timeout()``,
+        ``wait_for()``), the job is cancelled with its grace and the task waits, shielded,
+        until the child is reaped before the ``CancelledError`` goes on; a second
+        cancellation meanwhile kills the child at once (``cancel(grace=0)``). A bad
+        ``timeout`` raises here, at the call.
+        """
+        if timeout is not None:
+            check_grace(timeout)
+        from . import _aio
+
+        return _aio.wait(self, timeout)
+
+    def result_async(self, timeout: float | None = None) -> Coroutine[Any, Any, ResultT]:
+        """Return a coroutine that awaits (as :meth:`wait_async`) and returns ``fn``'s
+        value, or raises as :meth:`result`. Cancelling the awaiting task cancels the job."""
+        if timeout is not None:
+            check_grace(timeout)
+        from . import _aio
+
+        return cast("Coroutine[Any, Any, ResultT]", _aio.result(self, timeout))
+
+    def aiter(self) -> AsyncIterator[ItemT]:
+        """Return an async iterator of the items: ``async for item in job`` does the same.
+
+        Items come in order and are shared with synchronous iteration and
+        :meth:`drain` (each item goes to one of them). Waiting for an item never blocks
+        the loop; the iterator lets other tasks run at least every few milliseconds
+        while it hands out buffered items. If the task is cancelled while it waits for
+        an item, the job is cancelled and reaped before the ``CancelledError`` goes on
+        (use ``async with job:`` to tie the job to a whole block). One task at a time:
+        a second task waiting on the same job raises ``RuntimeError``.
+        """
+        if self._options.on_item is not None:
+            raise RuntimeError(
+                f"job {self._name!r} delivers its items to on_item; iterate only a job "
+                "started without on_item"
+            )
+        from . import _aio
+
+        return _aio.AsyncItems(self)
+
+    def __aiter__(self) -> AsyncIterator[ItemT]:
+        return self.aiter()
+
+    async def __aenter__(self) -> Job[ItemT, ResultT]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Cancel the job if it still runs, then await (without blocking) its end.
+
+        Raises :class:`CallbackError` as :meth:`wait` unless an exception is already
+        leaving the block. If the task is cancelled meanwhile, the wait goes on
+        (shielded; a second cancellation kills the child at once): the block is left
+        only after the child was reaped.
+        """
+        from . import _aio
+
+        await _aio.exit_block(self, quiet=exc_type is not None)
 
     # -- the stream ---------------------------------------------------------------------
 
@@ -293,7 +433,7 @@ class Job(Generic[ItemT, ResultT]):
         if not self._core.terminal.is_set():
             self.cancel()
         if exc_type is None:
-            self.wait()
+            self._wait_blocking(None)
         else:  # do not mask the exception that is leaving the block
             self._wait_quietly(None)
 
@@ -323,6 +463,8 @@ class Job(Generic[ItemT, ResultT]):
                 except BaseException as exc:
                     self._callback_failed(exc)
         finally:
+            if core.terminal.is_set():  # (the runner removes it too, maybe later)
+                _registry.remove(self)
             core.set_finished()
 
     def _callback_failed(self, exc: BaseException) -> None:
@@ -374,26 +516,49 @@ def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any, Any]:
     inside a worker; NotImplementedError on Windows. Never waits for the child: the
     process is created by the job's own thread.
     """
+    check_can_start("workstream.start()")
+    check_fn(fn, "workstream.start()")
+    opts = Options.from_kwargs(options)
+    return Job(fn, args, opts)
+
+
+def check_can_start(what: str) -> None:
+    """Raise unless this process may start workers (POSIX, not inside a worker)."""
     if os.name != "posix":
         raise NotImplementedError(
             "workstream needs POSIX process groups and signals; Windows is not supported yet"
         )
-    if not callable(fn):
-        raise TypeError(f"workstream.start() needs a callable, not {type(fn).__name__}")
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
-        raise TypeError(
-            f"workstream.start() runs plain and generator functions; {_describe(fn)} is async. "
-            "Wrap it: def run(*a): return asyncio.run(fn(*a))"
-        )
     if in_worker():
         raise RuntimeError(
-            "workstream.start() cannot be called inside a workstream worker; use "
+            f"{what} cannot be called inside a workstream worker; use "
             "multiprocessing or subprocess there (the job's process group is cleaned up "
             "with it)"
         )
-    opts = Options.from_kwargs(options)
-    return Job(fn, args, opts)
+
+
+def check_fn(fn: object, what: str) -> None:
+    """Raise TypeError unless ``fn`` is a plain or generator callable."""
+    if not callable(fn):
+        raise TypeError(f"{what} needs a callable, not {type(fn).__name__}")
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"{what} runs plain and generator functions; {_describe(fn)} is async. "
+            "Wrap it: def run(*a): return asyncio.run(fn(*a))"
+        )
+
+
+def _on_event_loop() -> bool:
+    """True if this thread runs an asyncio event loop (none can run if asyncio was
+    never imported, so this does not import it)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return False
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _describe(fn: Callable[..., Any]) -> str:

@@ -20,8 +20,9 @@ exhaustive. Exceptions are raised only when someone asks for the value (``Job.re
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 from ._errors import Cancelled, WorkerCrashed, WorkstreamError
 
@@ -78,6 +79,9 @@ CancelRung = Literal["before-start", "cooperative", "sigterm", "sigkill"]
 (``Cancelled`` raised at the next bytecode, or the default action), or by SIGKILL."""
 
 
+_O = TypeVar("_O", bound="_Common")
+
+
 @dataclass(frozen=True)
 class _Common:
     pid: int | None
@@ -87,7 +91,23 @@ class _Common:
     exit_code: int | None
     """Child exit status as in multiprocessing (negative = signal); None if never started."""
     duration: float
-    """Seconds from ``start()`` until the child was reaped."""
+    """Seconds from ``start()`` until the child was reaped (a Worker's job: until its
+    final frame arrived, or its process was reaped)."""
+    kept_warm: bool | None = field(default=None, kw_only=True)
+    """Jobs of a :class:`workstream.Worker` only (None otherwise): True if the worker
+    process survived the job and runs the next one; False if the job cost the process
+    (it needed SIGTERM/SIGKILL, crashed, or left the channel unclean) and the Worker
+    replaces it."""
+
+    def __await__(self: _O) -> Generator[Any, None, _O]:
+        """``await outcome`` is the outcome itself, at once.
+
+        ``Job.wait()`` returns an awaitable instead of blocking when called on a thread
+        that runs an asyncio loop; this makes ``outcome = await job.wait()`` type as an
+        :data:`Outcome` (and work on an outcome already in hand).
+        """
+        yield from ()
+        return self
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ events, each step before any user code runs:
 4. unpickle ``fn`` and its arguments, run it, drive the generator;
 5. send exactly one final frame (RESULT / ERROR / CANCELLED), flush, ``os._exit(0)``.
 
+A warm worker (:func:`worker_main`, for ``workstream.Worker``) does steps 1-3 once, then
+loops: read a job (a u64 length and a pickle) from the parent's jobs pipe, run it, send
+its final frame, wait for the next. Its first job is the initializer, whose return value
+stays in the process (:func:`worker_state`). EOF on the jobs pipe means "exit now".
+
 Cancellation: the parent sets byte 0 of the control block. Every ``yield``, ``emit()``
 and ``cancelled()`` reads it (one mmap index, ~30 ns). SIGTERM sets the same byte and,
 while user code runs, raises :class:`Cancelled` at the next bytecode; while our own code
@@ -31,7 +36,7 @@ import threading
 import traceback
 import types
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 from .._errors import Cancelled, NotInWorkerError
 from .._linux import set_parent_death_signal
@@ -44,7 +49,7 @@ _current: _Context | None = None
 
 
 class _Context:
-    """Per-process state of a running worker."""
+    """Per-process state of a worker (and the per-job fields, reset by ``begin_job``)."""
 
     def __init__(self, ctl: Any, sender: Sender) -> None:
         self.ctl = ctl  # mmap: byte 0 is the cancel flag
@@ -52,6 +57,15 @@ class _Context:
         self.cancel_raised = False  # True once Cancelled was raised into user code
         self.cancel_source: str | None = None  # how the first Cancelled was raised
         self.sigterm_received = False
+        self.job_active = True  # False only while a warm worker waits for its next job
+        self.state: Any = None  # what a warm worker's initializer returned
+
+    def begin_job(self) -> None:
+        """Forget the previous job's cancel (the parent cleared the flag before sending)."""
+        self.cancel_raised = False
+        self.cancel_source = None
+        self.sigterm_received = False
+        self.job_active = True
 
     def make_cancelled(self, source: str) -> Cancelled:
         self.cancel_raised = True
@@ -103,10 +117,27 @@ def in_worker() -> bool:
     return _current is not None
 
 
+def worker_state() -> Any:
+    """Return what the ``initializer`` of this ``workstream.Worker`` returned.
+
+    The value lives in the worker process for its whole life (a loaded model, an open
+    file), so every job run on the worker sees the same object; it is never pickled.
+    None in a worker without an initializer and in a job of ``workstream.start()``.
+    Raises :class:`NotInWorkerError` outside a workstream worker.
+    """
+    return _context_or_raise("worker_state").state
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     ctx = _current
     if ctx is None:
         raise Cancelled("SIGTERM before the worker was set up")
+    if not ctx.job_active:
+        # A warm worker between jobs: nothing to cancel, so SIGTERM means "exit", as for
+        # any process. The parent replaces a worker that died while idle.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     ctx.ctl[0] = 1
     ctx.sigterm_received = True
     # Raise only into user code that has not seen the cancel yet: a fn already unwinding
@@ -264,7 +295,16 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
         return _framing.Kind.ERROR, _error_body(exc, "the return value of fn cannot be pickled")
 
 
-_USER_CODE_CALLERS = frozenset({_drive.__code__, _run.__code__})
+def _initialize(initializer: Any, *args: Any) -> None:
+    """A warm worker's first job: run the initializer and keep what it returns."""
+    with contextlib.suppress(Exception):
+        _restore_filenames(initializer)
+    ctx = _current
+    assert ctx is not None
+    ctx.state = initializer(*args) if initializer is not None else None
+
+
+_USER_CODE_CALLERS = frozenset({_drive.__code__, _run.__code__, _initialize.__code__})
 
 
 def _watch_lifeline(fd: int) -> None:
@@ -284,7 +324,7 @@ def _watch_lifeline(fd: int) -> None:
     os._exit(70)
 
 
-def _exit_now(code: int) -> None:
+def _exit_now(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
@@ -325,14 +365,13 @@ def _arrays_from_settings(settings: dict[str, Any], ctl: Any) -> ArrayPickler | 
         conn.close()
 
 
-def child_main(
-    payload: bytes,
+def _boot(
     data_conn: _fds.PassedFd,
     lifeline_conn: _fds.PassedFd,
     control_conn: _fds.PassedFd,
     settings: dict[str, Any],
-) -> None:
-    """The ``multiprocessing`` target. Never returns: ends with ``os._exit``."""
+) -> _Context:
+    """Steps 1-3 of the module docstring; returns once the parent said "go"."""
     global _current
     data_fd, lifeline_fd, control_fd = data_conn.fd, lifeline_conn.fd, control_conn.fd
     for fd in settings.get("close_fds", ()):
@@ -374,10 +413,76 @@ def child_main(
         ).start()
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    return ctx
 
+
+def child_main(
+    payload: bytes,
+    data_conn: _fds.PassedFd,
+    lifeline_conn: _fds.PassedFd,
+    control_conn: _fds.PassedFd,
+    settings: dict[str, Any],
+) -> None:
+    """The ``multiprocessing`` target of a one-job worker. Never returns (``os._exit``)."""
+    ctx = _boot(data_conn, lifeline_conn, control_conn, settings)
     kind, body = _run(ctx, payload)
     try:
-        sender.send_final(kind, body)
+        ctx.sender.send_final(kind, body)
     except OSError:
         _exit_now(70)  # parent gone
     _exit_now(0)
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    """Read exactly ``n`` bytes from the blocking ``fd``; None at end of file."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        try:
+            k = os.readv(fd, [view[got:]])
+        except OSError:
+            return None
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def worker_main(
+    data_conn: _fds.PassedFd,
+    lifeline_conn: _fds.PassedFd,
+    control_conn: _fds.PassedFd,
+    jobs_conn: _fds.PassedFd,
+    settings: dict[str, Any],
+) -> None:
+    """The ``multiprocessing`` target of a warm worker: run jobs until the jobs pipe closes.
+
+    Each job is a u64 length and a pickle of ``(fn, args)``; each ends with exactly one
+    final frame. The parent clears the cancel flag before it sends the next job (it has
+    seen the final frame by then), so a job never inherits its predecessor's cancel.
+    Never returns: ends with ``os._exit(0)`` at EOF, or 70 if the parent is gone.
+    """
+    ctx = _boot(data_conn, lifeline_conn, control_conn, settings)
+    jobs_fd = jobs_conn.fd
+    size = _framing.JOB_HEADER.size
+    while True:
+        ctx.job_active = False
+        header = _read_exact(jobs_fd, size)
+        if header is None:
+            _exit_now(0)  # the parent closed the worker (or died: the lifeline acts)
+        (length,) = _framing.JOB_HEADER.unpack(header)
+        payload = _read_exact(jobs_fd, length)
+        if payload is None:
+            _exit_now(0)
+        ctx.begin_job()
+        # A previous job may have changed how SIGTERM is handled (ignored it, blocked
+        # it): every job starts with the ladder working as documented.
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        kind, body = _run(ctx, payload)
+        del payload
+        try:
+            ctx.sender.send_final(kind, body, last=False)
+        except OSError:
+            _exit_now(70)  # parent gone

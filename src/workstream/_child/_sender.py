@@ -157,13 +157,19 @@ class Sender:
         with self._write_lock:
             self._flush_locked()
 
-    def send_final(self, kind: _framing.Kind, body: bytes) -> None:
-        """Flush pending items, then write the final frame. Nothing may be sent after it."""
+    def send_final(self, kind: _framing.Kind, body: bytes, *, last: bool = True) -> None:
+        """Flush pending items, then write the job's final frame.
+
+        ``last=True`` (a one-job worker): nothing may be sent after it; the flusher ends.
+        ``last=False`` (a warm worker): the next job's items follow on the same channel.
+        """
         with self._write_lock:
             self._flush_locked()
-            self._closed = True
+            if last:
+                self._closed = True
             write_all(self._fd, _framing.encode(kind, body))
-        self._wake.set()
+        if last:
+            self._wake.set()
 
     def send_ready(self) -> None:
         with self._write_lock:

@@ -35,10 +35,14 @@ class CancelRequest:
 class JobCore:
     def __init__(
         self,
-        control: mmap.mmap,
+        control: mmap.mmap | None,
         max_items: int | None,
         max_bytes: int | None,
+        wake: tuple[int, int] | None = None,
     ) -> None:
+        """``control`` may come later (:meth:`attach_control`, a Worker's job). ``wake``:
+        a ``(read, write)`` pipe owned by someone else (a Worker's, shared by its jobs);
+        by default the core makes and closes its own."""
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.state = JobState.STARTING
@@ -49,9 +53,13 @@ class JobCore:
         self.finished = threading.Event()  # set after on_done ran (or at once without it)
         self.callback_error: BaseException | None = None
         self._control: mmap.mmap | None = control
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        os.set_blocking(self._wake_r, False)
+        self._owns_wake = wake is None
+        if wake is None:
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_w, False)
+            os.set_blocking(self._wake_r, False)
+        else:
+            self._wake_r, self._wake_w = wake
         # The stream: batches of decoded items waiting for the consumer.
         self._batches: collections.deque[tuple[list[object], int]] = collections.deque()
         self.buffered_items = 0
@@ -72,6 +80,16 @@ class JobCore:
         """The control block; only the runner may use it without the lock (it alone
         closes it, in :meth:`finish`)."""
         return self._control
+
+    def attach_control(self, control: mmap.mmap) -> bool:
+        """Give a Worker's job its mapping of the process's control block, which the core
+        then owns (closed at :meth:`finish`). False (nothing attached) if a cancel came
+        first: the job must then end before it starts."""
+        with self.lock:
+            if self.cancel is not None or self.state.is_terminal:
+                return False
+            self._control = control
+            return True
 
     # -- requests from any thread -------------------------------------------------------
 
@@ -265,6 +283,7 @@ class JobCore:
         if self._control is not None:
             self._control.close()
             self._control = None
-        close_quietly(self._wake_w)
-        close_quietly(self._wake_r)
+        if self._owns_wake:
+            close_quietly(self._wake_w)
+            close_quietly(self._wake_r)
         self._wake_w = self._wake_r = -1

@@ -16,6 +16,11 @@ and its process group at ``kill_at``.
 When the child has exited, the runner drains what it wrote (every complete frame is
 delivered; a torn tail is dropped and reported), kills the rest of the process group,
 closes every descriptor, builds the outcome and publishes it.
+
+A job of a warm ``Worker`` uses the same loop through :meth:`JobRunner.run_on`, on a
+process it does not own (``_worker.WorkerProcess``): it writes the job to the jobs pipe,
+ends at the job's final frame, and retires the process only if the job needed a signal,
+crashed or left the channel unclean.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import select
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from .._child._runtime import child_main
@@ -55,7 +61,7 @@ class JobRunner:
         self,
         core: JobCore,
         payload: bytes,
-        control_fd: int,
+        control_fd: int | None,
         options: Options,
         name: str,
         started_at: float,
@@ -82,6 +88,12 @@ class JobRunner:
         self._delivery_error: DeliveryError | None = None
         self._registered_group = False
         self._arrays: ArrayChannel | None = None  # large buffers in shared memory
+        # Warm workers only (run_on): the job's bytes still to write to the jobs pipe,
+        # and a hook called when the wake pipe fires (the Worker's own requests).
+        self._warm = False
+        self._out_fd: int | None = None
+        self._outbox: memoryview | None = None
+        self.on_wake: Callable[[], None] | None = None
 
     # -- thread entry -------------------------------------------------------------------
 
@@ -197,6 +209,8 @@ class JobRunner:
         poller.register(core.wake_fd, select.POLLIN)
         poller.register(self._exit_fd, select.POLLIN)
         poller.register(data_r, select.POLLIN)
+        if self._outbox is not None and self._out_fd is not None:
+            poller.register(self._out_fd, select.POLLOUT)
         reading = True
         data_open = True
         control = core.control
@@ -218,11 +232,18 @@ class JobRunner:
                         poller.unregister(data_r)
                 elif fd == self._exit_fd:
                     self._exited = True
+                elif fd == self._out_fd:
+                    if self._write_outbox():
+                        poller.unregister(fd)
                 else:
                     with contextlib.suppress(OSError):
                         os.read(fd, 4096)
+                    if self.on_wake is not None:
+                        self.on_wake()
             if self._exited:
                 break
+            if self._warm and self._final is not None:
+                return  # the job is over; the warm process waits for the next one
             if data_open:
                 want = not core.should_pause_reading()
                 if want != reading:
@@ -233,6 +254,82 @@ class JobRunner:
                     reading = want
         if data_open:
             self._drain(data_r)
+
+    # -- a job on a warm worker ---------------------------------------------------------
+
+    def run_on(self, process: Any, job_frame: bytes) -> tuple[Outcome, bool]:
+        """Run this job on the warm ``process``; return ``(outcome, process_kept)``.
+
+        Does not publish the outcome (the Worker does) and never closes the process's
+        descriptors. The process is kept only if the job ended with its final frame, no
+        signal was sent, and nothing is left in the channel; otherwise it is retired
+        (stopped, its group killed, reaped) before this returns.
+        """
+        self._warm = True
+        self._proc = process.proc
+        self._pid = process.pid
+        self._pidfd = process.pidfd
+        self._exit_fd = process.exit_fd
+        self._data_r = process.data_r
+        self._out_fd = process.jobs_w
+        self._outbox = memoryview(job_frame)
+        self._arrays = process.arrays  # the process's; never closed by this job
+        if self._arrays is not None:
+            self._arrays.copy = self._options.shm_copy
+        keep = False
+        try:
+            assert self._pid is not None
+            self.core.mark_running(self._pid)  # before the child can run any of fn
+            self._write_outbox()
+            self._loop()
+            keep = (
+                not self._exited
+                and self._final is not None
+                and self._outbox is None
+                and not self._term_sent
+                and not self._kill_sent
+                and self._channel_error is None
+                and self._decoder.pending == 0
+            )
+            exit_code = None
+            if not keep:
+                # A job that ended by itself (final frame) leaves an idle child: close
+                # its jobs pipe and it exits 0. Otherwise it is killed.
+                exit_code = process.retire(graceful=self._final is not None)
+            outcome = self._build_outcome(exit_code)
+        except BaseException as exc:  # a bug of ours: the process must not outlive it
+            keep = False
+            with contextlib.suppress(Exception):
+                process.retire(graceful=False)
+            detail = "internal error in workstream's runner: " + "".join(
+                traceback.format_exception_only(type(exc), exc)
+            ).strip()
+            outcome = self._crashed(self._pid, detail)
+        finally:
+            self._data_r = self._pidfd = None  # the process's, not ours
+            self._arrays = None
+            self._proc = None
+        return outcome, keep
+
+    def _write_outbox(self) -> bool:
+        """Write what the jobs pipe takes now (non-blocking); True once all is written.
+
+        A child that died meanwhile (EPIPE) counts as written: its exit ends the job.
+        """
+        box = self._outbox
+        fd = self._out_fd
+        if box is None or fd is None:
+            return True
+        try:
+            while box:
+                box = box[os.write(fd, box):]
+        except BlockingIOError:
+            self._outbox = box
+            return False
+        except OSError:
+            pass
+        self._outbox = None
+        return True
 
     def _read_available(self, fd: int) -> bool:
         """Read one chunk and process it; return False at end of file."""

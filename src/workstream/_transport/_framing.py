@@ -39,6 +39,9 @@ class Kind(enum.IntEnum):
     CANCELLED = 5
 
 
+JOB_HEADER = struct.Struct("<Q")
+"""Parent -> child jobs pipe of a warm worker: each job is this length, then a pickle."""
+
 FINAL_KINDS = frozenset({Kind.RESULT, Kind.ERROR, Kind.CANCELLED})
 _KIND_OF = {int(k): k for k in Kind}
 _ITEMS = int(Kind.ITEMS)

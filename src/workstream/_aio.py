@@ -1,0 +1,245 @@
+"""asyncio support for :class:`~workstream.Job`: ``async for``, awaiting the outcome, and
+cancelling the job when the task that awaits it is cancelled.
+
+Imported by ``_api`` only when a coroutine first uses a job, so ``import workstream``
+does not import asyncio. Nothing here blocks the event loop or starts a thread: a
+coroutine that must wait registers a job listener (:meth:`Job.add_listener`) whose only
+act, on the job's runner thread, is ``loop.call_soon_threadsafe`` to resolve a future
+of that loop; the listener is removed as soon as the wait ends. So any number of
+coroutines may wait on any number of jobs with no thread beyond each job's own runner.
+
+Structured cancellation: when a task is cancelled while it awaits a job (an item, the
+outcome, the end of an ``async with`` block), :func:`cancel_and_reap` cancels the job
+(with its own grace), waits for its end shielded from further cancellation (a second
+cancellation escalates to ``cancel(grace=0)``: SIGKILL at once), and only then lets the
+``CancelledError`` go on. A TaskGroup, ``asyncio.timeout()`` or ``wait_for()`` around
+such a task therefore exits only after the child was reaped.
+
+Must not import Qt, Tk or the supervisor; it uses the Job's stream fields exactly as
+``Job.__next__`` does (one consumer at a time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from ._outcomes import Outcome
+
+if TYPE_CHECKING:
+    from ._api import Job
+
+ItemT = TypeVar("ItemT")
+
+_SLICE = 0.002
+"""Seconds ``async for`` may run on already-buffered items before it hands the loop to
+other tasks once (``sleep(0)``): a flooding child cannot starve the event loop through
+an ``async for`` whose body never awaits. A timer (``asyncio.sleep(t)``) needs two loop
+iterations to resume its task (the timer fires, then the task step runs), so another
+task waits up to two slices: 2 ms keeps that well inside a 16 ms frame, and costs no
+measurable throughput (one ``sleep(0)`` per ~thousands of items)."""
+
+_monotonic = time.monotonic
+_EMPTY: Any = object()  # nothing buffered yet
+_END: Any = object()  # the stream ended and was consumed
+
+
+def _wakeup(
+    job: Job[Any, Any], *, when_done: bool
+) -> tuple[asyncio.Future[None], Callable[[], None]]:
+    """Return a future of the running loop, resolved when the job has news, and the
+    function that removes the listener behind it.
+
+    News is any listener call (items were queued, or the job finished); with
+    ``when_done`` only the job being done. The listener schedules at most one callback
+    on the loop (no flood of wake-ups under a flood of items) and never raises: a loop
+    closed under it has no waiter left to wake.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    scheduled = False
+
+    def resolve() -> None:  # on the loop
+        if not fut.done():
+            fut.set_result(None)
+
+    def listener() -> None:  # on a workstream thread (or here, if the job is done)
+        nonlocal scheduled
+        if scheduled or (when_done and not job.done()):
+            return
+        scheduled = True
+        # "Event loop is closed": nobody waits on it any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(resolve)
+
+    return fut, job.add_listener(listener)
+
+
+async def cancel_and_reap(job: Job[Any, Any]) -> None:
+    """The awaiting task was cancelled: cancel the job and wait until it is done.
+
+    Call it from the ``except CancelledError`` block, then re-raise. The wait is
+    shielded: a further cancellation of the task does not end it early but escalates to
+    ``job.cancel(grace=0)`` (SIGKILL now), so it lasts at most the job's grace (plus
+    reaping), or less after a second cancellation. Waits for ``on_done`` too.
+    """
+    job.cancel()
+    if job.done():
+        return
+    fut, remove = _wakeup(job, when_done=True)
+    try:
+        while not fut.done():
+            try:
+                await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                job.cancel(grace=0)
+    finally:
+        remove()
+
+
+async def _until_done(job: Job[Any, Any], timeout: float | None) -> bool:
+    """Wait without blocking until the job is done or ``timeout`` passed; return done().
+
+    If the task is cancelled meanwhile, the job is cancelled and reaped first (see
+    :func:`cancel_and_reap`) and the ``CancelledError`` goes on.
+    """
+    if job.done():
+        return True
+    fut, remove = _wakeup(job, when_done=True)
+    try:
+        if timeout is None:
+            await fut
+        else:
+            await asyncio.wait((fut,), timeout=timeout)  # does not cancel fut on timeout
+    except asyncio.CancelledError:
+        remove()
+        await cancel_and_reap(job)
+        raise
+    finally:
+        remove()
+    return job.done()
+
+
+async def wait(job: Job[Any, Any], timeout: float | None) -> Outcome:
+    """Await the job's outcome: :meth:`Job.wait` for a coroutine (validated by the caller)."""
+    if not await _until_done(job, timeout):
+        raise job._timeout_error(timeout)
+    return job._outcome_now()
+
+
+async def result(job: Job[Any, Any], timeout: float | None) -> Any:
+    """Await the job's value: :meth:`Job.result` for a coroutine."""
+    return job._value_of(await wait(job, timeout))
+
+
+async def exit_block(job: Job[Any, Any], quiet: bool) -> None:
+    """``async with job`` ends: cancel the job if it still runs, await its end.
+
+    ``quiet`` (an exception is leaving the block): do not raise CallbackError over it.
+    """
+    if not job._core.terminal.is_set():
+        job.cancel()
+    await _until_done(job, None)
+    if not quiet:
+        job._outcome_now()
+
+
+def _next_nowait(job: Job[ItemT, Any]) -> ItemT:
+    """``Job.__next__`` without blocking: the next item, ``_EMPTY`` or ``_END``."""
+    cur = job._cur
+    i = job._pos
+    if i < len(cur) and not job._discard_local:
+        job._pos = i + 1
+        return cur[i]
+    if job._discard_local:
+        job._drop_local_batch()
+    batch = job._core.take_batch(block=False)
+    if batch is None:
+        job._cur = []
+        job._pos = 0
+        return cast("ItemT", _END)
+    if not batch:  # the runner never queues an empty batch
+        return cast("ItemT", _EMPTY)
+    job._cur = cast("list[ItemT]", batch)
+    job._pos = 1
+    return job._cur[0]
+
+
+class AsyncItems(Generic[ItemT]):
+    """The async iterator of a job's items (``async for item in job``, ``job.aiter()``).
+
+    Shares the stream with synchronous iteration and ``drain()``: every item goes to
+    exactly one of them. One task at a time may wait for an item; a second one raises
+    ``RuntimeError``. If the task is cancelled while it waits for an item, the job is
+    cancelled and reaped before the ``CancelledError`` goes on. Holds no resource
+    between items: breaking out of ``async for`` needs no clean-up.
+    """
+
+    __slots__ = ("_job", "_ran_since")
+
+    def __init__(self, job: Job[ItemT, Any]) -> None:
+        self._job = job
+        self._ran_since = _monotonic()
+
+    def __aiter__(self) -> AsyncItems[ItemT]:
+        return self
+
+    async def __anext__(self) -> ItemT:
+        job = self._job
+        if job._aio_busy:
+            raise RuntimeError(
+                f"job {job.name!r} is already being iterated by another task; one "
+                "consumer at a time (share the items through an asyncio.Queue)"
+            )
+        # The fast path (an item of the local batch, time slice not used up) does not
+        # suspend, so it needs no busy flag; it is __next__'s, plus one clock read.
+        cur = job._cur
+        i = job._pos
+        if (
+            i < len(cur)
+            and not job._discard_local
+            and _monotonic() - self._ran_since <= _SLICE
+        ):
+            job._pos = i + 1
+            return cur[i]
+        return await self._next_slow()
+
+    async def _next_slow(self) -> ItemT:
+        """Hand the loop over if the slice is used up, then take an item or wait."""
+        job = self._job
+        job._aio_busy = True
+        try:
+            if _monotonic() - self._ran_since > _SLICE:
+                await self._pause(None)
+            item = _next_nowait(job)
+            while item is _EMPTY:
+                fut, remove = _wakeup(job, when_done=False)
+                try:
+                    item = _next_nowait(job)  # queued before the listener was in place?
+                    if item is _EMPTY:
+                        await self._pause(fut)
+                        item = _next_nowait(job)
+                finally:
+                    remove()
+            if item is _END:
+                raise StopAsyncIteration
+            return item
+        finally:
+            job._aio_busy = False
+
+    async def _pause(self, fut: asyncio.Future[None] | None) -> None:
+        """Let the loop run (until ``fut`` is resolved, or once); on cancellation cancel
+        and reap the job, then re-raise."""
+        try:
+            if fut is None:
+                await asyncio.sleep(0)
+            else:
+                await fut
+        except asyncio.CancelledError:
+            await cancel_and_reap(self._job)
+            raise
+        finally:
+            self._ran_since = _monotonic()
