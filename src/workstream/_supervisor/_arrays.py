@@ -77,6 +77,16 @@ class ArrayChannel:
                 self._table.release_unread(descriptors)
 
     @property
+    def copy(self) -> bool:
+        """True: deliver copies and free each block at once (``shm_copy``). May change
+        between jobs of a warm worker, which share one channel."""
+        return self._table.copy
+
+    @copy.setter
+    def copy(self, value: bool) -> None:
+        self._table.copy = value
+
+    @property
     def blocks_seen(self) -> int:
         """How many distinct blocks the child has used so far (for tests and benchmarks)."""
         return self._table.blocks_seen

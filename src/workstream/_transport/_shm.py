@@ -310,7 +310,7 @@ class BlockTable:
         self._view: memoryview | None = memoryview(mapping).cast("B")
         self._state: memoryview | None = self._view[:STATE_BYTES]
         self._size = size
-        self._copy = copy
+        self.copy = copy  # deliver copies (the slot is freed at once) instead of views
         # Re-entrant: a finalizer may run in a thread that is inside _release_slot.
         self._lock = threading.RLock()
         self.bytes_mapped = 0  # out-of-band bytes turned into buffers so far
@@ -339,7 +339,7 @@ class BlockTable:
             self._done += n
             if slot >= self.blocks_seen:
                 self.blocks_seen = slot + 1
-            if self._copy:
+            if self.copy:
                 out.append(bytearray(view[offset : offset + n]))
                 self._release(slot)
                 continue
