@@ -70,6 +70,60 @@ def no_arena_left() -> object:
     assert arena_mappings() == before, "an arena mapping outlived every array built on it"
 
 
+# -- the arena without processes (unit) -------------------------------------------------------
+
+
+@pytest.fixture
+def arena() -> object:
+    """A child's pool and a parent's table on one 1 MiB arena, in this process."""
+    fd = _shm.create_arena(MIB)
+    try:
+        pool, table = _shm.BlockPool(fd), _shm.BlockTable(fd)
+    finally:
+        os.close(fd)
+    yield pool, table
+    pool.close()
+    table.close()
+
+
+def test_payloads_round_trip_and_malformed_ones_are_refused() -> None:
+    """Descriptors and pickle come back as encoded; a truncated or empty header raises."""
+    payload = _shm.encode_payload([(1, 8192, 100), (2, 73728, 5)], b"\x80\x05pickle")
+    assert _shm.is_out_of_band(payload) and not _shm.is_out_of_band(b"\x80\x05")
+    descriptors, pickled = _shm.decode_payload(payload)
+    assert descriptors == [(1, 8192, 100), (2, 73728, 5)] and bytes(pickled) == b"\x80\x05pickle"
+    for bad in (b"\x00", b"\x00\x00\x00\x00\x00", payload[:30]):
+        with pytest.raises(ValueError):
+            _shm.decode_payload(bad)
+
+
+def test_a_block_is_reused_only_once_its_last_view_is_gone(arena: object) -> None:
+    """Same block again once the view is dropped; a new one while it is held."""
+    pool, table = arena  # type: ignore[misc]
+    data = memoryview(bytes(range(256)) * 400).cast("B")
+    first = pool.put(data)
+    (view,) = table.buffers([first])
+    assert bytes(view) == bytes(data)
+    second = pool.put(data)
+    assert second[0] != first[0]  # the first block is still held
+    inner = memoryview(view)[:10]  # a view of the view keeps the block too
+    del view
+    assert pool.put(data)[0] not in (first[0], second[0])
+    del inner
+    gc.collect()
+    assert pool.put(data)[0] == first[0]
+
+
+def test_a_descriptor_outside_the_arena_is_refused_without_side_effects(arena: object) -> None:
+    """A corrupt descriptor raises before any buffer is made or any block is counted."""
+    _pool, table = arena  # type: ignore[misc]
+    good = (0, _shm.STATE_BYTES, 100)
+    for bad in ((0, 0, 100), (0, _shm.STATE_BYTES, 2 * MIB), (_shm.MAX_SLOTS, 8192, 1)):
+        with pytest.raises(ValueError, match="outside"):
+            table.buffers([good, bad])
+    assert table.bytes_mapped == 0 and table.blocks_seen == 0
+
+
 # -- content ----------------------------------------------------------------------------------
 
 

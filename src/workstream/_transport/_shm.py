@@ -320,12 +320,12 @@ class BlockTable:
     def buffers(self, descriptors: list[Descriptor]) -> list[memoryview | bytearray]:
         """Return one buffer per descriptor (views, or copies in copy mode).
 
-        Raises ValueError for a descriptor outside the arena (a corrupt channel).
+        Raises ValueError for a descriptor outside the arena (a corrupt channel), before
+        making any buffer: the caller then frees the item's blocks itself, exactly once.
         """
         view, state = self._view, self._state
         if view is None or state is None:
             raise ValueError("the block table is closed")
-        out: list[memoryview | bytearray] = []
         for slot, offset, n in descriptors:
             if not (
                 slot < MAX_SLOTS and offset >= STATE_BYTES and offset + n <= self._size
@@ -335,6 +335,8 @@ class BlockTable:
                     f"out-of-band descriptor (slot {slot}, offset {offset}, {n} bytes) "
                     f"lies outside the {self._size}-byte arena"
                 )
+        out: list[memoryview | bytearray] = []
+        for slot, offset, n in descriptors:
             self.bytes_mapped += n
             self._done += n
             if slot >= self.blocks_seen:
