@@ -24,12 +24,13 @@ the same interval.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 if __package__ in (None, ""):  # run as a file: python bench/latency.py
@@ -128,13 +129,17 @@ ROWS = [
 ]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = bc.make_parser(__doc__.splitlines()[0])
     parser.add_argument(
-        "--n", type=int, default=None, help="samples per run (default 2000, quick 300)"
+        "--n", type=int, default=None, help="samples per run (default 2000, quick 200)"
     )
-    args = parser.parse_args()
-    n = bc.pick(args, "n", 2000, 300)
+    return parser
+
+
+def run(args: argparse.Namespace) -> bc.Report:
+    """Measure every row (progress on stderr); return the report, not yet printed."""
+    n = bc.pick(args, "n", 2000, 200)
     repeats = bc.pick(args, "repeats", 3, 2)
     method = args.start_method
     report = bc.Report(
@@ -187,6 +192,7 @@ def main() -> int:
             "x_p99": bc.ratio(agg(p99[i]), agg(p99[ref])),
             "all_median_us": med[i],
             "all_p99_us": p99[i],
+            "ref": ROWS[ref].name,
         })
     cols = [
         bc.Column("row", "row"),
@@ -210,6 +216,11 @@ def main() -> int:
     report.note("x Pipe: ratio to the 'multiprocessing.Pipe send -> recv' row of the same "
                 "interval (paired: median over the repeats of that ratio within one repeat); "
                 "the round-trip row is two trips, shown for scale")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    report = run(build_parser().parse_args(argv))
     report.finish()
     return 0
 
