@@ -217,6 +217,19 @@ def pipe_ticks(conn: Any, n: int, interval: float) -> None:
     conn.close()
 
 
+def tick_frames(conn: Any, n: int, interval: float) -> None:
+    """bench/latency_handoff.py: a length-prefixed pickled timestamp on a bare pipe every
+    ``interval`` s, then a zero length."""
+    fd = conn.fileno()
+    sleep, now, dumps = time.sleep, time.perf_counter_ns, pickle.dumps
+    for _ in range(n):
+        sleep(interval)
+        data = dumps(now(), pickle.HIGHEST_PROTOCOL)
+        os.write(fd, LENGTH.pack(len(data)) + data)
+    os.write(fd, LENGTH.pack(0))
+    conn.close()
+
+
 def pipe_echo(conn: Any) -> None:
     """Round-trip reference: answer every request with a timestamp until None."""
     now = time.perf_counter_ns
