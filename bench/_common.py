@@ -220,6 +220,8 @@ def machine_info() -> dict[str, Any]:
         "git": _git_state(),
         "numpy": _version("numpy"),
         "cloudpickle": _version("cloudpickle"),
+        "faster_fifo": _version("faster-fifo"),
+        "pebble": _version("pebble"),
         "loadavg_start": load,
         "clock": time.get_clock_info("perf_counter").implementation,
     }
