@@ -176,6 +176,16 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def missing(module: str) -> str | None:
+    """Why the optional ``module`` cannot be used (not installed, or its import fails),
+    or None if it imports."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        return f"{module} not importable ({exc}); pip install -e '.[bench]'"
+    return None
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import math
 import os
 import sys
@@ -291,8 +290,7 @@ def run(args: argparse.Namespace) -> bc.Report:
         {"trials": trials, "slow_trials": slow_trials, "delay_s": DELAY,
          "short_grace_s": SHORT_GRACE, "ppe_task_s": PPE_TASK_S, "start_method": method},
     )
-    skipped = {c.name: f"{c.needs} not installed (pip install 'workstream[bench]')"
-               for c in CASES if c.needs and importlib.util.find_spec(c.needs) is None}
+    skipped = {c.name: why for c in CASES if c.needs and (why := bc.missing(c.needs))}
     cases = [c for c in CASES if c.name not in skipped]
     results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in cases}
     # Interleave: trial 1 of every case, then trial 2, ... (load drifts hit all alike).

@@ -29,7 +29,6 @@ all rows alike; best-of-N by default.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import pickle
@@ -240,9 +239,10 @@ def run(args: argparse.Namespace) -> bc.Report:
     method = args.start_method
     rows_to_run = dict(ROWS)
     skipped: dict[str, str] = {}
-    if importlib.util.find_spec("faster_fifo") is None:
+    why = bc.missing("faster_fifo")
+    if why is not None:
         del rows_to_run[FASTER_FIFO]
-        skipped[FASTER_FIFO] = "faster-fifo not installed (pip install 'workstream[bench]')"
+        skipped[FASTER_FIFO] = why
     report = bc.Report(
         "throughput", args,
         {"n": n, "repeats": repeats, "stat": args.stat, "start_method": method,

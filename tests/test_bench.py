@@ -27,12 +27,14 @@ BENCHMARKS = ["throughput", "large_arrays", "latency", "cancel_check", "cancel_l
 pytest.importorskip("numpy")  # large_arrays and cancel_check's worker rows import it
 
 
-def run_bench(tmp_path: Path, *args: str, timeout: float = 50) -> tuple[str, dict[str, Any]]:
+def run_bench(
+    tmp_path: Path, *args: str, timeout: float = 50, env: dict[str, str] | None = None,
+) -> tuple[str, dict[str, Any]]:
     """Run ``python -m <args> --json FILE`` from the repository root; stdout and the JSON."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", *args, "--json", str(out)], cwd=ROOT, capture_output=True,
-        text=True, timeout=timeout,
+        text=True, timeout=timeout, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
@@ -99,6 +101,19 @@ def test_streaming_benchmarks_report_ratios(
     stdout, doc = run_bench(tmp_path, f"bench.{script}", *args)
     check_report(doc, script)
     assert "FAILED" not in stdout
+
+
+def test_a_missing_optional_reference_is_a_skipped_row(tmp_path: Path) -> None:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "faster_fifo.py").write_text('raise ImportError("hidden by the test")\n')
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    stdout, doc = run_bench(tmp_path, "bench.throughput", "--n", "2000", "--repeats", "1",
+                            "--kinds", "int", env=env)
+    check_report(doc, "throughput")
+    rows = {r["row"]: r for r in doc["tables"][0]["rows"]}
+    assert "hidden by the test" in rows["faster-fifo put / get_many"]["skipped"]
+    assert "skipped: faster_fifo not importable" in stdout
 
 
 @pytest.mark.slow
