@@ -15,6 +15,8 @@ of three ways and keeps receipt time - stamp (one-way latency, CLOCK_MONOTONIC):
   (a flag + one byte on the runner's wake pipe: the runner stops polling the data pipe),
   polls the data pipe itself, and un-parks the runner (another wake byte) once it has
   an item: one wake-up on the item's path, two extra runner wake-ups off it;
+* ``sleep(0)``: the runner as above, then ``time.sleep(0)`` right after the notify: it
+  releases the GIL at once, so the woken consumer need not wait for the runner to block;
 * ``parked, lazy``: the same, but the consumer keeps the pipe between ``take()`` calls
   (the runner stays parked while the consumer iterates; the bound of what parking gives).
 
@@ -120,6 +122,8 @@ class Channel:
                 else:
                     self.queue.append(item)
             self.cond.notify_all()
+        if self.park == "yield":
+            time.sleep(0)  # release the GIL now: the woken consumer takes it at once
 
     def _run(self) -> None:
         poller = select.poll()
@@ -145,7 +149,7 @@ class Channel:
                 return self.queue.popleft()
             if self.ended:
                 return None
-            if not self.park:
+            if self.park in (None, "yield"):
                 while not self.queue and not self.ended:
                     self.cond.wait()
                 return self.queue.popleft() if self.queue else None
@@ -200,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = {
         "direct (consumer reads)": lambda: run_direct(args.n, interval),
         "runner + Condition (workstream's shape)": lambda: run_channel(args.n, interval, None),
+        "runner + Condition, sleep(0) after notify": lambda: run_channel(args.n, interval, "yield"),
         "runner parked while the consumer waits": lambda: run_channel(args.n, interval, "eager"),
         "runner parked, consumer keeps the pipe": lambda: run_channel(args.n, interval, "lazy"),
     }
