@@ -197,12 +197,16 @@ def pipe_arrays(conn: Any, nbytes: int, count: int) -> None:
 
 
 def ws_ticks(n: int, interval: float) -> Iterator[Any]:
+    """Items ``(stamp_ns, ns the previous yield took in the child, or -1)``."""
     yield READY
     sleep = time.sleep
     now = time.perf_counter_ns
+    took = -1
     for _ in range(n):
         sleep(interval)
-        yield now()
+        t0 = now()
+        yield (t0, took)
+        took = now() - t0
 
 
 def pipe_ticks(conn: Any, n: int, interval: float) -> None:
@@ -210,9 +214,12 @@ def pipe_ticks(conn: Any, n: int, interval: float) -> None:
     now = time.perf_counter_ns
     send = conn.send
     send(READY)
+    took = -1
     for _ in range(n):
         sleep(interval)
-        send(now())
+        t0 = now()
+        send((t0, took))
+        took = now() - t0
     send(None)
     conn.close()
 
