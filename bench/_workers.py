@@ -230,7 +230,8 @@ def tick_frames(conn: Any, n: int, interval: float) -> None:
     fd = conn.fileno()
     sleep, now, dumps = time.sleep, time.perf_counter_ns, pickle.dumps
     for _ in range(n):
-        sleep(interval)
+        if interval:
+            sleep(interval)
         data = dumps(now(), pickle.HIGHEST_PROTOCOL)
         os.write(fd, LENGTH.pack(len(data)) + data)
     os.write(fd, LENGTH.pack(0))

@@ -20,7 +20,11 @@ of three ways and keeps receipt time - stamp (one-way latency, CLOCK_MONOTONIC):
 * ``parked, lazy``: the same, but the consumer keeps the pipe between ``take()`` calls
   (the runner stays parked while the consumer iterates; the bound of what parking gives).
 
-    python -m bench.latency_handoff [--n 2000] [--interval 2] [--repeats 3]
+``--flood``: the child writes its frames as fast as it can (one ``write`` per item) and
+the figure is items/s between the first and the last receipt: does a mode cost
+throughput?
+
+    python -m bench.latency_handoff [--n 2000] [--interval 2] [--repeats 3] [--flood]
 """
 
 from __future__ import annotations
@@ -75,9 +79,10 @@ def _start(n: int, interval: float) -> tuple[Any, int]:
     return p, r
 
 
-def run_direct(n: int, interval: float) -> list[int]:
+def run_direct(n: int, interval: float) -> list[tuple[int, int]]:
     p, conn = _start(n, interval)
-    fd, frames, lat, now = conn.fileno(), Frames(), [], time.perf_counter_ns
+    fd, frames, now = conn.fileno(), Frames(), time.perf_counter_ns
+    lat: list[tuple[int, int]] = []
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     done = False
@@ -87,7 +92,7 @@ def run_direct(n: int, interval: float) -> list[int]:
             if ts is None:
                 done = True
                 break
-            lat.append(now() - ts)
+            lat.append((ts, now()))
     p.join()
     conn.close()
     return lat
@@ -179,15 +184,16 @@ class Channel:
         os.close(self.wake_w)
 
 
-def run_channel(n: int, interval: float, park: str | None) -> list[int]:
+def run_channel(n: int, interval: float, park: str | None) -> list[tuple[int, int]]:
     p, conn = _start(n, interval)
     ch = Channel(conn.fileno(), park)
-    lat, now = [], time.perf_counter_ns
+    lat: list[tuple[int, int]] = []
+    now = time.perf_counter_ns
     while True:
         ts = ch.take()
         if ts is None:
             break
-        lat.append(now() - ts)
+        lat.append((ts, now()))
     ch.close()
     p.join()
     conn.close()
@@ -199,8 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--interval", type=float, default=2.0, help="ms between items")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--flood", action="store_true",
+                        help="the child writes as fast as it can: report items/s instead")
     args = parser.parse_args(argv)
-    interval = args.interval / 1e3
+    interval = 0.0 if args.flood else args.interval / 1e3
     modes = {
         "direct (consumer reads)": lambda: run_direct(args.n, interval),
         "runner + Condition (workstream's shape)": lambda: run_channel(args.n, interval, None),
@@ -211,14 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     med: dict[str, list[float]] = {k: [] for k in modes}
     for rep in range(args.repeats):
         for name, fn in modes.items():
-            lat = fn()[WARMUP:]
-            med[name].append(statistics.median(lat) / 1e3)
-            print(f"rep {rep + 1} {name:42s} median {med[name][-1]:7.1f} us", file=sys.stderr)
-    ref = min(med["direct (consumer reads)"])
-    print(f"one-way latency, {args.n} items every {args.interval:g} ms, best of {args.repeats}")
+            got = fn()[WARMUP:]
+            if args.flood:  # items/s between the first and the last receipt
+                med[name].append((len(got) - 1) / ((got[-1][1] - got[0][1]) / 1e9))
+            else:
+                med[name].append(statistics.median(r - s for s, r in got) / 1e3)
+            print(f"rep {rep + 1} {name:42s} {med[name][-1]:9.1f}", file=sys.stderr)
+    best = max if args.flood else min
+    ref = best(med["direct (consumer reads)"])
+    unit = "items/s" if args.flood else "us"
+    what = "flood" if args.flood else f"one-way latency, items every {args.interval:g} ms"
+    print(f"{what}, {args.n} items, best of {args.repeats}")
     for name, values in med.items():
-        print(f"{name:42s} {min(values):7.1f} us  x direct {min(values) / ref:5.2f}  "
-              f"(medians {', '.join(f'{v:.1f}' for v in values)})")
+        print(f"{name:42s} {best(values):10.1f} {unit}  x direct {best(values) / ref:5.2f}  "
+              f"(runs {', '.join(f'{v:.1f}' for v in values)})")
     return 0
 
 
