@@ -1,7 +1,7 @@
-"""workstream's benchmark scripts (not part of the installed package).
+"""workstream's benchmark suite (not part of the installed package).
 
-Run them from the project root, one at a time (see ``bench/README.md``)::
+Run it from the project root (see ``bench/README.md``)::
 
-    .venv/bin/python -m bench.throughput --quick
-    .venv/bin/python bench/latency.py --quick
+    python -m bench --quick            # every benchmark, short
+    python -m bench.latency --quick    # one benchmark, with its own options
 """

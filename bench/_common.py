@@ -10,7 +10,13 @@ Conventions of every script:
 * ``--json PATH``: also write the results as JSON (the table is printed either way);
 * ``--stat best|median``: how repeated runs are combined (best-of-N by default: on a
   shared 2-core machine one slow repeat drags a median, a best-of-N hardly moves);
-* ``--repeats N``, ``--start-method M``: override the defaults.
+* ``--repeats N``, ``--start-method M``: override the defaults;
+* every script has ``build_parser()``, ``run(args) -> Report`` (measure, print nothing
+  to stdout) and ``main(argv)``; ``python -m bench`` runs them all (``bench/__main__.py``).
+
+Every table row carries ``ref``: the name of the row of the same table its ratios are
+taken against (its own name for a reference row). A row that could not run (an optional
+package missing) has ``skipped`` (why) and no figures.
 
 Every script measures its references in the same run, interleaved with the rows under
 test, and prints ratios to them: the ratios are the figures to compare between runs.
@@ -134,10 +140,14 @@ def _cell(value: Any, fmt: str | None) -> str:
 
 def format_table(columns: Sequence[Column], rows: Iterable[dict[str, Any]]) -> str:
     """A plain text table: the first column left-aligned, the others right-aligned."""
+    rows = list(rows)
     cells = [[_cell(row.get(c.key), c.fmt) for c in columns] for row in rows]
     widths = [len(c.header) for c in columns]
     for line in cells:
         widths = [max(w, len(s)) for w, s in zip(widths, line, strict=True)]
+    for row, line in zip(rows, cells, strict=True):
+        if row.get("skipped"):  # the reason instead of empty figures
+            line[1:] = [f"skipped: {row['skipped']}"]
 
     def fmt_line(parts: Sequence[str]) -> str:
         out = [parts[0].ljust(widths[0])]
@@ -145,7 +155,10 @@ def format_table(columns: Sequence[Column], rows: Iterable[dict[str, Any]]) -> s
         return "  ".join(out).rstrip()
 
     lines = [fmt_line([c.header for c in columns]), fmt_line(["-" * w for w in widths])]
-    lines += [fmt_line(line) for line in cells]
+    lines += [
+        fmt_line(line) if len(line) == len(columns) else f"{line[0].ljust(widths[0])}  {line[1]}"
+        for line in cells
+    ]
     return "\n".join(lines)
 
 
@@ -161,6 +174,16 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def missing(module: str) -> str | None:
+    """Why the optional ``module`` cannot be used (not installed, or its import fails),
+    or None if it imports."""
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        return f"{module} not importable ({exc}); pip install -e '.[bench]'"
+    return None
 
 
 def _version(dist: str) -> str | None:
@@ -207,6 +230,8 @@ def machine_info() -> dict[str, Any]:
         "git": _git_state(),
         "numpy": _version("numpy"),
         "cloudpickle": _version("cloudpickle"),
+        "faster_fifo": _version("faster-fifo"),
+        "pebble": _version("pebble"),
         "loadavg_start": load,
         "clock": time.get_clock_info("perf_counter").implementation,
     }
@@ -246,20 +271,29 @@ class Report:
     def note(self, text: str) -> None:
         self.notes.append(text)
 
-    def finish(self) -> None:
+    def complete(self) -> None:
+        """Record the end of the run (load average, duration); later calls do nothing."""
         m = self.machine
+        if "seconds" in m:
+            return
         try:
             m["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         except OSError:
             m["loadavg_end"] = None
         m["seconds"] = round(perf() - self.started, 1)
-        print(f"# {self.script}  {m['date']}  ({m['seconds']} s)")
-        print(
-            f"# {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, "
-            f"workstream {m['workstream']} (git {m['git']}), "
-            f"load {m['loadavg_start']} -> {m['loadavg_end']}"
-        )
-        print(f"# command: {command_line()}")
+
+    def print(self, *, header: bool = True) -> None:
+        """Print the tables and notes to stdout (with the machine facts if ``header``)."""
+        self.complete()
+        m = self.machine
+        if header:
+            print(f"# {self.script}  {m['date']}  ({m['seconds']} s)")
+            print(
+                f"# {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, "
+                f"workstream {m['workstream']} (git {m['git']}), "
+                f"load {m['loadavg_start']} -> {m['loadavg_end']}"
+            )
+            print(f"# command: {command_line()}")
         for table in self.tables:
             print()
             print(table["title"])
@@ -268,26 +302,41 @@ class Report:
             print()
             for text in self.notes:
                 print(f"* {text}")
-        if self.args.json:
-            doc = {
-                "script": self.script,
-                "command": command_line(),
-                "machine": m,
-                "params": self.params,
-                "tables": [
-                    {
-                        "title": t["title"],
-                        "columns": [c.key for c in t["columns"]],
-                        "rows": t["rows"],
-                    }
-                    for t in self.tables
-                ],
-                "notes": self.notes,
-            }
-            with open(self.args.json, "w", encoding="utf-8") as f:
-                json.dump(_clean(doc), f, indent=1, default=str)
-                f.write("\n")
-            log(f"wrote {self.args.json}")
+        sys.stdout.flush()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of this run (NaN and inf as null)."""
+        self.complete()
+        doc = {
+            "script": self.script,
+            "command": command_line(),
+            "machine": self.machine,
+            "params": self.params,
+            "tables": [
+                {
+                    "title": t["title"],
+                    "columns": [c.key for c in t["columns"]],
+                    "rows": t["rows"],
+                }
+                for t in self.tables
+            ],
+            "notes": self.notes,
+        }
+        cleaned: dict[str, Any] = _clean(doc)
+        return cleaned
+
+    def finish(self) -> None:
+        """Print the report; write the JSON document too if ``--json`` was given."""
+        self.print()
+        if getattr(self.args, "json", None):
+            write_json(self.args.json, self.to_dict())
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(_clean(doc), f, indent=1, default=str)
+        f.write("\n")
+    log(f"wrote {path}")
 
 
 def _clean(obj: Any) -> Any:

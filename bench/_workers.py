@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import pickle
 import signal
@@ -91,6 +92,19 @@ def pipe_stream(conn: Any, kind: str, n: int) -> None:
     conn.close()
 
 
+def faster_fifo_stream(q: Any, kind: str, n: int) -> None:
+    """faster-fifo: put() one item at a time (the parent takes them with get_many)."""
+    put = q.put
+    put(READY, timeout=60)
+    if kind == "int":
+        for i in range(n):
+            put(i, timeout=60)
+    else:
+        for i in range(n):
+            put({"step": i, "loss": i * 0.5}, timeout=60)
+    put(None, timeout=60)
+
+
 def set_pipe_size(fd: int, size: int) -> None:
     import fcntl
 
@@ -140,18 +154,59 @@ def raw_pipe_stream(conn: Any, kind: str, n: int, batch: int, pipe_bytes: int) -
     conn.close()
 
 
+# -- large arrays: the same float32 array again and again ---------------------------------
+# numpy is imported inside the functions: this module stays stdlib-only at import time.
+
+
+def make_array(nbytes: int) -> Any:
+    import numpy as np
+
+    return np.arange(nbytes // 4, dtype=np.float32)
+
+
+def ws_arrays(nbytes: int, count: int) -> Iterator[Any]:
+    """workstream target: yield one preallocated array ``count`` times."""
+    arr = make_array(nbytes)
+    yield READY
+    for _ in range(count):
+        yield arr
+
+
+def queue_arrays(q: Any, nbytes: int, count: int) -> None:
+    arr = make_array(nbytes)
+    q.put(READY)
+    for _ in range(count):
+        q.put(arr)
+    q.put(None)
+    q.close()
+    q.join_thread()
+
+
+def pipe_arrays(conn: Any, nbytes: int, count: int) -> None:
+    arr = make_array(nbytes)
+    conn.send(READY)
+    for _ in range(count):
+        conn.send(arr)
+    conn.send(None)
+    conn.close()
+
+
 # -- latency: one timestamped item at a time ----------------------------------------------
 # perf_counter_ns() is CLOCK_MONOTONIC on Linux: one clock for every process, so
 # "receive time - embedded send time" is the one-way latency.
 
 
 def ws_ticks(n: int, interval: float) -> Iterator[Any]:
+    """Items ``(stamp_ns, ns the previous yield took in the child, or -1)``."""
     yield READY
     sleep = time.sleep
     now = time.perf_counter_ns
+    took = -1
     for _ in range(n):
         sleep(interval)
-        yield now()
+        t0 = now()
+        yield (t0, took)
+        took = now() - t0
 
 
 def pipe_ticks(conn: Any, n: int, interval: float) -> None:
@@ -159,10 +214,27 @@ def pipe_ticks(conn: Any, n: int, interval: float) -> None:
     now = time.perf_counter_ns
     send = conn.send
     send(READY)
+    took = -1
     for _ in range(n):
         sleep(interval)
-        send(now())
+        t0 = now()
+        send((t0, took))
+        took = now() - t0
     send(None)
+    conn.close()
+
+
+def tick_frames(conn: Any, n: int, interval: float) -> None:
+    """bench/latency_handoff.py: a length-prefixed pickled timestamp on a bare pipe every
+    ``interval`` s, then a zero length."""
+    fd = conn.fileno()
+    sleep, now, dumps = time.sleep, time.perf_counter_ns, pickle.dumps
+    for _ in range(n):
+        if interval:
+            sleep(interval)
+        data = dumps(now(), pickle.HIGHEST_PROTOCOL)
+        os.write(fd, LENGTH.pack(len(data)) + data)
+    os.write(fd, LENGTH.pack(0))
     conn.close()
 
 
@@ -225,6 +297,78 @@ def mp_cooperative(conn: Any, stop: Any) -> None:
     while not is_set():
         x += 1
     conn.close()
+
+
+# process pools: the task reports its pid through a pipe given to the pool's initializer
+# (multiprocessing hands a Connection to a child only while starting it)
+
+_POOL_CONN: Any = None
+
+
+def pool_init(conn: Any) -> None:
+    global _POOL_CONN
+    _POOL_CONN = conn
+
+
+def pool_task(seconds: float) -> int:
+    """A pure-Python task of ``seconds``; reports its pid when it starts."""
+    _POOL_CONN.send(os.getpid())
+    end = time.perf_counter() + seconds
+    clock = time.perf_counter
+    x = 0
+    while clock() < end:
+        for _ in range(1000):
+            x += 1
+    return x
+
+
+# -- the cancellation check on the hot path ----------------------------------------------
+
+
+def gen_plain(n: int) -> Iterator[int]:
+    for i in range(n):  # noqa: UP028 (a Python-level yield per item is the point)
+        yield i
+
+
+def gen_check_cancelled(n: int) -> Iterator[int]:
+    from workstream import check_cancelled
+
+    for i in range(n):
+        check_cancelled()
+        yield i
+
+
+def gen_cancelled(n: int) -> Iterator[int]:
+    from workstream import cancelled
+
+    for i in range(n):
+        if cancelled():
+            return
+        yield i
+
+
+def ws_check_cost(n: int, repeats: int) -> Iterator[dict[str, float]]:
+    """In a real worker: best-of-``repeats`` ns per iteration of an empty loop, of a loop
+    calling ``check_cancelled()`` and of one testing ``cancelled()``; yields them once."""
+    from workstream import cancelled, check_cancelled
+
+    clock = time.perf_counter_ns
+    best = {"empty": math.inf, "check_cancelled": math.inf, "cancelled": math.inf}
+    for _ in range(repeats):
+        t0 = clock()
+        for _i in range(n):
+            pass
+        t1 = clock()
+        for _i in range(n):
+            check_cancelled()
+        t2 = clock()
+        for _i in range(n):
+            if cancelled():
+                break
+        t3 = clock()
+        for key, ns in (("empty", t1 - t0), ("check_cancelled", t2 - t1), ("cancelled", t3 - t2)):
+            best[key] = min(best[key], ns / n)
+    yield best
 
 
 # -- start-up ---------------------------------------------------------------------------------

@@ -9,6 +9,12 @@ gone and counts the trials where it was not). Cases:
   floor (a signal and a reap);
 * ref: ``multiprocessing.Process`` checking an ``mp.Event`` in its loop, ``set()`` +
   ``join()``: the classic cooperative stop;
+* ref: pebble (optional: ``pip install pebble``, the ``bench`` extra), ``ProcessPool``
+  with one worker running a pure-Python task: ``future.cancel()`` -> the worker process
+  is gone (pebble terminates it from its manager thread);
+* ref: ``concurrent.futures.ProcessPoolExecutor`` with a running task:
+  ``shutdown(wait=True, cancel_futures=True)`` returned. It cannot stop a running
+  task, so this is the task's remaining time (task 1 s; quick 0.3 s; fewer trials);
 * workstream, cooperative: the child yields as fast as it can, the consumer reads;
 * workstream, flood with a stopped consumer: the child yields as fast as it can, the
   consumer stopped reading, so the parent's buffer (10,000 items) and the 1 MiB pipe
@@ -27,6 +33,7 @@ and the ratio of the median to the terminate()+join() reference.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 import os
@@ -34,7 +41,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +56,7 @@ from bench import _workers as w
 
 DELAY = 0.05
 SHORT_GRACE = 0.5
+PPE_TASK_S = 1.0  # set by run(): 0.3 s with --quick
 
 
 def _gone(pid: int | None) -> bool:
@@ -122,6 +130,68 @@ def ref_event(method: str) -> dict[str, Any]:
             "rung": "exit" if code == 0 else f"exit {code}"}
 
 
+def _pool_worker_gone(pid: int, timeout: float = 30.0) -> bool:
+    end = bc.perf() + timeout
+    while not _gone(pid):
+        if bc.perf() > end:
+            return False
+        time.sleep(0.0002)
+    return True
+
+
+def ref_pebble(method: str) -> dict[str, Any]:
+    import pebble  # optional; the case is skipped when missing
+
+    ctx = mp.get_context(method)
+    r, wr = ctx.Pipe(duplex=False)
+    pool = pebble.ProcessPool(
+        max_workers=1, context=ctx, initializer=w.pool_init, initargs=(wr,)
+    )
+    try:
+        future = pool.schedule(w.pool_task, args=(60.0,))
+        if not r.poll(60):
+            raise RuntimeError("the pool task never started")
+        pid = r.recv()
+        time.sleep(DELAY)
+        t0 = bc.perf()
+        future.cancel()
+        t_call = bc.perf()
+        gone = _pool_worker_gone(pid)
+        t1 = bc.perf()
+    finally:
+        pool.stop()
+        pool.join(30)
+        wr.close()
+        r.close()
+    return {"lat": t1 - t0, "call": t_call - t0, "gone": gone, "rung": "pool-terminate"}
+
+
+def ref_ppe(method: str, task_s: float) -> dict[str, Any]:
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context(method)
+    r, wr = ctx.Pipe(duplex=False)
+    ex = ProcessPoolExecutor(
+        max_workers=1, mp_context=ctx, initializer=w.pool_init, initargs=(wr,)
+    )
+    try:
+        future = ex.submit(w.pool_task, task_s)
+        if not r.poll(60):
+            raise RuntimeError("the pool task never started")
+        pid = r.recv()
+        time.sleep(DELAY)
+        t0 = bc.perf()
+        ex.shutdown(wait=True, cancel_futures=True)
+        t1 = bc.perf()
+    finally:
+        ex.shutdown(wait=True)
+        wr.close()
+        r.close()
+    rung = "task finished" if future.done() and not future.cancelled() else "?"
+    return {"lat": t1 - t0, "call": t1 - t0, "gone": _pool_worker_gone(pid, 5.0),
+            "rung": rung}
+
+
 # -- workstream -----------------------------------------------------------------------------
 
 
@@ -169,12 +239,18 @@ def _ws_trial(
 class Case:
     name: str
     run: Callable[[str], dict[str, Any]]
+    slow: bool = False  # runs --slow-trials times only
+    needs: str | None = None  # an optional package; the case is skipped without it
 
 
 REF = "ref: mp.Process terminate() + join()"
 CASES = [
     Case(REF, ref_terminate),
     Case("ref: mp.Process, mp.Event flag, set() + join()", ref_event),
+    Case("ref: pebble ProcessPool, future.cancel() of a running task", ref_pebble,
+         needs="pebble"),
+    Case("ref: ProcessPoolExecutor.shutdown(cancel_futures=True), task running",
+         lambda m: ref_ppe(m, PPE_TASK_S), slow=True),
     Case("workstream cooperative (yield loop, consumer reading)",
          lambda m: _ws_trial(m, w.ws_yield_loop, read=True)),
     Case("workstream flood, consumer stopped, channel full",
@@ -190,23 +266,38 @@ CASES = [
 ]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = bc.make_parser(__doc__.splitlines()[0])
     parser.add_argument(
-        "--trials", type=int, default=None, help="trials per case (default 20, quick 5)"
+        "--trials", type=int, default=None, help="trials per case (default 20, quick 3)"
     )
-    args = parser.parse_args()
-    trials = bc.pick(args, "trials", 20, 5)
+    parser.add_argument(
+        "--slow-trials", type=int, default=None,
+        help="trials of the ProcessPoolExecutor case (default 5, quick 2)",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> bc.Report:
+    """Measure every case (progress on stderr); return the report, not yet printed."""
+    global PPE_TASK_S
+    trials = bc.pick(args, "trials", 20, 3)
+    slow_trials = min(trials, bc.pick(args, "slow_trials", 5, 2))
+    PPE_TASK_S = 0.3 if args.quick else 1.0
     method = args.start_method
     report = bc.Report(
         "cancel_latency", args,
-        {"trials": trials, "delay_s": DELAY, "short_grace_s": SHORT_GRACE,
-         "start_method": method},
+        {"trials": trials, "slow_trials": slow_trials, "delay_s": DELAY,
+         "short_grace_s": SHORT_GRACE, "ppe_task_s": PPE_TASK_S, "start_method": method},
     )
-    results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in CASES}
+    skipped = {c.name: why for c in CASES if c.needs and (why := bc.missing(c.needs))}
+    cases = [c for c in CASES if c.name not in skipped]
+    results: dict[str, list[dict[str, Any]]] = {c.name: [] for c in cases}
     # Interleave: trial 1 of every case, then trial 2, ... (load drifts hit all alike).
     for t in range(trials):
-        for case in CASES:
+        for case in cases:
+            if case.slow and t >= slow_trials:
+                continue
             try:
                 res = case.run(method)
             except Exception:
@@ -220,7 +311,7 @@ def main() -> int:
 
     ref_med = bc.median([r["lat"] for r in results[REF]])
     rows = []
-    for case in CASES:
+    for case in cases:
         res = results[case.name]
         lat = [r["lat"] for r in res]
         stops = [r["stop"] for r in res if r.get("stop") is not None]
@@ -237,7 +328,9 @@ def main() -> int:
             "not_reaped": sum(not r["gone"] for r in res),
             "x_ref": bc.ratio(bc.median(lat), ref_med),
             "all_ms": [round(x * 1e3, 3) for x in lat],
+            "ref": REF,
         })
+    rows += [{"case": name, "skipped": why, "ref": REF} for name, why in skipped.items()]
     cols = [
         bc.Column("case", "case"),
         bc.Column("n", "n"),
@@ -259,6 +352,15 @@ def main() -> int:
                 "wait() (should be 0)")
     report.note(f"expected: the Python loop ends by SIGTERM at grace/2 = {SHORT_GRACE / 2} s; "
                 f"the C call and the SIGTERM-ignoring child by SIGKILL at {SHORT_GRACE} s")
+    report.note(f"ProcessPoolExecutor: shutdown() waits for the running task ({PPE_TASK_S:g} s "
+                "long, cancelled 50 ms in): its figure is the task's remaining time")
+    for name, why in skipped.items():
+        report.note(f"{name}: skipped, {why}")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    report = run(build_parser().parse_args(argv))
     report.finish()
     return 0
 

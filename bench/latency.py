@@ -24,12 +24,13 @@ the same interval.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 if __package__ in (None, ""):  # run as a file: python bench/latency.py
@@ -46,23 +47,29 @@ INTERVAL = 0.002
 FAST_INTERVAL = 0.0005
 
 
-def ws_latencies(method: str, n: int, interval: float, **options: object) -> list[float]:
+Samples = tuple[list[float], list[float]]
+"""One run: one-way latencies (ns), and how long the child's send / yield took (ns)."""
+
+
+def ws_latencies(method: str, n: int, interval: float, **options: object) -> Samples:
     now = time.perf_counter_ns
     lat: list[float] = []
+    took: list[float] = []
     job = workstream.start(w.ws_ticks, n + WARMUP, interval, start_method=method, **options)
     with job:
         it = iter(job)
         if next(it) != w.READY:
             raise RuntimeError("no ready marker")
-        for ts in it:
+        for ts, prev in it:
             lat.append(now() - ts)
+            took.append(prev)
         outcome = job.wait(30)
     if not isinstance(outcome, workstream.Completed):
         raise RuntimeError(f"outcome {outcome!r}")
-    return lat
+    return lat, took[1:]
 
 
-def pipe_latencies(method: str, n: int, interval: float) -> list[float]:
+def pipe_latencies(method: str, n: int, interval: float) -> Samples:
     ctx = mp.get_context(method)
     now = time.perf_counter_ns
     r, wr = ctx.Pipe(duplex=False)
@@ -73,17 +80,19 @@ def pipe_latencies(method: str, n: int, interval: float) -> list[float]:
     if not r.poll(60) or recv() != w.READY:
         raise RuntimeError("no ready marker")
     lat: list[float] = []
-    ts = recv()
-    while ts is not None:
-        lat.append(now() - ts)
-        ts = recv()
+    took: list[float] = []
+    item = recv()
+    while item is not None:
+        lat.append(now() - item[0])
+        took.append(item[1])
+        item = recv()
     p.join(30)
     p.close()
     r.close()
-    return lat
+    return lat, took[1:]
 
 
-def pipe_round_trips(method: str, n: int, interval: float) -> list[float]:
+def pipe_round_trips(method: str, n: int, interval: float) -> Samples:
     ctx = mp.get_context(method)
     now = time.perf_counter_ns
     parent, child = ctx.Pipe()
@@ -104,14 +113,14 @@ def pipe_round_trips(method: str, n: int, interval: float) -> list[float]:
     p.join(30)
     p.close()
     parent.close()
-    return lat
+    return lat, []
 
 
 @dataclass(frozen=True)
 class Row:
     name: str
     interval: float
-    run: Callable[[str, int, float], list[float]]
+    run: Callable[[str, int, float], Samples]
     reference: bool = False
 
 
@@ -128,13 +137,17 @@ ROWS = [
 ]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = bc.make_parser(__doc__.splitlines()[0])
     parser.add_argument(
-        "--n", type=int, default=None, help="samples per run (default 2000, quick 300)"
+        "--n", type=int, default=None, help="samples per run (default 2000, quick 200)"
     )
-    args = parser.parse_args()
-    n = bc.pick(args, "n", 2000, 300)
+    return parser
+
+
+def run(args: argparse.Namespace) -> bc.Report:
+    """Measure every row (progress on stderr); return the report, not yet printed."""
+    n = bc.pick(args, "n", 2000, 200)
     repeats = bc.pick(args, "repeats", 3, 2)
     method = args.start_method
     report = bc.Report(
@@ -150,15 +163,19 @@ def main() -> int:
     med: dict[int, list[float]] = {}
     p99: dict[int, list[float]] = {}
     worst: dict[int, list[float]] = {}
+    sends: dict[int, list[float]] = {}
     for rep in range(repeats):
         for i, row in enumerate(ROWS):
             try:
-                lat = row.run(method, n, row.interval)[WARMUP:]
+                lat, took = row.run(method, n, row.interval)
+                lat = lat[WARMUP:]
                 m, q = bc.median(lat) / 1e3, bc.pct(lat, 99) / 1e3
                 mx = max(lat) / 1e3
+                send = bc.median(took[WARMUP:]) / 1e3
             except Exception:
                 bc.log(f"  {row.name} FAILED:\n{traceback.format_exc()}")
-                m = q = mx = math.nan
+                m = q = mx = send = math.nan
+            sends.setdefault(i, []).append(send)
             med.setdefault(i, []).append(m)
             p99.setdefault(i, []).append(q)
             worst.setdefault(i, []).append(mx)
@@ -185,8 +202,10 @@ def main() -> int:
                 if not (math.isnan(a) or math.isnan(b))
             ]),
             "x_p99": bc.ratio(agg(p99[i]), agg(p99[ref])),
+            "child_send_us": agg(sends[i]),
             "all_median_us": med[i],
             "all_p99_us": p99[i],
+            "ref": ROWS[ref].name,
         })
     cols = [
         bc.Column("row", "row"),
@@ -197,6 +216,7 @@ def main() -> int:
         bc.Column("x_med", "x Pipe med", ".2f"),
         bc.Column("x_med_paired", "paired", ".2f"),
         bc.Column("x_p99", "x Pipe p99", ".2f"),
+        bc.Column("child_send_us", "child send us", ".1f"),
     ]
     report.add_table(
         f"one-way latency, {n} samples per run, {args.stat} of {repeats}, "
@@ -209,7 +229,14 @@ def main() -> int:
                 f"{ws['x_p99']:.2f}x ({verdict} on the median)")
     report.note("x Pipe: ratio to the 'multiprocessing.Pipe send -> recv' row of the same "
                 "interval (paired: median over the repeats of that ratio within one repeat); "
-                "the round-trip row is two trips, shown for scale")
+                "the round-trip row is two trips, shown for scale; child send us: median time "
+                "the child's send() / yield took (the yield: pickling, the write, the "
+                "cancellation check)")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    report = run(build_parser().parse_args(argv))
     report.finish()
     return 0
 

@@ -14,6 +14,11 @@ function runs, after ``import numpy`` where the mode says so:
   it through ``multiprocessing.set_forkserver_preload(["numpy"])`` (workstream keeps
   that list and adds its own runtime module); no such row for spawn.
 
+Warm worker (``workstream.Worker``, where this build has it): one worker process runs
+every trial's job in turn; ``first`` is the worker's own cold start plus its first job,
+``med`` the warm ``worker.start(fn)`` -> first item. Where the build has no ``Worker``
+the rows say "not available in this build".
+
 References: ``multiprocessing.Process(target=...).start()`` -> first item over a
 ``multiprocessing.Pipe`` with the same method and mode, and ``python -c pass`` /
 ``python -c "import numpy"`` by ``subprocess.run`` (a bare interpreter's cost).
@@ -32,12 +37,14 @@ own imports), to show what each start method pays for it per job.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 if __package__ in (None, ""):  # run as a file: python bench/startup.py
@@ -51,10 +58,17 @@ from bench import _workers as w
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("forkserver", "spawn", "fork")
 MODES = ("none", "child", "parent")
+QUICK_METHODS = ("forkserver", "spawn")
+QUICK_MODES = ("none", "child")
+WORKER_METHODS = ("forkserver", "spawn")
+WORKER_MODES = ("none", "child")
+NO_WORKER = "not available in this build (no workstream.Worker)"
 
 
-def configs() -> list[tuple[str, str]]:
-    return [(m, mode) for m in METHODS for mode in MODES if not (m == "spawn" and mode == "parent")]
+def configs(quick: bool = False) -> list[tuple[str, str]]:
+    methods, modes = (QUICK_METHODS, QUICK_MODES) if quick else (METHODS, MODES)
+    return [(m, mode) for m in methods for mode in modes
+            if not (m == "spawn" and mode == "parent")]
 
 
 # -- one case, in a fresh interpreter -----------------------------------------------------
@@ -112,9 +126,37 @@ def run_mp(method: str, mode: str, trials: int) -> dict[str, list[float]]:
     return {"total": total, "call": call}
 
 
+def run_worker(method: str, mode: str, trials: int) -> dict[str, list[float]]:
+    """One warm ``workstream.Worker``; trial 1 includes creating it (its cold start)."""
+    import workstream
+
+    _prepare(method, mode)
+    child_imports = mode == "child"
+    total, call = [], []
+    t_created = bc.perf()
+    worker_cls: Any = workstream.Worker  # type: ignore[attr-defined]
+    try:
+        worker = worker_cls(start_method=method)
+    except TypeError:  # a build whose Worker takes no start_method
+        worker = worker_cls()
+    with worker:
+        for i in range(trials):
+            t0 = bc.perf()
+            job = worker.start(w.ws_first, child_imports)
+            t1 = bc.perf()
+            first = next(iter(job))
+            t2 = bc.perf()
+            outcome = job.wait(60)
+            if first != 1 or not isinstance(outcome, workstream.Completed):
+                raise RuntimeError(f"first item {first!r}, outcome {outcome!r}")
+            total.append(t2 - (t_created if i == 0 else t0))
+            call.append(t1 - t0)
+    return {"total": total, "call": call}
+
+
 def _case_main(spec: str, trials: int) -> int:
     lib, method, mode = spec.split(":")
-    fn = run_workstream if lib == "workstream" else run_mp
+    fn = {"workstream": run_workstream, "worker": run_worker, "mp": run_mp}[lib]
     json.dump(fn(method, mode, trials), sys.stdout)
     return 0
 
@@ -175,8 +217,12 @@ def _summary(name: str, data: dict[str, list[float]]) -> dict[str, Any]:
     }
 
 
+_LIB_LABEL = {"workstream": "workstream", "worker": "workstream Worker (warm)",
+              "mp": "mp.Process+Pipe"}
+
+
 def _label(lib: str, method: str, mode: str) -> str:
-    return f"{'workstream' if lib == 'workstream' else 'mp.Process+Pipe'} {method} numpy={mode}"
+    return f"{_LIB_LABEL[lib]} {method} numpy={mode}"
 
 
 def _run_rows(
@@ -196,9 +242,13 @@ def _run_rows(
                f"{'  (heavy main)' if main_script else ''}")
     for (lib, method, mode), row in rows.items():
         ref = rows.get(("mp", method, mode))
+        row["ref"] = _label("mp", method, mode)
         row["x_mp"] = bc.ratio(row["med_ms"], ref["med_ms"]) if ref else None
         fs = rows.get((lib, "forkserver", mode))
         row["x_fs"] = bc.ratio(row["med_ms"], fs["med_ms"]) if fs else None
+        cold = rows.get(("workstream", method, mode))
+        if lib == "worker" and cold:
+            row["x_cold"] = bc.ratio(row["med_ms"], cold["med_ms"])
     return rows
 
 
@@ -211,35 +261,63 @@ COLS = [
     bc.Column("call_ms", "call ms", ".2f"),
     bc.Column("x_mp", "x mp", ".2f"),
     bc.Column("x_fs", "x forkserver", ".2f"),
+    bc.Column("x_cold", "x ws cold", ".3f"),
 ]
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = bc.make_parser(__doc__.splitlines()[0], start_method=False)
     parser.add_argument(
         "--trials", type=int, default=None,
-        help="trials per row, the first one cold (default 30, quick 8)",
+        help="trials per row, the first one cold (default 30, quick 6)",
     )
     parser.add_argument(
-        "--main-ms", type=float, default=100.0,
-        help="top-level import time of the 'heavy main' script (default 100 ms; 0: no table)",
+        "--main-ms", type=float, default=None,
+        help="top-level import time of the 'heavy main' script (default 100 ms; 0: no "
+             "table; quick: 0)",
     )
-    args = parser.parse_args()
-    trials = bc.pick(args, "trials", 30, 8)
+    return parser
+
+
+def run(args: argparse.Namespace) -> bc.Report:
+    """Measure every row (progress on stderr); return the report, not yet printed."""
+    trials = bc.pick(args, "trials", 30, 6)
     if trials < 2:
-        parser.error("--trials must be >= 2 (the first trial is reported apart)")
+        raise SystemExit("--trials must be >= 2 (the first trial is reported apart)")
+    if args.main_ms is None:
+        args.main_ms = 0.0 if args.quick else 100.0
+    import workstream
+
+    has_worker = hasattr(workstream, "Worker")
+    cfgs = configs(args.quick)
     report = bc.Report(
-        "startup", args, {"trials": trials, "methods": list(METHODS), "main_ms": args.main_ms}
+        "startup", args,
+        {"trials": trials, "configs": [list(c) for c in cfgs], "main_ms": args.main_ms,
+         "worker": has_worker},
     )
 
-    specs = [(lib, m, mode) for m, mode in configs() for lib in ("workstream", "mp")]
+    specs = [(lib, m, mode) for m, mode in cfgs for lib in ("workstream", "mp")]
+    worker_specs = [("worker", m, mode) for m in WORKER_METHODS for mode in WORKER_MODES
+                    if (m, mode) in cfgs]
+    if has_worker:
+        specs += worker_specs
     rows = _run_rows(specs, trials)
+    for lib, m, mode in ([] if has_worker else worker_specs):
+        rows[(lib, m, mode)] = {"row": _label(lib, m, mode), "skipped": NO_WORKER,
+                                "ref": _label("mp", m, mode)}
     refs = []
-    for name, code in (("ref: python -c pass", "pass"),
-                       ("ref: python -c 'import numpy'", "import numpy")):
-        refs.append(_summary(name, _subprocess_ref(code, trials)))
+    for name, code, mode in (("ref: python -c pass", "pass", "none"),
+                             ("ref: python -c 'import numpy'", "import numpy", "child")):
+        # compared with a spawned mp.Process: a fresh interpreter too, plus multiprocessing
+        row = _summary(name, _subprocess_ref(code, trials))
+        spawned = rows.get(("mp", "spawn", mode))
+        row["ref"] = spawned["row"] if spawned else name
+        row["x_mp"] = bc.ratio(row["med_ms"], spawned["med_ms"]) if spawned else 1.0
+        refs.append(row)
         bc.log(f"  {name:40s} med {refs[-1]['med_ms']:8.1f} ms")
-    order = sorted(rows, key=lambda k: (MODES.index(k[2]), METHODS.index(k[1]), k[0] == "mp"))
+    lib_order = ("workstream", "worker", "mp")
+    order = sorted(rows, key=lambda k: (MODES.index(k[2]), METHODS.index(k[1]),
+                                        lib_order.index(k[0])))
     report.add_table(
         f"start -> first item received, bare main module, {trials} trials per row "
         "(first = the cold one; med/p95/min over the rest)",
@@ -254,7 +332,7 @@ def main() -> int:
                 f.write(_HEAVY_MAIN.format(seconds=args.main_ms / 1e3, root=ROOT))
             specs = [(lib, m, "none") for m in METHODS for lib in ("workstream", "mp")]
             heavy = _run_rows(specs, trials, script)
-        order = sorted(heavy, key=lambda k: (METHODS.index(k[1]), k[0] == "mp"))
+        order = sorted(heavy, key=lambda k: (METHODS.index(k[1]), lib_order.index(k[0])))
         report.add_table(
             f"the same, numpy=none, from a main script whose top level takes "
             f"{args.main_ms:g} ms (re-imported by spawn and, on 3.11, forkserver children)",
@@ -269,14 +347,17 @@ def main() -> int:
         fs = table.get(("workstream", "forkserver", mode))
         sp = table.get(("workstream", "spawn", mode))
         fk = table.get(("workstream", "fork", mode))
+        warm = table.get(("worker", "forkserver", mode))
         if fs is None:
             continue
         decision.append({
             "case": label,
+            "ref": label,
+            "warm_med": warm.get("med_ms") if warm else None,
             "fs_first": fs["first_ms"], "fs_med": fs["med_ms"],
             "sp_first": sp["first_ms"] if sp else None, "sp_med": sp["med_ms"] if sp else None,
             "fk_med": fk["med_ms"] if fk else None,
-            "sp_over_fs": bc.ratio(sp["med_ms"], fs["med_ms"]) if sp else None,
+            "x_spawn_over_fs": bc.ratio(sp["med_ms"], fs["med_ms"]) if sp else None,
         })
     report.add_table(
         "the default start method (workstream rows): forkserver vs spawn (fork for scale)",
@@ -286,13 +367,24 @@ def main() -> int:
          bc.Column("sp_first", "spawn first ms", ".1f"),
          bc.Column("sp_med", "spawn med ms", ".1f"),
          bc.Column("fk_med", "fork med ms", ".1f"),
-         bc.Column("sp_over_fs", "spawn/forkserver med", ".2f")],
+         bc.Column("warm_med", "warm Worker med ms", ".2f"),
+         bc.Column("x_spawn_over_fs", "spawn/forkserver med", ".2f")],
         decision,
     )
     report.note("call ms: how long start() / Process.start() itself blocked the caller "
                 "(median of the warm trials)")
-    report.note("x mp: ratio of the medians to mp.Process+Pipe with the same method and mode; "
+    report.note("x mp: ratio of the medians to mp.Process+Pipe with the same method and mode "
+                "(the python -c rows: to the spawned one); "
                 "x forkserver: to the same library's forkserver row")
+    if not has_worker:
+        report.note(f"warm Worker rows: {NO_WORKER}")
+    report.note("x ws cold: ratio of the medians to plain workstream.start() with the same "
+                "method and mode (the warm Worker's gain)")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    report = run(build_parser().parse_args(argv))
     report.finish()
     return 0
 

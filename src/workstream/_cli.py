@@ -9,6 +9,9 @@ numpy and rich are optional (``pip install 'workstream[demo]'``): this module im
 them only once the demo runs, so a missing one gives a clear message, not a traceback.
 Exit status: 0 after completion or a clean stop, 1 if the job failed or crashed (or left
 a process behind), 2 for a usage error or missing dependencies.
+
+``workstream bench [ARGS]`` runs the benchmark suite of a source checkout
+(``python -m bench ARGS``; see :func:`run_bench`).
 """
 
 from __future__ import annotations
@@ -74,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit
     status: 0 ok, 1 the job failed or crashed, 2 usage error or missing dependencies, 130
     Ctrl-C outside the live view. argparse exits with status 2 by itself on a bad option."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # every argument after it belongs to the suite
+        return run_bench(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "demo":
@@ -93,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run heavy work in a child process, stream its results, stop it cleanly.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("bench", add_help=False, help=BENCH_HELP)  # handled by main() itself
     demo = sub.add_parser(
         "demo",
         help="train a small numpy network in a worker process; Ctrl-C stops it",
@@ -181,6 +188,60 @@ def _default_steps() -> int:
     except ImportError:  # numpy missing: run_demo says so
         return 1
     return DEFAULT_STEPS
+
+
+# -- the benchmark suite -------------------------------------------------------------
+
+BENCH_HELP = ("run the benchmark suite of a source checkout (python -m bench; "
+              "'workstream bench --help' for its options)")
+
+
+def find_bench_root(cwd: str | None = None) -> str | None:
+    """The source checkout whose ``bench/`` suite to run, or None.
+
+    First the checkout this package is imported from (an editable install: the suite then
+    measures this very code), then ``cwd`` (default: the current directory) and its
+    parents. A checkout has ``bench/__main__.py`` and ``src/workstream/``.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.path.dirname(os.path.dirname(here))]
+    path = os.path.abspath(cwd if cwd is not None else os.getcwd())
+    while True:
+        candidates.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for root in candidates:
+        if os.path.isfile(os.path.join(root, "bench", "__main__.py")) and os.path.isdir(
+            os.path.join(root, "src", "workstream")
+        ):
+            return root
+    return None
+
+
+def run_bench(argv: Sequence[str]) -> int:
+    """Run ``python -m bench ARGV`` from the source checkout (see :func:`find_bench_root`)
+    in a child interpreter; return its exit status (2 if there is no checkout: the suite
+    is not part of the installed package)."""
+    import subprocess
+
+    root = find_bench_root()
+    if root is None:
+        print(
+            "workstream bench: the benchmark suite lives in the source repository (bench/), "
+            "not in the installed package, and no checkout was found here or above the "
+            "current directory. Clone the repository, install it (pip install -e "
+            "'.[bench]') and run 'workstream bench' or 'python -m bench' from it.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    try:
+        return subprocess.run([sys.executable, "-m", "bench", *argv], env=env).returncode
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 # -- the demo ------------------------------------------------------------------------

@@ -1,0 +1,147 @@
+"""The benchmark suite (``bench/``, not part of the package) runs and reports what it promises.
+
+Each test runs the suite or one benchmark as a user does (``python -m bench ...``, in a
+subprocess from the repository root) with tiny settings, and checks the JSON document: the
+run's facts (date, machine, Python, git commit) and, in every table, that every row names
+its reference (``ref``, a row of the same table) and has at least one ratio to it, unless
+it says why it was skipped. The figures themselves are not checked: they are timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from workstream import _cli
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ["throughput", "large_arrays", "latency", "cancel_check", "cancel_latency",
+              "startup"]
+
+pytest.importorskip("numpy")  # large_arrays and cancel_check's worker rows import it
+
+
+def run_bench(
+    tmp_path: Path, *args: str, timeout: float = 50, env: dict[str, str] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Run ``python -m <args> --json FILE`` from the repository root; stdout and the JSON."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", *args, "--json", str(out)], cwd=ROOT, capture_output=True,
+        text=True, timeout=timeout, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return proc.stdout, doc
+
+
+def check_report(doc: dict[str, Any], script: str) -> None:
+    """One benchmark's report: its facts, and a reference and a ratio in every row."""
+    assert doc["script"] == script
+    machine = doc["machine"]
+    for key in ("date", "python", "cpu_model", "nproc", "git", "seconds"):
+        assert machine.get(key) is not None, key
+    assert doc["tables"], "no table"
+    for table in doc["tables"]:
+        first = table["columns"][0]
+        names = {row[first] for row in table["rows"]}
+        ratio_cols = [c for c in table["columns"] if c.startswith("x_")]
+        assert ratio_cols, f"table {table['title']!r} has no ratio column"
+        for row in table["rows"]:
+            assert row.get("ref") in names, (table["title"], row)
+            if row.get("skipped"):
+                continue
+            assert any(row.get(c) is not None for c in ratio_cols), (table["title"], row)
+
+
+def test_list_names_every_benchmark() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench", "--list"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == BENCHMARKS
+
+
+def test_only_rejects_an_unknown_name() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench", "--only", "latency,nosuch"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "nosuch" in proc.stderr and "throughput" in proc.stderr
+
+
+def test_suite_json_has_the_run_facts_and_every_row_a_reference(tmp_path: Path) -> None:
+    stdout, doc = run_bench(tmp_path, "bench", "--quick", "--only", "cancel_check")
+    assert doc["suite"] == "workstream bench" and doc["schema"] == 1 and doc["quick"] is True
+    for key in ("date", "python", "git", "cpu_model", "nproc", "seconds"):
+        assert doc["machine"].get(key) is not None, key
+    assert doc["date"] == doc["machine"]["date"]
+    assert list(doc["benchmarks"]) == ["cancel_check"]
+    check_report(doc["benchmarks"]["cancel_check"], "cancel_check")
+    rows = {r["row"]: r for r in doc["benchmarks"]["cancel_check"]["tables"][0]["rows"]}
+    assert rows["in a worker: check_cancelled() per iteration"]["ns_iter"] > 0
+    assert "## cancel_check" in stdout and "ns/iter" in stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("large_arrays", ["--sizes", "65536,1048576", "--total-mib", "2", "--min-items", "2"]),
+        ("throughput", ["--n", "3000", "--repeats", "1", "--kinds", "dict"]),
+        ("latency", ["--n", "10", "--repeats", "1"]),
+    ],
+)
+def test_streaming_benchmarks_report_ratios(
+    tmp_path: Path, script: str, args: list[str]
+) -> None:
+    stdout, doc = run_bench(tmp_path, f"bench.{script}", *args)
+    check_report(doc, script)
+    assert "FAILED" not in stdout
+
+
+def test_a_missing_optional_reference_is_a_skipped_row(tmp_path: Path) -> None:
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "faster_fifo.py").write_text('raise ImportError("hidden by the test")\n')
+    env = {**os.environ, "PYTHONPATH": str(fake)}
+    stdout, doc = run_bench(tmp_path, "bench.throughput", "--n", "2000", "--repeats", "1",
+                            "--kinds", "int", env=env)
+    check_report(doc, "throughput")
+    rows = {r["row"]: r for r in doc["tables"][0]["rows"]}
+    assert "hidden by the test" in rows["faster-fifo put / get_many"]["skipped"]
+    assert "skipped: faster_fifo not importable" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_cancel_and_startup_benchmarks_report_ratios(tmp_path: Path) -> None:
+    _, doc = run_bench(tmp_path, "bench.cancel_latency", "--quick", "--trials", "1",
+                       "--slow-trials", "1", timeout=100)
+    check_report(doc, "cancel_latency")
+    rows = doc["tables"][0]["rows"]
+    assert all(r["not_reaped"] == 0 for r in rows if not r.get("skipped"))
+    _, doc = run_bench(tmp_path, "bench.startup", "--quick", "--trials", "2", timeout=100)
+    check_report(doc, "startup")
+    worker_rows = [r for r in doc["tables"][0]["rows"] if "Worker" in r["row"]]
+    assert worker_rows, "no warm-worker row"
+
+
+def test_workstream_bench_runs_the_suite_of_this_checkout(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    assert _cli.find_bench_root(cwd="/") == str(ROOT)  # the checkout this package is in
+    assert _cli.main(["bench", "--list"]) == 0
+    assert capfd.readouterr().out.split()[0] == "throughput"
+
+
+def test_workstream_bench_outside_a_checkout_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(_cli, "find_bench_root", lambda cwd=None: None)
+    assert _cli.main(["bench", "--quick"]) == _cli.EXIT_USAGE
+    assert "python -m bench" in capsys.readouterr().err
+    assert os.path.isdir(ROOT / "bench")
