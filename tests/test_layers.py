@@ -65,6 +65,10 @@ def test_layer_rules(path: pathlib.Path) -> None:
     elif top in {"_cli", "_demo", "__main__"}:
         bad = {i for i in imports if i.split(".")[0].startswith("_") and i not in {"_cli", "_demo"}}
         assert not bad, f"{name} should use the public API only, imports {bad}"
+    elif top in {"qt", "tk", "_qt_compat", "_gui_demo"}:  # integrations and the GUI demo
+        allowed = {"_qt_compat", "qt", "_cli", "_demo"} if top == "_gui_demo" else {"_qt_compat"}
+        bad = {i for i in imports if i.split(".")[0].startswith("_") and i not in allowed}
+        assert not bad, f"{name} should use the public API only, imports {bad}"
 
 
 @pytest.mark.timeout(10)

@@ -13,7 +13,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,34 +27,12 @@ import workers
 import workers_lifecycle as wl
 import workstream
 from conftest import wait_until
+from gui_support import jobs_unregistered, qt_ready  # noqa: F401 (autouse fixtures)
 from workstream import CancelledOutcome, Completed, Crashed, Failed
 from workstream._supervisor import _registry
 from workstream.qt import QtJob
 
 WAIT_MS = 30_000  # bound of every wait for a signal: a hang fails, it never blocks CI
-
-
-@pytest.fixture(autouse=True)
-def _jobs_unregistered() -> Iterator[None]:
-    """After each test, give the runner threads of finished jobs the moment they need to
-    leave the registry: ``finished`` reaches the GUI thread before that last step."""
-    yield
-    wait_until(lambda: not [j for j in _registry.live_jobs() if j.done()], 5,
-               "finished jobs to leave the registry")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _qt_ready(qapp: QApplication) -> None:
-    """Create the QApplication and let Qt open its lazy resources (fonts, the offscreen
-    backing store) once, before the per-test leak check takes its first snapshot."""
-    w = QWidget()
-    QLabel("warm-up", w)
-    w.show()
-    QApplication.processEvents()
-    w.grab()
-    w.close()
-    w.deleteLater()
-    QApplication.processEvents()
 
 
 class Recorder:
