@@ -32,13 +32,13 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import CancelledOutcome, Completed, Crashed, Failed, Job, Outcome
 from . import start as _start
+from ._pacing import DEFAULT_SLICE_MS, LIST_CHUNK, PER_ITEM_CHUNK, Pacer, check_options
 from ._qt_compat import load as _load
 
 _binding = _load()
@@ -55,16 +55,8 @@ else:
     Signal = _binding.Signal
     Slot = _binding.Slot
 
-DEFAULT_SLICE_MS = 8.0
-"""Most milliseconds one delivery slice may keep the GUI thread (half a 60 Hz frame)."""
-DEFAULT_LATEST_RATE = 60.0
-"""Deliveries per second with ``latest_only=True`` and no ``max_rate``."""
 STATE_POLL_MS = 50
 """How often the bridge looks at ``job.state`` for ``state_changed`` (starting -> running)."""
-
-_MAX_CHUNK = 256  # per-item slots: bounds the overrun when another thread takes the GIL
-_MAX_LIST = 65_536  # ``items`` alone: one list per slice once the slot's cost is known
-_FIRST_COST = 1e-3  # s per item assumed before anything was measured: small first chunks
 
 
 class QtJob(QObject):
@@ -123,18 +115,10 @@ class QtJob(QObject):
         """
         if not isinstance(job, Job):
             raise TypeError(f"QtJob needs a workstream.Job, not {type(job).__name__}")
-        interval, slice_s = _check_options(latest_only, max_rate, slice_ms)
+        pacer = Pacer(job, latest_only=latest_only, max_rate=max_rate, slice_ms=slice_ms)
         super().__init__(parent)
         self._job = job
-        self._latest_only = latest_only
-        self._interval = interval
-        self._slice = slice_s
-        self._buf: list[Any] = []  # items drained but not yet delivered, from _pos on
-        self._pos = 0
-        self._latest: list[Any] = []  # latest_only: [newest undelivered item] or []
-        self._skipped = 0
-        self._cost = _FIRST_COST
-        self._last_delivery = -math.inf
+        self._pacer = pacer
         self._state: str | None = None
         self._ended = False
         self._wake_lock = threading.Lock()
@@ -180,7 +164,7 @@ class QtJob(QObject):
         Connect the signals right after this call: nothing is emitted before control
         returns to the event loop.
         """
-        _check_options(latest_only, max_rate, slice_ms)
+        check_options(latest_only, max_rate, slice_ms)
         job = _start(fn, *args, **options)
         try:
             return cls(job, parent, latest_only=latest_only, max_rate=max_rate,
@@ -204,7 +188,7 @@ class QtJob(QObject):
     @property
     def items_skipped(self) -> int:
         """With ``latest_only``: how many items were dropped for a newer one."""
-        return self._skipped
+        return self._pacer.skipped
 
     def ended(self) -> bool:
         """True once ``finished`` was emitted."""
@@ -259,60 +243,13 @@ class QtJob(QObject):
         """Drain the job and deliver for at most one slice; re-arm if work is left."""
         if self._ended:
             return
-        now = time.perf_counter()
-        wait = self._last_delivery + self._interval - now
-        done = self._job.done()  # before the drain: then no item can follow it
-        if wait > 0:
-            if self._latest_only:  # keep the child flowing; only the newest counts
-                self._absorb(self._job.drain())
-            self._check_state()
-            if not self._pump_timer.isActive():
-                self._pump_timer.start(max(1, math.ceil(wait * 1000)))
-            return
-        fresh = self._job.drain()
-        if self._latest_only:
-            self._absorb(fresh)
-            if self._latest:
-                newest = self._latest.pop()
-                self._last_delivery = now
-                self._emit_chunk([newest])
-        else:
-            if fresh:
-                self._buf = self._buf[self._pos :] + fresh if self._pos < len(self._buf) else fresh
-                self._pos = 0
-            if self._pos < len(self._buf):
-                self._last_delivery = now
-                self._deliver(now + self._slice)
+        cap = PER_ITEM_CHUNK if self.isSignalConnected(self._item_method) else LIST_CHUNK
+        delay = self._pacer.turn(self._emit_chunk, cap)
         self._check_state()
-        if self._pos < len(self._buf):
-            self._pump_timer.start(0 if not self._interval else math.ceil(self._interval * 1000))
-        elif done and not self._latest:
+        if delay is None:
             self._end()
-
-    def _absorb(self, fresh: list[Any]) -> None:
-        if fresh:
-            self._skipped += len(fresh) - 1 + len(self._latest)
-            self._latest = [fresh[-1]]
-
-    def _deliver(self, deadline: float) -> None:
-        """Emit buffered items until the buffer is empty or ``deadline`` has passed."""
-        buf = self._buf
-        cap = _MAX_CHUNK if self.isSignalConnected(self._item_method) else _MAX_LIST
-        while self._pos < len(buf):
-            now = time.perf_counter()
-            left = deadline - now
-            if left <= 0:
-                return
-            n = max(1, min(len(buf) - self._pos, cap, int(left / self._cost)))
-            chunk = buf[self._pos : self._pos + n]
-            self._pos += n
-            self._emit_chunk(chunk)
-            per_item = (time.perf_counter() - now) / n
-            # Rise at once (a slow slot must not overrun the next slice), fall gently.
-            self._cost = per_item if per_item > self._cost else (self._cost + per_item) / 2
-            self._cost = max(self._cost, 1e-8)
-        self._buf = []
-        self._pos = 0
+        elif delay < math.inf and not self._pump_timer.isActive():
+            self._pump_timer.start(math.ceil(delay * 1000))
 
     def _emit_chunk(self, chunk: list[Any]) -> None:
         if self.isSignalConnected(self._items_method):
@@ -364,22 +301,3 @@ def _signal_method(obj: QObject, name: str) -> QMetaMethod:
         ) == name.encode():
             return method
     raise AssertionError(f"signal {name!r} not found on {type(obj).__name__}")
-
-
-def _check_options(latest_only: object, max_rate: object, slice_ms: object) -> tuple[float, float]:
-    """Validate the bridge options; return (seconds between deliveries, slice seconds)."""
-    if not isinstance(latest_only, bool):
-        raise TypeError(f"latest_only must be a bool, not {type(latest_only).__name__}")
-    if max_rate is not None:
-        if isinstance(max_rate, bool) or not isinstance(max_rate, (int, float)):
-            raise TypeError(f"max_rate must be a number of deliveries per second or None, "
-                            f"not {type(max_rate).__name__}")
-        if not (0 < max_rate < math.inf):
-            raise ValueError(f"max_rate must be a finite number > 0, not {max_rate!r}")
-    if isinstance(slice_ms, bool) or not isinstance(slice_ms, (int, float)):
-        raise TypeError(f"slice_ms must be a number of milliseconds, not "
-                        f"{type(slice_ms).__name__}")
-    if not (0 < slice_ms < math.inf):
-        raise ValueError(f"slice_ms must be a finite number > 0, not {slice_ms!r}")
-    rate = max_rate if max_rate is not None else (DEFAULT_LATEST_RATE if latest_only else None)
-    return (1.0 / rate if rate else 0.0), slice_ms / 1000.0
