@@ -6,6 +6,7 @@ Runs offscreen (QT_QPA_PLATFORM=offscreen, set below before the QApplication exi
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import subprocess
@@ -353,3 +354,49 @@ def test_hundreds_of_thousands_of_emits_do_not_abort_the_interpreter() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "emits ok" in proc.stdout
     assert "Fatal Python error" not in proc.stderr
+
+
+_PYQT6_RUN = textwrap.dedent(
+    """
+    import os, sys, threading
+    os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    os.environ["QT_API"] = "pyqt6"
+    sys.path.insert(0, sys.argv[1])
+    import workers
+    from PyQt6.QtWidgets import QApplication, QPushButton
+    from workstream.qt import QT_BINDING, QtJob
+
+    if __name__ == "__main__":
+        app = QApplication([])
+        assert QT_BINDING == "PyQt6", QT_BINDING
+        got, lists, threads, done = [], [], set(), []
+        qjob = QtJob.start(workers.count, 20_000)
+        qjob.item.connect(lambda x: (got.append(x), threads.add(threading.get_ident())))
+        qjob.items.connect(lists.append)
+        qjob.completed.connect(done.append)
+        qjob.finished.connect(lambda o: app.quit())
+        app.exec()
+        assert got == list(range(20_000)) and [x for b in lists for x in b] == got
+        assert threads == {threading.get_ident()} and done == [20_000]
+        stop = QPushButton("Stop")
+        qjob = QtJob.start(workers.forever)
+        stop.clicked.connect(qjob.cancel)
+        qjob.item.connect(lambda x: stop.click() if x == 100 else None)
+        qjob.finished.connect(lambda o: (done.append(o), app.quit()))
+        app.exec()
+        assert done[-1].kind == "cancelled" and done[-1].rung == "cooperative", done[-1]
+        print("pyqt6 ok", flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_the_bridge_also_runs_on_pyqt6() -> None:
+    """QT_API=pyqt6 selects PyQt6: items in order in the GUI thread, lists, Stop."""
+    if importlib.util.find_spec("PyQt6") is None:  # not imported here: one Qt per process
+        pytest.skip("PyQt6 is not installed (optional: workstream.qt prefers PySide6)")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-c", _PYQT6_RUN, tests_dir], capture_output=True,
+                          text=True, timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pyqt6 ok" in proc.stdout

@@ -121,8 +121,6 @@ class QtJob(QObject):
         self._pacer = pacer
         self._state: str | None = None
         self._ended = False
-        self._wake_lock = threading.Lock()
-        self._wake_pending = False  # True from a wake's emit until the GUI thread took it
         self._item_method = _signal_method(self, "item")
         self._items_method = _signal_method(self, "items")
 
@@ -135,14 +133,9 @@ class QtJob(QObject):
         self._wake.connect(self._on_wake, Qt.ConnectionType.QueuedConnection)
         if parent is not None and cancel_on_destroy:
             parent.destroyed.connect(_Canceller(job))
-        ref = weakref.ref(self)
-
-        def listener() -> None:  # on a workstream thread: schedule, never touch Qt objects
-            bridge = ref()
-            if bridge is not None:
-                bridge._post_wake()
-
-        self._remove_listener: Callable[[], None] = job.add_listener(listener)
+        self._link = _WakeLink(self)
+        self.destroyed.connect(self._link.disarm)
+        self._remove_listener: Callable[[], None] = job.add_listener(self._link)
         self._state_timer.start()
         self._pump_timer.start(0)  # report the first state, or items already queued
 
@@ -216,18 +209,8 @@ class QtJob(QObject):
 
     # -- the pump (GUI thread) ------------------------------------------------------------
 
-    def _post_wake(self) -> None:
-        """Any thread: make the GUI thread run :meth:`_pump` soon; one pending wake at most."""
-        with self._wake_lock:
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-        with contextlib.suppress(RuntimeError):  # the C++ object is gone (parent destroyed)
-            self._wake.emit()
-
     def _on_wake(self) -> None:
-        with self._wake_lock:
-            self._wake_pending = False
+        self._link.taken()
         # Pump from the timer, never straight from the posted event: Qt may dispatch posted
         # events and timers in one turn, and two slices back to back would double the stall.
         if not self._pump_timer.isActive():
@@ -269,6 +252,7 @@ class QtJob(QObject):
         self._ended = True
         self._pump_timer.stop()
         self._state_timer.stop()
+        self._link.disarm()
         self._remove_listener()
         self._check_state()
         outcome = self._job.outcome
@@ -280,6 +264,40 @@ class QtJob(QObject):
         elif isinstance(outcome, (Failed, Crashed)):
             self.failed.emit(outcome)
         self.finished.emit(outcome)
+
+
+class _WakeLink:
+    """The job's listener for one QtJob: posts at most one pending wake, from any thread.
+
+    Holds the bridge weakly. Emitting and disarming share a lock, so once :meth:`disarm`
+    returned (the bridge ended or its C++ object is being destroyed) no emit can start
+    on it; the lock is held only for the emit, which merely posts an event.
+    """
+
+    def __init__(self, bridge: QtJob) -> None:
+        self._bridge = weakref.ref(bridge)
+        self._lock = threading.Lock()
+        self._pending = False  # True from a wake's emit until the GUI thread took it
+        self._armed = True
+
+    def __call__(self) -> None:  # a workstream thread: schedule only, touch no widget
+        with self._lock:
+            bridge = self._bridge() if self._armed and not self._pending else None
+            if bridge is None:
+                return
+            self._pending = True
+            with contextlib.suppress(RuntimeError):  # the C++ object is already gone
+                bridge._wake.emit()
+
+    def taken(self) -> None:
+        """GUI thread: the pending wake was handled; the next listener call posts again."""
+        with self._lock:
+            self._pending = False
+
+    def disarm(self, *_: object) -> None:
+        """No wake is posted after this returns."""
+        with self._lock:
+            self._armed = False
 
 
 class _Canceller:
