@@ -304,6 +304,15 @@ def test_bad_options_raise_before_anything_starts(
     assert _registry.live_jobs() == []
 
 
+def test_a_job_with_on_item_is_refused() -> None:
+    job = workstream.start(workers.count, 3, on_item=lambda x: None)
+    try:
+        with pytest.raises(ValueError, match="delivers its items to its on_item callback"):
+            QtJob(job)
+    finally:
+        job.wait(timeout=30)
+
+
 def test_a_non_job_is_refused() -> None:
     with pytest.raises(TypeError, match=r"QtJob needs a workstream\.Job, not int"):
         QtJob(3)  # type: ignore[arg-type]

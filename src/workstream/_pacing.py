@@ -35,14 +35,24 @@ class Pacer:
     fewer, larger lists). ``latest_only``: only the newest item is delivered per slice
     (at most ``max_rate`` or 60 per second); the job is drained meanwhile all the same,
     so the child never waits on the display.
+
+    One pacer (one bridge) per job: it takes the items, like an iterating thread would.
+    Raises ``ValueError`` for a job started with ``on_item=``.
     """
 
     def __init__(
         self, job: Job[Any, Any], *, latest_only: bool, max_rate: float | None,
         slice_ms: float,
     ) -> None:
-        self._job = job
         self._interval, self._slice = check_options(latest_only, max_rate, slice_ms)
+        try:
+            first = job.drain()
+        except RuntimeError as exc:  # started with on_item=: its items go to that callback
+            raise ValueError(
+                f"job {job.name!r} delivers its items to its on_item callback; start it "
+                "without on_item= to bridge it to a GUI"
+            ) from exc
+        self._job = job
         self._latest_only = latest_only
         self._buf: list[Any] = []  # drained, not yet delivered: self._buf[self._pos:]
         self._pos = 0
@@ -51,6 +61,10 @@ class Pacer:
         self._cost = _FIRST_COST
         self.skipped = 0
         """With ``latest_only``: items dropped because a newer one came."""
+        if latest_only:
+            self._absorb(first)
+        else:
+            self._buf = first
 
     def turn(self, deliver: Callable[[list[Any]], None], chunk_cap: int) -> float | None:
         """Drain and deliver for at most one slice; return when to call again.
