@@ -275,6 +275,21 @@ def test_max_rate_batches_every_item(qtbot: Any) -> None:
     assert bursts <= elapsed * 20 + 2, (bursts, elapsed)
 
 
+def test_a_bridge_nobody_keeps_still_reports(qtbot: Any) -> None:
+    """A QtJob the caller does not keep (no parent, no reference) lives until it ended."""
+    import gc
+
+    got: list[int] = []
+    done: list[object] = []
+    qjob = QtJob.start(workers.count, 500)
+    qjob.item.connect(got.append)
+    qjob.finished.connect(done.append)
+    del qjob
+    gc.collect()
+    qtbot.waitUntil(lambda: bool(done), timeout=WAIT_MS)
+    assert got == list(range(500))
+
+
 def test_a_job_finished_before_the_bridge_still_delivers_everything(qtbot: Any) -> None:
     job = workstream.start(workers.count, 10)
     job.wait(timeout=30)

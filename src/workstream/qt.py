@@ -58,6 +58,8 @@ else:
 STATE_POLL_MS = 50
 """How often the bridge looks at ``job.state`` for ``state_changed`` (starting -> running)."""
 
+_LIVE: dict[int, QtJob] = {}  # bridges not yet ended (GUI thread only)
+
 
 class QtJob(QObject):
     """A QObject that streams a :class:`workstream.Job` into the Qt event loop.
@@ -135,6 +137,10 @@ class QtJob(QObject):
             parent.destroyed.connect(_Canceller(job))
         self._link = _WakeLink(self)
         self.destroyed.connect(self._link.disarm)
+        # Kept alive until it ended (or its C++ object died with its parent), so a bridge
+        # the caller did not keep still reports, and is never freed on a workstream thread.
+        _LIVE[id(self)] = self
+        self.destroyed.connect(_Forget(id(self)))
         self._remove_listener: Callable[[], None] = job.add_listener(self._link)
         self._state_timer.start()
         self._pump_timer.start(0)  # report the first state, or items already queued
@@ -254,6 +260,7 @@ class QtJob(QObject):
         self._state_timer.stop()
         self._link.disarm()
         self._remove_listener()
+        _LIVE.pop(id(self), None)
         self._check_state()
         outcome = self._job.outcome
         assert outcome is not None
@@ -298,6 +305,16 @@ class _WakeLink:
         """No wake is posted after this returns."""
         with self._lock:
             self._armed = False
+
+
+class _Forget:
+    """Drops a bridge from ``_LIVE`` (its ``destroyed``); holds no reference to it."""
+
+    def __init__(self, key: int) -> None:
+        self._key = key
+
+    def __call__(self, *_: object) -> None:
+        _LIVE.pop(self._key, None)
 
 
 class _Canceller:
