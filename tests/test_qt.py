@@ -212,16 +212,16 @@ def test_destroying_the_parent_cancels_the_job(qtbot: Any) -> None:
     QApplication.processEvents()  # a wake posted for the dead bridge must be harmless
 
 
-def test_event_loop_stays_responsive_while_the_child_floods(qtbot: Any) -> None:
-    """A 5 ms QTimer keeps firing while 300,000 items are delivered one by one: the
-    largest gap between two ticks stays far below a stall (bound generous for a noisy
-    shared machine; the measured figure is printed)."""
+def _flood_gap(qtbot: Any, n: int) -> tuple[float, float]:
+    """Deliver ``n`` items one by one while a 5 ms QTimer ticks; print and return the
+    widest and the median gap between two ticks (s)."""
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(5)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    n = 300_000
-    qjob = QtJob.start(workers.count, n)
+    # Unbounded buffer: the child runs far ahead, so one drain can return most of the
+    # stream; without time-boxed slices delivering it would stall the loop for good.
+    qjob = QtJob.start(workers.count, n, max_buffered_items=None)
     got: list[int] = []
     qjob.item.connect(got.append)
     timer.start()
@@ -231,13 +231,26 @@ def test_event_loop_stays_responsive_while_the_child_floods(qtbot: Any) -> None:
     elapsed = time.perf_counter() - t0
     timer.stop()
     assert got == list(range(n))
-    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) > 10, "the timer barely fired during the flood"
-    worst = max(gaps)
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     print(f"\n[qt timer gap] {n} items in {elapsed:.2f} s ({n / elapsed:,.0f}/s), "
-          f"{len(ticks)} ticks, max gap {worst * 1000:.1f} ms, "
+          f"{len(ticks)} ticks, max gap {max(gaps) * 1000:.1f} ms, "
           f"median {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
-    assert worst < 0.25, f"the event loop stalled {worst * 1000:.0f} ms"
+    return max(gaps), sorted(gaps)[len(gaps) // 2]
+
+
+def test_event_loop_stays_responsive_while_the_child_floods(qtbot: Any) -> None:
+    """A 5 ms QTimer keeps firing while 300,000 items are delivered one by one: the median
+    gap between ticks stays near a slice and the widest far below a stall (without time
+    boxes both last most of the delivery). Bounds are generous and a run may be repeated
+    twice: on a loaded shared machine the OS alone can stall a process."""
+    runs = []
+    for _ in range(3):
+        runs.append(_flood_gap(qtbot, 300_000))
+        widest, median = runs[-1]
+        if widest < 0.25 and median < 0.04:
+            return
+    pytest.fail(f"the event loop stalled in every run: (widest, median) gaps {runs} s")
 
 
 def test_latest_only_delivers_the_newest_item_at_most_once_per_frame(qtbot: Any) -> None:

@@ -193,9 +193,9 @@ def test_destroying_the_widget_cancels_the_job(root: Any) -> None:
     assert len(got) == seen, "a callback ran after the widget was destroyed"
 
 
-def test_event_loop_stays_responsive_while_the_child_floods(root: Any) -> None:
-    """A 5 ms after() tick keeps firing while 300,000 items are delivered one by one
-    (the measured maximum gap is printed; the bound is generous for a shared machine)."""
+def _flood_gap(root: Any, n: int) -> tuple[float, float]:
+    """Deliver ``n`` items one by one while a 5 ms after() ticks; print and return the
+    widest and the median gap between two ticks (s)."""
     ticks: list[float] = []
     done: list[object] = []
     got: list[int] = []
@@ -205,20 +205,42 @@ def test_event_loop_stays_responsive_while_the_child_floods(root: Any) -> None:
         if not done:
             root.after(5, tick)
 
-    n = 300_000
-    TkJob.start(workers.count, n, widget=root, on_item=got.append, on_done=done.append)
+    # Unbounded buffer: the child runs far ahead, so one drain can return most of the
+    # stream; without time-boxed slices delivering it would stall the loop for good.
+    def on_item(x: int) -> None:  # a consumer with some work to do: 10 us per item
+        end = time.perf_counter() + 1e-5
+        while time.perf_counter() < end:
+            pass
+        got.append(x)
+
+    TkJob.start(workers.count, n, widget=root, on_item=on_item, on_done=done.append,
+                max_buffered_items=None)
     root.after(5, tick)
     t0 = time.perf_counter()
     run_until(root, lambda: bool(done), timeout=60)
     elapsed = time.perf_counter() - t0
+    root.update()  # the last tick's after() runs and stops
     assert got == list(range(n))
-    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     assert len(ticks) > 10
-    worst = max(gaps)
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
     print(f"\n[tk timer gap] {n} items in {elapsed:.2f} s ({n / elapsed:,.0f}/s), "
-          f"{len(ticks)} ticks, max gap {worst * 1000:.1f} ms, "
+          f"{len(ticks)} ticks, max gap {max(gaps) * 1000:.1f} ms, "
           f"median {sorted(gaps)[len(gaps) // 2] * 1000:.1f} ms")
-    assert worst < 0.25, f"the Tk loop stalled {worst * 1000:.0f} ms"
+    return max(gaps), sorted(gaps)[len(gaps) // 2]
+
+
+def test_event_loop_stays_responsive_while_the_child_floods(root: Any) -> None:
+    """A 5 ms after() tick keeps firing while 60,000 items go one by one to a callback
+    that works at least 10 us on each: the
+    median gap stays near a slice, the widest far below a stall (generous bounds, up to
+    three runs: on a loaded shared machine the OS alone can stall a process)."""
+    runs = []
+    for _ in range(3):
+        runs.append(_flood_gap(root, 60_000))
+        widest, median = runs[-1]
+        if widest < 0.25 and median < 0.04:
+            return
+    pytest.fail(f"the Tk loop stalled in every run: (widest, median) gaps {runs} s")
 
 
 def test_latest_only_delivers_the_newest_item(root: Any) -> None:
