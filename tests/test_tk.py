@@ -8,6 +8,10 @@ Xvfb is not installed; .ci/run installs it).
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,17 +34,31 @@ BOUND = 30.0  # seconds: every wait on the Tk loop is bounded; a hang fails
 
 
 @pytest.fixture(scope="module")
-def root() -> Iterator[Any]:
-    """One Tk root on a private Xvfb display for the module (created before the leak
-    check's first snapshot: its X connection stays open until the module is done)."""
-    with xvfb_display() as display:
-        tk_root = tkinter.Tk(screenName=display)
-        tk_root.withdraw()
-        tk_root.update()
-        try:
-            yield tk_root
-        finally:
-            tk_root.destroy()
+def display() -> Iterator[str]:
+    """A private Xvfb display for the module."""
+    with xvfb_display() as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def root(display: str) -> Iterator[Any]:
+    """One Tk root on the module's display (created before the leak check's first
+    snapshot: its X connection stays open until the module is done)."""
+    tk_root = tkinter.Tk(screenName=display)
+    _KEEP.append(tk_root)
+    tk_root.withdraw()
+    tk_root.update()
+    try:
+        yield tk_root
+    finally:
+        tk_root.destroy()
+
+
+# A Tk interpreter must be freed by the thread that made it ("Tcl_AsyncDelete: async
+# handler deleted by the wrong thread" aborts the process otherwise). Left to the garbage
+# collector, a root caught in a reference cycle can be freed later on a job's runner
+# thread; kept here, it is freed at interpreter exit, on the main thread.
+_KEEP: list[Any] = []
 
 
 def run_until(root: Any, predicate: Callable[[], bool], timeout: float = BOUND) -> None:
@@ -317,3 +335,48 @@ def test_a_non_widget_is_refused() -> None:
     finally:
         job.wait(timeout=30)
     wait_until(lambda: not _registry.live_jobs(), 5, "the job to leave the registry")
+
+
+_GC_ON_ANOTHER_THREAD = textwrap.dedent(
+    """
+    import gc, sys, threading, tkinter
+    sys.path.insert(0, sys.argv[1])
+    import workers
+    from workstream.tk import TkJob
+
+    def window():
+        root = tkinter.Tk()
+        got = []
+        tkjob = TkJob.start(workers.forever, widget=root, on_item=got.append)
+        def check():
+            if len(got) >= 10:
+                root.destroy()  # closed mid-run: the job is cancelled, not yet reaped
+            else:
+                root.after(5, check)
+        root.after(5, check)
+        root.mainloop()
+        return tkjob.job
+
+    if __name__ == "__main__":
+        gc.disable()
+        job = window()  # the widget tree is now cyclic garbage
+        collector = threading.Thread(target=gc.collect)
+        collector.start()  # frees it on this other thread, as a runner thread could
+        collector.join()
+        job.wait(timeout=20)
+        print("no abort", job.outcome.kind, flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_window_freed_on_another_thread_does_not_abort(display: str) -> None:
+    """A Tk root closed mid-run and then garbage-collected on a non-Tk thread (a job's
+    runner thread can be that thread) must not abort the process (CPython gh-83274):
+    TkJob keeps the Tcl interpreter until exit."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _GC_ON_ANOTHER_THREAD, os.path.dirname(__file__)],
+        capture_output=True, text=True, timeout=50, env={**os.environ, "DISPLAY": display},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no abort cancelled" in proc.stdout

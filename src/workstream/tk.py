@@ -18,7 +18,9 @@ A callback that raises is reported as Tk reports any callback error
 (``report_callback_exception``) and delivery goes on. When ``widget`` is destroyed (the
 window closed) the job is cancelled (``cancel_on_destroy``) and polling stops; the child
 is gone within its grace, and at interpreter exit workstream cancels and reaps whatever
-still runs. Imports only workstream's public API and tkinter.
+still runs. The widget's Tcl interpreter is kept until exit (see :func:`_keep_interpreter`).
+Create and use a ``TkJob`` in the Tk thread. Imports only workstream's public API and
+tkinter.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class TkJob:
         _check_callbacks(callbacks)
         _check_poll(poll_ms)
         self._pacer = Pacer(job, latest_only=latest_only, max_rate=max_rate, slice_ms=slice_ms)
+        _keep_interpreter(widget.tk)
         self._job = job
         self._widget = widget
         self._on_item = on_item
@@ -281,6 +284,22 @@ class TkJob:
         self._anchor = None
         if self._cancel_on_destroy:
             self._job.cancel()
+
+
+_INTERPRETERS: list[Any] = []  # Tcl interpreters of bridged widgets, freed at exit
+
+
+def _keep_interpreter(tkapp: Any) -> None:
+    """Keep ``tkapp`` referenced until interpreter exit (Tk thread only).
+
+    A Tcl interpreter freed on another thread aborts the process ("Tcl_AsyncDelete: async
+    handler deleted by the wrong thread", CPython gh-83274). Tk widget trees are reference
+    cycles, so a closed window's root is freed by the garbage collector — on whichever
+    thread allocates at that moment, often a job's runner thread while the job is still
+    being cancelled. Kept here, the interpreter is freed at exit, on the main thread.
+    """
+    if not any(kept is tkapp for kept in _INTERPRETERS):
+        _INTERPRETERS.append(tkapp)
 
 
 def _check_widget(widget: object) -> None:
