@@ -239,6 +239,31 @@ def _flood_gap(qtbot: Any, n: int) -> tuple[float, float]:
     return max(gaps), sorted(gaps)[len(gaps) // 2]
 
 
+def test_a_slot_that_destroys_the_parent_mid_stream_is_safe(qtbot: Any) -> None:
+    """A slot deletes the bridge's parent (so the bridge) in the middle of a slice: no
+    further emit, no error from the dead bridge, and the job is cancelled."""
+    from shiboken6 import Shiboken
+
+    parent = QWidget()
+    qjob = QtJob.start(workers.forever, parent=parent)
+    job = qjob.job
+    got: list[object] = []
+
+    def on_item(x: object) -> None:
+        got.append(x)
+        if len(got) == 20:
+            Shiboken.delete(parent)
+
+    qjob.item.connect(on_item)
+    del qjob
+    qtbot.waitUntil(lambda: job.cancel_requested, timeout=WAIT_MS)
+    assert len(got) == 20
+    assert isinstance(job.wait(timeout=15), CancelledOutcome)
+    for _ in range(5):
+        QApplication.processEvents()
+    assert len(got) == 20
+
+
 def test_event_loop_stays_responsive_while_the_child_floods(qtbot: Any) -> None:
     """A 5 ms QTimer keeps firing while 300,000 items are delivered one by one: the median
     gap between ticks stays near a slice and the widest far below a stall (without time

@@ -234,6 +234,8 @@ class QtJob(QObject):
             return
         cap = PER_ITEM_CHUNK if self.isSignalConnected(self._item_method) else LIST_CHUNK
         delay = self._pacer.turn(self._emit_chunk, cap)
+        if not self._link.armed:  # a slot destroyed this bridge (with its parent)
+            return
         self._check_state()
         if delay is None:
             self._end()
@@ -241,11 +243,16 @@ class QtJob(QObject):
             self._pump_timer.start(math.ceil(delay * 1000))
 
     def _emit_chunk(self, chunk: list[Any]) -> None:
+        link = self._link
+        if not link.armed:
+            return
         if self.isSignalConnected(self._items_method):
             self.items.emit(chunk)
-        if self.isSignalConnected(self._item_method):
+        if link.armed and self.isSignalConnected(self._item_method):
             emit = self.item.emit
             for x in chunk:
+                if not link.armed:  # a slot destroyed this bridge: emit no more
+                    return
                 emit(x)
 
     def _check_state(self) -> None:
@@ -305,6 +312,11 @@ class _WakeLink:
         """No wake is posted after this returns."""
         with self._lock:
             self._armed = False
+
+    @property
+    def armed(self) -> bool:
+        """False once the bridge ended or began to be destroyed."""
+        return self._armed
 
 
 class _Forget:

@@ -231,6 +231,8 @@ class TkJob:
         on_item = self._on_item
         if on_item is not None:
             for x in chunk:
+                if self._detached:  # a callback destroyed the widget: deliver no more
+                    return
                 try:
                     on_item(x)
                 except Exception:
