@@ -39,7 +39,7 @@ from ._qt_compat import load
 from .qt import QtJob
 
 if TYPE_CHECKING:
-    from PySide6.QtCore import QPointF, QRectF, Qt, QTimer
+    from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, qInstallMessageHandler
     from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF
     from PySide6.QtWidgets import (
         QApplication,
@@ -52,8 +52,9 @@ if TYPE_CHECKING:
     )
 else:
     _qt = load()
-    QPointF, QRectF, Qt, QTimer = (getattr(_qt.QtCore, n) for n in
-                                   ("QPointF", "QRectF", "Qt", "QTimer"))
+    QPointF, QRectF, Qt, QTimer, qInstallMessageHandler = (
+        getattr(_qt.QtCore, n) for n in
+        ("QPointF", "QRectF", "Qt", "QTimer", "qInstallMessageHandler"))
     QCloseEvent, QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF = (
         getattr(_qt.QtGui, n) for n in
         ("QCloseEvent", "QColor", "QFont", "QPainter", "QPaintEvent", "QPen", "QPolygonF"))
@@ -82,12 +83,14 @@ def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
     if problem is not None:
         print(problem, file=sys.stderr)
         return EXIT_USAGE
+    previous = qInstallMessageHandler(_quiet_offscreen_notice)
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "workstream"])
     QApplication.setStyle("Fusion")
     window = DemoWindow(settings, screenshot)
     window.show()
     window.start_job()
     app.exec()
+    qInstallMessageHandler(previous)
     outcome = window.wait_for_last_job(settings.grace + 5.0)
     if outcome is None:
         print("outcome: none (no job was started)")
@@ -114,6 +117,13 @@ def report_lines(
     if screenshot is not None:
         rows.append(("screenshot", screenshot))
     return rows
+
+
+def _quiet_offscreen_notice(mode: Any, context: Any, message: str) -> None:
+    """Qt's message handler: drop the offscreen platform's notice about size hints (noise
+    in every headless run), print the rest as Qt would."""
+    if "does not support propagateSizeHints" not in message:
+        print(message, file=sys.stderr)
 
 
 def _no_display() -> str | None:
