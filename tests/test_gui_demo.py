@@ -64,6 +64,7 @@ def test_clean_stop_saves_a_screenshot() -> None:
     rows = report(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert rows["outcome"] == "cancelled", proc.stdout
+    assert rows["stopped by"] == "--stop-after 1.5 s"
     assert rows["rung"] == "cooperative"
     assert float(rows["stop latency"].removesuffix(" ms")) < 1000
     assert int(rows["items received"]) > 0
@@ -185,7 +186,7 @@ def test_stop_then_kill_now_on_a_stuck_worker(qtbot: Any) -> None:
     outcome = blocker.args[0]
     assert isinstance(outcome, CancelledOutcome) and outcome.rung == "sigkill", outcome
     assert outcome.stop_latency is not None and outcome.stop_latency < 30
-    assert "killed" in win.status.text()
+    assert "cancelled by Kill now: the worker was killed" in win.status.text()
     assert win.start_button.isEnabled() and not win.stop_button.isEnabled()
     win.settings = DemoSettings(steps=20)
     win.start_job()

@@ -96,17 +96,21 @@ def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
         print("outcome: none (no job was started)")
         return EXIT_OK
     left = leftover_processes(outcome.pid)
-    for label, value in report_lines(outcome, window.items_received, left.count, screenshot):
+    rows = report_lines(outcome, window.items_received, left.count, screenshot,
+                        window.stopped_by)
+    for label, value in rows:
         print(f"{label}: {value}")
     return exit_status(outcome, left) if not window.screenshot_error else EXIT_FAILED
 
 
 def report_lines(
-    outcome: Outcome, items: int, left: int, screenshot: str | None
+    outcome: Outcome, items: int, left: int, screenshot: str | None,
+    stopped_by: str | None = None,
 ) -> list[tuple[str, str]]:
     """The short report printed after the window closed, as (label, value) pairs."""
     rows = [("outcome", outcome.kind), ("items received", str(items))]
     if isinstance(outcome, CancelledOutcome):
+        rows.append(("stopped by", stopped_by or "closing the window"))
         rows.append(("rung", outcome.rung))
         if outcome.stop_latency is not None:
             rows.append(("stop latency", f"{outcome.stop_latency * 1000:.0f} ms"))
@@ -223,6 +227,7 @@ class DemoWindow(QWidget):
         self.items_received = 0
         self._stop_presses = 0
         self._auto_stop_armed = False
+        self.stopped_by: str | None = None
         self.setWindowTitle("workstream demo")
         title = QLabel(
             f"<b>workstream demo</b>: a 2-{_demo.HIDDEN}-1 tanh MLP (numpy) learns two "
@@ -243,7 +248,7 @@ class DemoWindow(QWidget):
         self.start_button = QPushButton("Start", self)
         self.stop_button = QPushButton("Stop", self)
         self.start_button.clicked.connect(self.start_job)
-        self.stop_button.clicked.connect(self.press_stop)
+        self.stop_button.clicked.connect(lambda: self.press_stop("the Stop button"))
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
@@ -269,6 +274,7 @@ class DemoWindow(QWidget):
                                fail_at=s.fail_at)
         self.items_received = 0
         self._stop_presses = 0
+        self.stopped_by = None
         self.plot.clear(s.steps)
         self.progress.setValue(0)
         try:
@@ -284,21 +290,23 @@ class DemoWindow(QWidget):
         self._set_running(True)
         self.status.setText("starting the worker process…")
 
-    def press_stop(self) -> None:
+    def press_stop(self, by: str = "the Stop button") -> None:
         """Stop: the first press cancels (cooperative, SIGTERM, SIGKILL at the grace);
-        the second kills now."""
+        the second kills now. ``by`` says who pressed it, for the status line."""
         if self.qjob is None or self.qjob.ended():
             return
         self._stop_presses += 1
         if self._stop_presses == 1:
+            self.stopped_by = by
             self.qjob.cancel()
             self.stop_button.setText("Kill now")
         else:
+            self.stopped_by = "Kill now"
             self.qjob.kill()
 
     def _auto_stop(self) -> None:
         if self.qjob is not None and not self.qjob.ended():
-            self.press_stop()
+            self.press_stop(f"--stop-after {self.settings.stop_after:g} s")
 
     def _on_items(self, items: list[dict[str, Any]]) -> None:
         if self.qjob is None:
@@ -327,7 +335,7 @@ class DemoWindow(QWidget):
 
     def _on_finished(self, outcome: Outcome) -> None:
         self._set_running(False)
-        self.status.setText(describe_outcome(outcome, self.items_received))
+        self.status.setText(describe_outcome(outcome, self.items_received, self.stopped_by))
         if self.settings.stop_after is not None:
             QTimer.singleShot(_AUTO_CLOSE_MS, self.close)
 
@@ -360,8 +368,8 @@ class DemoWindow(QWidget):
         event.accept()
 
 
-def describe_outcome(outcome: Outcome, items: int) -> str:
-    """The status line for an ended job."""
+def describe_outcome(outcome: Outcome, items: int, stopped_by: str | None = None) -> str:
+    """The status line for an ended job (``stopped_by``: who pressed Stop)."""
     if isinstance(outcome, Completed):
         value = outcome.value if isinstance(outcome.value, dict) else {}
         return (f"completed · {items} steps · final loss {value.get('final_loss', math.nan):.4f}"
@@ -371,8 +379,9 @@ def describe_outcome(outcome: Outcome, items: int) -> str:
         latency = ("?" if outcome.stop_latency is None
                    else f"{outcome.stop_latency * 1000:.0f} ms")
         how = RUNG_MEANING.get(outcome.rung, outcome.rung)
-        return (f"cancelled: {how} · stop latency {latency} · {items} steps received · "
-                f"child {describe_exit(outcome.exit_code)}")
+        by = f" by {stopped_by}" if stopped_by else ""
+        return (f"cancelled{by}: {how} · stop latency {latency} · {items} steps received"
+                f" · child {describe_exit(outcome.exit_code)}")
     if isinstance(outcome, (Failed, Crashed)):
         first = str(outcome.error).split("\n\n", 1)[0]
         return f"{outcome.kind}: {first}"
