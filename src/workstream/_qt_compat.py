@@ -21,14 +21,13 @@ INSTALL_HINT = "pip install 'workstream[qt]'"
 
 
 def _order() -> list[str]:
+    """The bindings to try, best first (see the module docstring)."""
     wanted = os.environ.get("QT_API", "").strip().lower()
-    order = list(BINDINGS)
-    for name in BINDINGS:
-        if name.lower() == wanted or name in sys.modules:
-            order.remove(name)
-            order.insert(0, name)
-            break
-    return order
+    chosen = next((n for n in BINDINGS if n.lower() == wanted), None) or next(
+        (n for n in BINDINGS if n in sys.modules), None)
+    if chosen is None:
+        return list(BINDINGS)
+    return [chosen, *(n for n in BINDINGS if n != chosen)]
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,10 @@ class QtJob(QObject):
             outcome (``outcome.error`` is the exception, ``str()`` it for a message).
         finished(object): the outcome, whatever it is.
 
+    One bridge per job: it takes the job's items (as an iterating thread would). A bridge
+    keeps itself alive until ``finished``, so it need not be stored; give it a ``parent``
+    to tie its life (and the job's) to a window.
+
     Window close: call :meth:`cancel` in the window's ``closeEvent`` (or give the bridge
     the window as ``parent``: when the parent is destroyed the job is cancelled). The
     call never blocks; the child is gone within its grace, and at interpreter exit
