@@ -462,3 +462,17 @@ def test_the_bridge_also_runs_on_pyqt6() -> None:
                           text=True, timeout=50)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "pyqt6 ok" in proc.stdout
+
+
+def test_binding_choice_follows_qt_api_then_what_is_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workstream import _qt_compat
+
+    monkeypatch.setenv("QT_API", "pyqt6")
+    assert _qt_compat._order() == ["PyQt6", "PySide6"]
+    monkeypatch.setenv("QT_API", "PySide6")
+    assert _qt_compat._order() == ["PySide6", "PyQt6"]
+    monkeypatch.delenv("QT_API")
+    assert "PySide6" in sys.modules  # this test process uses PySide6
+    assert _qt_compat._order()[0] == "PySide6"
