@@ -476,3 +476,15 @@ def test_binding_choice_follows_qt_api_then_what_is_imported(
     monkeypatch.delenv("QT_API")
     assert "PySide6" in sys.modules  # this test process uses PySide6
     assert _qt_compat._order()[0] == "PySide6"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_gui_gap_bench_runs() -> None:
+    """bench/gui_gap.py --quick runs to its table (the README quotes its figures)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "bench.gui_gap", "--quick"], cwd=root,
+                          capture_output=True, text=True, timeout=100,
+                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("QtJob (time-boxed slices)") == 2, proc.stdout
