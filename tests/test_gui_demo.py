@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import struct
 import subprocess
 import sys
@@ -96,6 +97,30 @@ def test_a_failing_worker_exits_1_and_shows_the_error() -> None:
     assert rows["outcome"] == "failed"
     assert "InjectedFailure" in rows["error"]
     assert rows["items received"] == "3"
+    assert rows["processes left"] == "0"
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_closes_the_window_and_stops_the_job() -> None:
+    """SIGINT while training (Qt's loop running) closes the window; the job ends
+    cancelled, the report says Ctrl-C, exit 0, nothing left."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # inherited: Python keeps it
+        pytest.skip("SIGINT is ignored in this process (and so in the demo): no Ctrl-C")
+    with subprocess.Popen([*DEMO, "--steps", "1000000"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=ENV) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            assert "is training" in first, first
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=40)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    rows = report(out)
+    assert proc.returncode == 0, out + err
+    assert rows["outcome"] == "cancelled"
+    assert rows["stopped by"] == "Ctrl-C"
     assert rows["processes left"] == "0"
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -89,8 +90,18 @@ def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
     window = DemoWindow(settings, screenshot)
     window.show()
     window.start_job()
-    app.exec()
-    qInstallMessageHandler(previous)
+    # Ctrl-C in the terminal closes the window (which cancels the job). Python runs signal
+    # handlers only between bytecodes, so a slow timer gives it the chance in Qt's loop.
+    old_sigint = signal.signal(signal.SIGINT, lambda *_: window.close_by("Ctrl-C"))
+    heartbeat = QTimer()
+    heartbeat.timeout.connect(lambda: None)
+    heartbeat.start(200)
+    try:
+        app.exec()
+    finally:
+        heartbeat.stop()
+        signal.signal(signal.SIGINT, old_sigint)
+        qInstallMessageHandler(previous)
     outcome = window.wait_for_last_job(settings.grace + 5.0)
     if outcome is None:
         print("outcome: none (no job was started)")
@@ -228,6 +239,7 @@ class DemoWindow(QWidget):
         self._stop_presses = 0
         self._auto_stop_armed = False
         self.stopped_by: str | None = None
+        self._closing = False
         self.setWindowTitle("workstream demo")
         title = QLabel(
             f"<b>workstream demo</b>: a 2-{_demo.HIDDEN}-1 tanh MLP (numpy) learns two "
@@ -311,10 +323,13 @@ class DemoWindow(QWidget):
     def _on_items(self, items: list[dict[str, Any]]) -> None:
         if self.qjob is None:
             return
-        if self.items_received == 0 and self.settings.stop_after is not None \
-                and not self._auto_stop_armed:
-            self._auto_stop_armed = True
-            QTimer.singleShot(round(self.settings.stop_after * 1000), self._auto_stop)
+        if self._closing:  # the window is closed; the job is being cancelled
+            return
+        if self.items_received == 0:
+            print(f"worker pid {self.qjob.job.pid} is training", flush=True)
+            if self.settings.stop_after is not None and not self._auto_stop_armed:
+                self._auto_stop_armed = True
+                QTimer.singleShot(round(self.settings.stop_after * 1000), self._auto_stop)
         self.items_received += len(items)
         self.plot.add(items)
         last = items[-1]
@@ -351,12 +366,23 @@ class DemoWindow(QWidget):
             return None
         job = self.qjob.job
         job.cancel()  # no-op if it ended; the window is gone, nobody else will
-        return job.wait(timeout)
+        try:
+            return job.wait(timeout)
+        except TimeoutError:  # short of a bug, SIGKILL came at the grace already
+            job.cancel(grace=0.0)
+            return job.wait(10.0)
 
     # -- the window -------------------------------------------------------------
 
+    def close_by(self, reason: str) -> None:
+        """Close the window (which cancels a running job); ``reason`` is reported."""
+        if self.qjob is not None and not self.qjob.ended() and self.stopped_by is None:
+            self.stopped_by = reason
+        self.close()
+
     def closeEvent(self, event: QCloseEvent) -> None:
         """Save the screenshot if asked, cancel a running job (never waits), close."""
+        self._closing = True
         if self.screenshot is not None:
             os.makedirs(os.path.dirname(os.path.abspath(self.screenshot)), exist_ok=True)
             if not self.grab().save(self.screenshot, "PNG"):
@@ -364,6 +390,8 @@ class DemoWindow(QWidget):
                       file=sys.stderr)
                 self.screenshot_error = True
         if self.qjob is not None and not self.qjob.ended():
+            if self.stopped_by is None:
+                self.stopped_by = "closing the window"
             self.qjob.cancel()
         event.accept()
 
