@@ -85,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "demo":
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    if args.gui:
+        return run_gui(args)
+    if args.screenshot is not None:
+        parser.error("--screenshot needs --gui")
     try:
         return run_demo(DemoSettings.from_args(args))
     except KeyboardInterrupt:  # outside the live view; a started job is stopped at exit
@@ -126,7 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     demo.add_argument("--fail-at", type=_non_negative_int, default=None, metavar="STEP",
                       help="make the worker raise at STEP (to see how a failure is reported)")
+    demo.add_argument("--gui", action="store_true",
+                      help="show the demo in a Qt window (needs PySide6: "
+                           "pip install 'workstream[demo,qt]'); with --stop-after the window "
+                           "closes by itself once the job has ended")
+    demo.add_argument("--screenshot", default=None, metavar="PATH",
+                      help="with --gui: save the window as a PNG just before it closes")
     return parser
+
+
+def run_gui(args: argparse.Namespace) -> int:
+    """``workstream demo --gui``: the Qt window (imported only now); 2 if Qt or numpy is
+    missing."""
+    try:
+        from ._gui_demo import run_gui_demo
+    except ImportError as exc:
+        print(f"workstream demo --gui needs numpy and PySide6: {exc}\n"
+              "Install them with:  pip install 'workstream[demo,qt]'", file=sys.stderr)
+        return EXIT_USAGE
+    return run_gui_demo(DemoSettings.from_args(args), args.screenshot)
 
 
 def _positive_int(text: str) -> int:

@@ -1,0 +1,416 @@
+"""``workstream demo --gui``: the training demo in a Qt window.
+
+A window with Start and Stop buttons, a live loss/accuracy curve (a small QPainter
+widget), a progress bar and a status line (running / cancelling / the outcome and the
+stop latency). The worker is the terminal demo's (:func:`workstream._demo.train`), bridged
+to the GUI thread by :class:`workstream.qt.QtJob`; the GUI thread never waits for it.
+Stop asks the worker to stop (grace from ``--grace``); pressed again it kills at once.
+Closing the window cancels a running job and returns at once.
+
+Headless: ``--stop-after S`` presses Stop S seconds after the first step and closes the
+window when the job has ended; ``--screenshot PATH`` saves the window as a PNG just
+before it closes; with ``QT_QPA_PLATFORM=offscreen`` no display is needed. Exit status as
+the terminal demo: 0 after completion or a clean stop, 1 failed/crashed/left a process,
+2 missing dependencies or no display.
+
+Imported only when ``--gui`` is given (``_cli`` turns an ImportError here into an
+install hint); imports Qt through :mod:`workstream._qt_compat`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING, Any
+
+from . import CancelledOutcome, Completed, Crashed, Failed, Outcome, _demo
+from ._cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    DemoSettings,
+    describe_exit,
+    exit_status,
+    leftover_processes,
+)
+from ._qt_compat import load
+from .qt import QtJob
+
+if TYPE_CHECKING:
+    from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, qInstallMessageHandler
+    from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF
+    from PySide6.QtWidgets import (
+        QApplication,
+        QHBoxLayout,
+        QLabel,
+        QProgressBar,
+        QPushButton,
+        QVBoxLayout,
+        QWidget,
+    )
+else:
+    _qt = load()
+    QPointF, QRectF, Qt, QTimer, qInstallMessageHandler = (
+        getattr(_qt.QtCore, n) for n in
+        ("QPointF", "QRectF", "Qt", "QTimer", "qInstallMessageHandler"))
+    QCloseEvent, QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF = (
+        getattr(_qt.QtGui, n) for n in
+        ("QCloseEvent", "QColor", "QFont", "QPainter", "QPaintEvent", "QPen", "QPolygonF"))
+    QApplication, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget = (
+        getattr(_qt.QtWidgets, n) for n in
+        ("QApplication", "QHBoxLayout", "QLabel", "QProgressBar", "QPushButton",
+         "QVBoxLayout", "QWidget"))
+
+RUNG_MEANING = {
+    "before-start": "before the worker started",
+    "cooperative": "the worker stopped at a yield",
+    "sigterm": "SIGTERM raised Cancelled in the worker",
+    "sigkill": "the worker was killed at the end of the grace",
+}
+_AUTO_CLOSE_MS = 150  # after the job ended, with --stop-after: let the last frame paint
+
+
+def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
+    """Open the demo window, run its event loop, and return the exit status.
+
+    Returns only once the window is closed and the job has ended (a job still running
+    when the window closed was cancelled; its grace bounds the wait). Prints a short
+    report on stdout: outcome, stop latency, processes left, the screenshot's path.
+    """
+    problem = _no_display()
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    previous = qInstallMessageHandler(_quiet_offscreen_notice)
+    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "workstream"])
+    QApplication.setStyle("Fusion")
+    window = DemoWindow(settings, screenshot)
+    window.show()
+    window.start_job()
+    # Ctrl-C in the terminal closes the window (which cancels the job). Python runs signal
+    # handlers only between bytecodes, so a slow timer gives it the chance in Qt's loop.
+    old_sigint = signal.signal(signal.SIGINT, lambda *_: window.close_by("Ctrl-C"))
+    heartbeat = QTimer()
+    heartbeat.timeout.connect(lambda: None)
+    heartbeat.start(200)
+    try:
+        app.exec()
+    finally:
+        heartbeat.stop()
+        signal.signal(signal.SIGINT, old_sigint)
+        qInstallMessageHandler(previous)
+    outcome = window.wait_for_last_job(settings.grace + 5.0)
+    if outcome is None:
+        print("outcome: none (no job was started)")
+        return EXIT_OK
+    left = leftover_processes(outcome.pid)
+    rows = report_lines(outcome, window.items_received, left.count, screenshot,
+                        window.stopped_by)
+    for label, value in rows:
+        print(f"{label}: {value}")
+    return exit_status(outcome, left) if not window.screenshot_error else EXIT_FAILED
+
+
+def report_lines(
+    outcome: Outcome, items: int, left: int, screenshot: str | None,
+    stopped_by: str | None = None,
+) -> list[tuple[str, str]]:
+    """The short report printed after the window closed, as (label, value) pairs."""
+    rows = [("outcome", outcome.kind), ("items received", str(items))]
+    if isinstance(outcome, CancelledOutcome):
+        rows.append(("stopped by", stopped_by or "closing the window"))
+        rows.append(("rung", outcome.rung))
+        if outcome.stop_latency is not None:
+            rows.append(("stop latency", f"{outcome.stop_latency * 1000:.0f} ms"))
+    if isinstance(outcome, (Failed, Crashed)):
+        rows.append(("error", str(outcome.error).split("\n\n", 1)[0]))
+    rows.append(("child", f"pid {outcome.pid}, {describe_exit(outcome.exit_code)}"))
+    rows.append(("processes left", str(left)))
+    if screenshot is not None:
+        rows.append(("screenshot", screenshot))
+    return rows
+
+
+def _quiet_offscreen_notice(mode: Any, context: Any, message: str) -> None:
+    """Qt's message handler: drop the offscreen platform's notice about size hints (noise
+    in every headless run), print the rest as Qt would."""
+    if "does not support propagateSizeHints" not in message:
+        print(message, file=sys.stderr)
+
+
+def _no_display() -> str | None:
+    """A message if Qt would find no display to open (it would abort), else None."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "")
+    if not platform and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return ("workstream demo --gui: no display (DISPLAY is not set). Run it headless with "
+                "QT_QPA_PLATFORM=offscreen, e.g.\n  QT_QPA_PLATFORM=offscreen workstream demo "
+                "--gui --stop-after 1 --screenshot demo.png")
+    return None
+
+
+class LossPlot(QWidget):
+    """The loss (left axis, log-free linear scale) and accuracy (right axis, 0-100 %)
+    of every step received so far, drawn with QPainter."""
+
+    def __init__(self, total_steps: int, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.total = total_steps
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.accuracies: list[float] = []
+        self.setMinimumSize(560, 300)
+
+    def clear(self, total_steps: int) -> None:
+        self.total = total_steps
+        self.steps, self.losses, self.accuracies = [], [], []
+        self.update()
+
+    def add(self, items: list[dict[str, Any]]) -> None:
+        for item in items:
+            self.steps.append(item["step"])
+            self.losses.append(item["loss"])
+            self.accuracies.append(item["accuracy"])
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        p.fillRect(self.rect(), QColor("#ffffff"))
+        left, top, right, bottom = 56.0, 28.0, 56.0, 36.0
+        area = QRectF(left, top, self.width() - left - right, self.height() - top - bottom)
+        top_loss = max(self.losses[:50], default=1.0) * 1.05 or 1.0
+        grid = QPen(QColor("#e3e3e3"))
+        p.setFont(QFont(p.font().family(), 8))
+        for i in range(5):
+            y = area.top() + area.height() * i / 4
+            p.setPen(grid)
+            p.drawLine(QPointF(area.left(), y), QPointF(area.right(), y))
+            p.setPen(QColor("#1f5fbf"))
+            p.drawText(QRectF(0, y - 8, left - 6, 16), Qt.AlignmentFlag.AlignRight
+                       | Qt.AlignmentFlag.AlignVCenter, f"{top_loss * (4 - i) / 4:.2f}")
+            p.setPen(QColor("#2e8b3a"))
+            p.drawText(QRectF(area.right() + 6, y - 8, right, 16),
+                       Qt.AlignmentFlag.AlignVCenter, f"{100 * (4 - i) / 4:.0f}%")
+        p.setPen(QColor("#555555"))
+        p.drawRect(area)
+        for i in range(5):
+            x = area.left() + area.width() * i / 4
+            p.drawText(QRectF(x - 30, area.bottom() + 2, 60, 14), Qt.AlignmentFlag.AlignCenter,
+                       f"{round(self.total * i / 4)}")
+        p.drawText(QRectF(area.left(), area.bottom() + 16, area.width(), 16),
+                   Qt.AlignmentFlag.AlignCenter, "training step")
+        p.setPen(QColor("#1f5fbf"))
+        p.drawText(QRectF(area.left(), 4, 200, 18), Qt.AlignmentFlag.AlignLeft,
+                   "loss (cross-entropy)")
+        p.setPen(QColor("#2e8b3a"))
+        p.drawText(QRectF(area.right() - 200, 4, 200, 18), Qt.AlignmentFlag.AlignRight,
+                   "accuracy")
+        if self.steps:
+            x_scale = area.width() / max(1, self.total)
+            stride = max(1, len(self.steps) // max(1, int(area.width())))
+            for values, scale, colour in (
+                (self.losses, top_loss, "#1f5fbf"),
+                (self.accuracies, 1.0, "#2e8b3a"),
+            ):
+                line = QPolygonF()
+                for i in range(0, len(self.steps), stride):
+                    v = min(max(values[i] / scale, 0.0), 1.0) if math.isfinite(values[i]) else 0
+                    line.append(QPointF(area.left() + self.steps[i] * x_scale,
+                                        area.bottom() - v * area.height()))
+                pen = QPen(QColor(colour))
+                pen.setWidthF(2.0)
+                p.setPen(pen)
+                p.drawPolyline(line)
+        p.end()
+
+class DemoWindow(QWidget):
+    """The demo window: plot, progress, status, Start/Stop. Never blocks."""
+
+    def __init__(self, settings: DemoSettings, screenshot: str | None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.screenshot = screenshot
+        self.screenshot_error = False
+        self.qjob: QtJob | None = None
+        self.items_received = 0
+        self._stop_presses = 0
+        self._auto_stop_armed = False
+        self.stopped_by: str | None = None
+        self._closing = False
+        self.setWindowTitle("workstream demo")
+        title = QLabel(
+            f"<b>workstream demo</b>: a 2-{_demo.HIDDEN}-1 tanh MLP (numpy) learns two "
+            f"spirals ({_demo.POINTS} points) in a worker process", self)
+        title.setWordWrap(True)
+        method = settings.start_method or "forkserver"
+        extra = " · <b>--stuck</b>: the worker enters a long C call at step " \
+            f"{_demo.STUCK_AT_STEP}" if settings.stuck else ""
+        self.details = QLabel(f"start method {method} · grace {settings.grace:g} s{extra}",
+                              self)
+        self.plot = LossPlot(settings.steps, self)
+        self.progress = QProgressBar(self)
+        self.progress.setRange(0, settings.steps)
+        self.progress.setFormat("step %v of %m")
+        self.status = QLabel("ready", self)
+        self.status.setWordWrap(True)
+        self.status.setMinimumHeight(36)
+        self.start_button = QPushButton("Start", self)
+        self.stop_button = QPushButton("Stop", self)
+        self.start_button.clicked.connect(self.start_job)
+        self.stop_button.clicked.connect(lambda: self.press_stop("the Stop button"))
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.start_button)
+        buttons.addWidget(self.stop_button)
+        buttons.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.addWidget(title)
+        layout.addWidget(self.details)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addLayout(buttons)
+        self.resize(680, 500)
+        self._set_running(False)
+
+    # -- the job ----------------------------------------------------------------
+
+    def start_job(self) -> None:
+        """Start a training job (when none runs); never blocks."""
+        if self.qjob is not None and not self.qjob.ended():
+            return
+        s = self.settings
+        fn = functools.partial(_demo.train, s.steps, seed=s.seed, stuck=s.stuck,
+                               fail_at=s.fail_at)
+        self.items_received = 0
+        self._stop_presses = 0
+        self.stopped_by = None
+        self.plot.clear(s.steps)
+        self.progress.setValue(0)
+        try:
+            qjob = QtJob.start(fn, parent=self, max_rate=60, grace=s.grace,
+                               start_method=s.start_method, name="workstream-demo")
+        except (TypeError, ValueError) as exc:
+            self.status.setText(f"could not start the worker: {exc}")
+            return
+        self.qjob = qjob
+        qjob.items.connect(self._on_items)
+        qjob.state_changed.connect(self._on_state)
+        qjob.finished.connect(self._on_finished)
+        self._set_running(True)
+        self.status.setText("starting the worker process…")
+
+    def press_stop(self, by: str = "the Stop button") -> None:
+        """Stop: the first press cancels (cooperative, SIGTERM, SIGKILL at the grace);
+        the second kills now. ``by`` says who pressed it, for the status line."""
+        if self.qjob is None or self.qjob.ended():
+            return
+        self._stop_presses += 1
+        if self._stop_presses == 1:
+            self.stopped_by = by
+            self.qjob.cancel()
+            self.stop_button.setText("Kill now")
+        else:
+            self.stopped_by = "Kill now"
+            self.qjob.kill()
+
+    def _auto_stop(self) -> None:
+        if self.qjob is not None and not self.qjob.ended():
+            self.press_stop(f"--stop-after {self.settings.stop_after:g} s")
+
+    def _on_items(self, items: list[dict[str, Any]]) -> None:
+        if self.qjob is None:
+            return
+        if self._closing:  # the window is closed; the job is being cancelled
+            return
+        if self.items_received == 0:
+            print(f"worker pid {self.qjob.job.pid} is training", flush=True)
+            if self.settings.stop_after is not None and not self._auto_stop_armed:
+                self._auto_stop_armed = True
+                QTimer.singleShot(round(self.settings.stop_after * 1000), self._auto_stop)
+        self.items_received += len(items)
+        self.plot.add(items)
+        last = items[-1]
+        self.progress.setValue(last["step"] + 1)
+        state = self.qjob.job.state.value
+        text = (f"{state} · pid {self.qjob.job.pid} · step {last['step'] + 1} · "
+                f"loss {last['loss']:.4f} · accuracy {last['accuracy']:.1%}")
+        if any("stuck" in item for item in items):
+            text = ("running · the worker is now in a long C call that cannot see a "
+                    "cooperative cancel: Stop escalates to SIGTERM, then SIGKILL "
+                    f"at {self.settings.grace:g} s")
+        self.status.setText(text)
+
+    def _on_state(self, state: str) -> None:
+        if state == "cancelling":
+            self.status.setText(f"cancelling… (the worker has {self.settings.grace:g} s "
+                                "before SIGKILL; press Kill now to kill it at once)")
+
+    def _on_finished(self, outcome: Outcome) -> None:
+        self._set_running(False)
+        self.status.setText(describe_outcome(outcome, self.items_received, self.stopped_by))
+        if self.settings.stop_after is not None:
+            QTimer.singleShot(_AUTO_CLOSE_MS, self.close)
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.stop_button.setText("Stop")
+
+    def wait_for_last_job(self, timeout: float) -> Outcome | None:
+        """After the event loop: the last job's outcome, waiting (at most ``timeout``
+        s) for a job that was cancelled by the window's close."""
+        if self.qjob is None:
+            return None
+        job = self.qjob.job
+        job.cancel()  # no-op if it ended; the window is gone, nobody else will
+        try:
+            return job.wait(timeout)
+        except TimeoutError:  # short of a bug, SIGKILL came at the grace already
+            job.cancel(grace=0.0)
+            return job.wait(10.0)
+
+    # -- the window -------------------------------------------------------------
+
+    def close_by(self, reason: str) -> None:
+        """Close the window (which cancels a running job); ``reason`` is reported."""
+        if self.qjob is not None and not self.qjob.ended() and self.stopped_by is None:
+            self.stopped_by = reason
+        self.close()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """Save the screenshot if asked, cancel a running job (never waits), close."""
+        self._closing = True
+        if self.screenshot is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.screenshot)), exist_ok=True)
+            if not self.grab().save(self.screenshot, "PNG"):
+                print(f"could not save the screenshot to {self.screenshot}",
+                      file=sys.stderr)
+                self.screenshot_error = True
+        if self.qjob is not None and not self.qjob.ended():
+            if self.stopped_by is None:
+                self.stopped_by = "closing the window"
+            self.qjob.cancel()
+        event.accept()
+
+
+def describe_outcome(outcome: Outcome, items: int, stopped_by: str | None = None) -> str:
+    """The status line for an ended job (``stopped_by``: who pressed Stop)."""
+    if isinstance(outcome, Completed):
+        value = outcome.value if isinstance(outcome.value, dict) else {}
+        return (f"completed · {items} steps · final loss {value.get('final_loss', math.nan):.4f}"
+                f" · accuracy {value.get('final_accuracy', math.nan):.1%} · "
+                f"{outcome.duration:.2f} s")
+    if isinstance(outcome, CancelledOutcome):
+        latency = ("?" if outcome.stop_latency is None
+                   else f"{outcome.stop_latency * 1000:.0f} ms")
+        how = RUNG_MEANING.get(outcome.rung, outcome.rung)
+        by = f" by {stopped_by}" if stopped_by else ""
+        return (f"cancelled{by}: {how} · stop latency {latency} · {items} steps received"
+                f" · child {describe_exit(outcome.exit_code)}")
+    if isinstance(outcome, (Failed, Crashed)):
+        first = str(outcome.error).split("\n\n", 1)[0]
+        return f"{outcome.kind}: {first}"
+    return outcome.kind

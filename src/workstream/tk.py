@@ -1,0 +1,323 @@
+"""Tkinter integration: :class:`TkJob` delivers a job's items and outcome to callbacks
+that run in the Tk thread.
+
+::
+
+    tkjob = TkJob.start(train, 100, widget=root, on_item=show, on_done=show_outcome)
+    stop = tk.Button(root, text="Stop", command=tkjob.cancel)   # never blocks
+
+How it works: Tk must only be called from its own thread, and a workstream thread must
+never wait for it, so the bridge polls. While the job runs, an ``after()`` timer (every
+``poll_ms``, 10 ms by default) drains the job — non-blocking — and calls the callbacks in
+time-boxed slices (``slice_ms``, 8 ms by default); what is left is delivered by the next
+``after()``, so Tk redraws and handles input in between. ``latest_only`` and ``max_rate``
+work as in :mod:`workstream.qt` (see :class:`workstream._pacing.Pacer`). Polling stops by
+itself once the outcome was delivered.
+
+A callback that raises is reported as Tk reports any callback error
+(``report_callback_exception``) and delivery goes on. When ``widget`` is destroyed (the
+window closed) the job is cancelled (``cancel_on_destroy``) and polling stops; the child
+is gone within its grace, and at interpreter exit workstream cancels and reaps whatever
+still runs. The widget's Tcl interpreter is kept until exit (see :func:`_keep_interpreter`).
+Create and use a ``TkJob`` in the Tk thread. Imports only workstream's public API and
+tkinter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import tkinter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import CancelledOutcome, Completed, Crashed, Failed, Job, Outcome
+from . import start as _start
+from ._pacing import DEFAULT_SLICE_MS, LIST_CHUNK, PER_ITEM_CHUNK, Pacer, check_options
+
+DEFAULT_POLL_MS = 10
+"""How often a running job is polled when no items are waiting (milliseconds)."""
+
+Callback = Callable[[Any], object]
+
+
+class TkJob:
+    """Streams a :class:`workstream.Job` into the Tk event loop through callbacks.
+
+    All callbacks run in the Tk thread. Order: ``on_item`` (each item) and ``on_items``
+    (lists of consecutive items) for every item — or, with ``latest_only``, the newest —
+    then ``on_state`` with the final state, then one of ``on_completed(value)`` /
+    ``on_cancelled(outcome)`` / ``on_failed(outcome)`` (a ``Failed`` or ``Crashed``),
+    then ``on_done(outcome)``, exactly once, after the last item. ``on_state(str)`` also
+    gets every state seen on the way (starting, running, cancelling, ...).
+    """
+
+    def __init__(
+        self,
+        job: Job[Any, Any],
+        widget: tkinter.Misc,
+        *,
+        on_item: Callback | None = None,
+        on_items: Callback | None = None,
+        on_state: Callback | None = None,
+        on_completed: Callback | None = None,
+        on_cancelled: Callback | None = None,
+        on_failed: Callback | None = None,
+        on_done: Callback | None = None,
+        latest_only: bool = False,
+        max_rate: float | None = None,
+        slice_ms: float = DEFAULT_SLICE_MS,
+        poll_ms: int = DEFAULT_POLL_MS,
+        cancel_on_destroy: bool = True,
+    ) -> None:
+        """Bridge ``job`` (already started) into the Tk loop of ``widget``.
+
+        Call from the Tk thread. Raises ``TypeError`` / ``ValueError`` for bad arguments.
+        Never blocks; the first poll runs once control returns to the Tk loop.
+        """
+        if not isinstance(job, Job):
+            raise TypeError(f"TkJob needs a workstream.Job, not {type(job).__name__}")
+        _check_widget(widget)
+        callbacks = {"on_item": on_item, "on_items": on_items, "on_state": on_state,
+                     "on_completed": on_completed, "on_cancelled": on_cancelled,
+                     "on_failed": on_failed, "on_done": on_done}
+        _check_callbacks(callbacks)
+        _check_poll(poll_ms)
+        self._pacer = Pacer(job, latest_only=latest_only, max_rate=max_rate, slice_ms=slice_ms)
+        _keep_interpreter(widget.tk)
+        self._job = job
+        self._widget = widget
+        self._on_item = on_item
+        self._on_items = on_items
+        self._on_state = on_state
+        self._on_completed = on_completed
+        self._on_cancelled = on_cancelled
+        self._on_failed = on_failed
+        self._on_done = on_done
+        self._poll_ms = poll_ms
+        self._cancel_on_destroy = cancel_on_destroy
+        self._state: str | None = None
+        self._ended = False
+        self._detached = False
+        self._after_id: str | None = None
+        # A hidden child frame carries the timer and hears the widget's destruction (Tk
+        # destroys children first); the user's own <Destroy> bindings are left alone.
+        self._anchor: tkinter.Frame | None = tkinter.Frame(widget)
+        self._anchor.bind("<Destroy>", self._on_destroy)
+        self._schedule(0)
+
+    @classmethod
+    def start(
+        cls,
+        fn: Callable[..., Any],
+        *args: Any,
+        widget: tkinter.Misc,
+        on_item: Callback | None = None,
+        on_items: Callback | None = None,
+        on_state: Callback | None = None,
+        on_completed: Callback | None = None,
+        on_cancelled: Callback | None = None,
+        on_failed: Callback | None = None,
+        on_done: Callback | None = None,
+        latest_only: bool = False,
+        max_rate: float | None = None,
+        slice_ms: float = DEFAULT_SLICE_MS,
+        poll_ms: int = DEFAULT_POLL_MS,
+        cancel_on_destroy: bool = True,
+        **options: Any,
+    ) -> TkJob:
+        """Start ``fn(*args)`` with :func:`workstream.start` (``options`` are its options)
+        and return its bridge. Never blocks; bad arguments raise before anything starts."""
+        check_options(latest_only, max_rate, slice_ms)
+        _check_widget(widget)
+        _check_callbacks({"on_item": on_item, "on_items": on_items, "on_state": on_state,
+                          "on_completed": on_completed, "on_cancelled": on_cancelled,
+                          "on_failed": on_failed, "on_done": on_done})
+        _check_poll(poll_ms)
+        job = _start(fn, *args, **options)
+        try:
+            return cls(job, widget, on_item=on_item, on_items=on_items, on_state=on_state,
+                       on_completed=on_completed, on_cancelled=on_cancelled,
+                       on_failed=on_failed, on_done=on_done, latest_only=latest_only,
+                       max_rate=max_rate, slice_ms=slice_ms, poll_ms=poll_ms,
+                       cancel_on_destroy=cancel_on_destroy)
+        except BaseException:
+            job.cancel(grace=0)
+            raise
+
+    # -- facts ----------------------------------------------------------------------------
+
+    @property
+    def job(self) -> Job[Any, Any]:
+        """The bridged job."""
+        return self._job
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The job's outcome; None while it runs."""
+        return self._job.outcome
+
+    @property
+    def items_skipped(self) -> int:
+        """With ``latest_only``: how many items were dropped for a newer one."""
+        return self._pacer.skipped
+
+    def ended(self) -> bool:
+        """True once ``on_done`` was called (or would have been, without one)."""
+        return self._ended
+
+    # -- control --------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Ask the job to stop (cooperatively, then SIGTERM, then SIGKILL at its grace).
+
+        Never blocks; use it as a Stop button's ``command``. Returns False if the job had
+        already ended. ``on_state("cancelling")`` follows at once.
+        """
+        requested = self._job.cancel()
+        self._check_state()
+        return requested
+
+    def kill(self) -> bool:
+        """Kill the job now (``job.cancel(grace=0)``); for a second press of Stop."""
+        requested = self._job.cancel(grace=0.0)
+        self._check_state()
+        return requested
+
+    def detach(self) -> None:
+        """Stop polling and calling back (the job keeps running; you own it now)."""
+        self._detached = True
+        self._release()
+
+    # -- the poll (Tk thread) -------------------------------------------------------------
+
+    def _schedule(self, ms: int) -> None:
+        if self._anchor is not None:
+            self._after_id = self._anchor.after(ms, self._tick)
+
+    def _release(self) -> None:
+        """Cancel the timer and destroy the anchor frame (idempotent)."""
+        anchor, self._anchor = self._anchor, None
+        if anchor is None:
+            return
+        with contextlib.suppress(tkinter.TclError):  # the interpreter may be gone already
+            if self._after_id is not None:
+                anchor.after_cancel(self._after_id)
+            anchor.destroy()
+        self._after_id = None
+
+    def _tick(self) -> None:
+        self._after_id = None
+        if self._ended or self._detached:
+            return
+        try:
+            cap = PER_ITEM_CHUNK if self._on_item is not None else LIST_CHUNK
+            delay = self._pacer.turn(self._deliver, cap)
+            self._check_state()
+        except BaseException:
+            self._schedule(self._poll_ms)  # a bug must not stop the stream for good
+            raise
+        if delay is None:
+            self._end()
+        elif delay == math.inf:
+            self._schedule(self._poll_ms)
+        else:
+            self._schedule(math.ceil(delay * 1000))
+
+    def _deliver(self, chunk: list[Any]) -> None:
+        if self._on_items is not None:
+            self._call(self._on_items, chunk)
+        on_item = self._on_item
+        if on_item is not None:
+            for x in chunk:
+                if self._detached:  # a callback destroyed the widget: deliver no more
+                    return
+                try:
+                    on_item(x)
+                except Exception:
+                    self._report()
+
+    def _call(self, fn: Callback | None, arg: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(arg)
+        except Exception:
+            self._report()
+
+    def _report(self) -> None:
+        """Report the exception being handled as Tk reports callback errors."""
+        exc_type, exc, tb = sys.exc_info()
+        try:
+            self._widget.nametowidget(".").report_callback_exception(exc_type, exc, tb)
+        except Exception:  # no root any more: print it like an unhandled exception
+            sys.excepthook(exc_type, exc, tb)  # type: ignore[arg-type]
+
+    def _check_state(self) -> None:
+        state = self._job.state.value
+        if state != self._state:
+            self._state = state
+            self._call(self._on_state, state)
+
+    def _end(self) -> None:
+        self._ended = True
+        self._release()
+        self._check_state()
+        outcome = self._job.outcome
+        assert outcome is not None
+        if isinstance(outcome, Completed):
+            self._call(self._on_completed, outcome.value)
+        elif isinstance(outcome, CancelledOutcome):
+            self._call(self._on_cancelled, outcome)
+        elif isinstance(outcome, (Failed, Crashed)):
+            self._call(self._on_failed, outcome)
+        self._call(self._on_done, outcome)
+
+    def _on_destroy(self, event: tkinter.Event[Any]) -> None:
+        """The anchor is being destroyed: by :meth:`_release`, or with the widget."""
+        if self._anchor is None or self._ended or self._detached:
+            return
+        self._detached = True
+        with contextlib.suppress(tkinter.TclError):
+            if self._after_id is not None:
+                self._anchor.after_cancel(self._after_id)
+        self._after_id = None
+        self._anchor = None
+        if self._cancel_on_destroy:
+            self._job.cancel()
+
+
+_INTERPRETERS: list[Any] = []  # Tcl interpreters of bridged widgets, freed at exit
+
+
+def _keep_interpreter(tkapp: Any) -> None:
+    """Keep ``tkapp`` referenced until interpreter exit (Tk thread only).
+
+    A Tcl interpreter freed on another thread aborts the process ("Tcl_AsyncDelete: async
+    handler deleted by the wrong thread", CPython gh-83274). Tk widget trees are reference
+    cycles, so a closed window's root is freed by the garbage collector — on whichever
+    thread allocates at that moment, often a job's runner thread while the job is still
+    being cancelled. Kept here, the interpreter is freed at exit, on the main thread.
+    """
+    if not any(kept is tkapp for kept in _INTERPRETERS):
+        _INTERPRETERS.append(tkapp)
+
+
+def _check_widget(widget: object) -> None:
+    if not isinstance(widget, tkinter.Misc):
+        raise TypeError(f"TkJob needs a Tk widget (for after()), not {type(widget).__name__}")
+
+
+def _check_callbacks(callbacks: Mapping[str, object]) -> None:
+    for name, fn in callbacks.items():
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
+
+
+def _check_poll(poll_ms: object) -> None:
+    if isinstance(poll_ms, bool) or not isinstance(poll_ms, int):
+        raise TypeError(f"poll_ms must be an int number of milliseconds, not "
+                        f"{type(poll_ms).__name__}")
+    if poll_ms < 1:
+        raise ValueError(f"poll_ms must be at least 1, not {poll_ms}")
