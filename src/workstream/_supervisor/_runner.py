@@ -80,6 +80,7 @@ class JobRunner:
         self._channel_error: ChannelBroken | None = None
         self._delivery_error: DeliveryError | None = None
         self._registered_group = False
+        self._final_at: float | None = None  # when the final frame arrived
 
     # -- thread entry -------------------------------------------------------------------
 
@@ -91,7 +92,10 @@ class JobRunner:
             detail = "internal error in workstream's runner: " + "".join(
                 traceback.format_exception_only(type(exc), exc)
             ).strip()
-            outcome = self._crashed(self._pid, detail)
+            exit_code = None
+            with contextlib.suppress(Exception):
+                exit_code = self._proc.exitcode if self._proc is not None else None
+            outcome = self._crashed(exit_code, detail)
         finally:
             if self._registered_group and self._pid is not None:
                 with contextlib.suppress(Exception):
@@ -196,6 +200,10 @@ class JobRunner:
         assert control is not None
         while True:
             timeout_ms = self._escalate()
+            if self._final_at is not None:
+                after_final = self._kill_after_final()
+                if after_final is not None:
+                    timeout_ms = after_final if timeout_ms is None else min(timeout_ms, after_final)
             # Tell the child we are waiting: it then writes each item at once instead of
             # batching (lowest latency; and nothing waits in its buffer for a crash to lose).
             idle = reading and data_open
@@ -276,6 +284,7 @@ class JobRunner:
                 core.mark_running(self._pid)
             else:
                 self._final = frame
+                self._final_at = time.monotonic()
         if batch:  # one hand-over (one lock, one wake-up) per chunk read, not per frame
             core.deliver(batch, nbytes)
         if self._delivery_error is not None and core.cancel is None:
@@ -284,14 +293,16 @@ class JobRunner:
     def _decode_items(self, frame: _framing.Frame, out: list[object]) -> bool:
         """Unpickle the frame's items onto ``out``; on failure record a DeliveryError."""
         payloads = frame.item_payloads()
+        # BaseException: a reconstructor may call sys.exit(); on the runner thread that
+        # must end the job as an undeliverable item, not as an internal error.
         try:
             out.extend([_loads(p) for p in payloads])
-        except Exception as exc:
+        except BaseException as exc:
             decoded = 0
             for p in payloads:
                 try:
                     out.append(_loads(p))
-                except Exception:
+                except BaseException:
                     break
                 decoded += 1
             index = self.core.items_received + len(out) + 1
@@ -341,6 +352,23 @@ class JobRunner:
         if now < req.kill_at:
             next_rung = min(next_rung, max(req.term_at, self._next_term))
         return max(0, math.ceil((next_rung - now) * 1000))
+
+    def _kill_after_final(self) -> int | None:
+        """SIGKILL a child that is still alive ``grace`` s after its final frame arrived
+        (stuck in a flush of a replaced ``sys.stdout``, say): it has nothing left to say,
+        and the job must end. Return ms until that is due (None once done)."""
+        if self._kill_sent or self._exited or self._final_at is None:
+            return None
+        now = time.monotonic()
+        due = self._final_at + self._options.grace
+        if now < due:
+            return max(1, math.ceil((due - now) * 1000))
+        self._kill_sent = True
+        self._signal(signal.SIGKILL)
+        if self._options.kill_group and self._pid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self._pid, signal.SIGKILL)
+        return None
 
     def _signal(self, sig: int) -> None:
         if self._pid is None:
@@ -465,7 +493,7 @@ class JobRunner:
         if final.kind is _framing.Kind.RESULT:
             try:
                 value = _loads(final.body)
-            except Exception as exc:
+            except BaseException as exc:  # as in _decode_items
                 err = DeliveryError(
                     f"the final value could not be unpickled in the parent "
                     f"({type(exc).__name__}: {exc})"
