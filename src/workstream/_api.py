@@ -42,6 +42,7 @@ class Job(Generic[ItemT, ResultT]):
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], options: Options) -> None:
         self._options = options
         self._name = options.name or _describe(fn)
+        self._owner_pid = os.getpid()  # a forked copy of this object must not act
         try:
             payload = cloudpickle.dumps((fn, args))
         except Exception as exc:
@@ -77,6 +78,20 @@ class Job(Generic[ItemT, ResultT]):
             raise
         if self._callback_thread is not None:
             self._callback_thread.start()
+
+    def _check_owner(self) -> None:
+        """Raise RuntimeError in a forked copy of the process that started the job.
+
+        Its runner thread does not exist there (``wait()`` would block forever) and its
+        control block is shared with the real one (``cancel()`` would cancel the job of
+        the parent).
+        """
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError(
+                f"job {self._name!r} belongs to process {self._owner_pid}; this process "
+                f"({os.getpid()}) is a forked copy of it: a workstream.Job can be used only "
+                "in the process that started it"
+            )
 
     def _run(self) -> None:
         try:
@@ -136,8 +151,12 @@ class Job(Generic[ItemT, ResultT]):
         With ``discard=True`` items not yet consumed are dropped instead of delivered.
         Returns False if the job had already ended, else True.
         """
+        self._check_owner()
         g = self._options.grace if grace is None else check_grace(grace)
-        t = self._options.term_delay(g) if term_after is None else min(check_grace(term_after), g)
+        if term_after is None:
+            t = self._options.term_delay(g)
+        else:
+            t = min(check_grace(term_after, "term_after"), g)
         if not isinstance(discard, bool):
             raise TypeError(f"discard must be a bool, not {type(discard).__name__}")
         if discard:
@@ -151,8 +170,9 @@ class Job(Generic[ItemT, ResultT]):
         Raises ``TimeoutError`` after ``timeout`` seconds, leaving the job running, and
         :class:`CallbackError` if an ``on_item`` / ``on_done`` callback raised.
         """
+        self._check_owner()
         if timeout is not None:
-            check_grace(timeout)
+            check_grace(timeout, "timeout")
         if threading.current_thread() is self._callback_thread:
             # Called from on_item/on_done: waiting for on_done to finish would deadlock,
             # and so would waiting inside on_item for a job that needs it to consume.
@@ -198,6 +218,7 @@ class Job(Generic[ItemT, ResultT]):
     # -- the stream ---------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[ItemT]:
+        self._check_owner()
         if self._options.on_item is not None:
             raise RuntimeError(
                 f"job {self._name!r} delivers its items to on_item; iterate only a job "
@@ -213,6 +234,7 @@ class Job(Generic[ItemT, ResultT]):
             return cur[i]
         if self._discard_local:
             self._drop_local_batch()
+        self._check_owner()  # only when a new batch is needed: nothing per item
         batch = self._core.take_batch()
         if batch is None:
             self._cur = []
@@ -236,6 +258,7 @@ class Job(Generic[ItemT, ResultT]):
 
         For event loops that poll (a GUI timer). Shares the stream with iteration.
         """
+        self._check_owner()
         if self._options.on_item is not None:
             raise RuntimeError(f"job {self._name!r} delivers its items to on_item")
         if self._discard_local:

@@ -71,6 +71,10 @@ class Options:
                     f"term_after={self.term_after} must not exceed grace={self.grace}"
                 )
         if self.start_method is not None:
+            if not isinstance(self.start_method, str):
+                raise TypeError(
+                    f"start_method must be a str or None, not {type(self.start_method).__name__}"
+                )
             methods = multiprocessing.get_all_start_methods()
             if self.start_method not in methods:
                 raise ValueError(
@@ -79,15 +83,11 @@ class Options:
                 )
         for name in ("max_buffered_items", "max_buffered_bytes"):
             value = getattr(self, name)
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive int or None, not {value!r}")
+            if value is not None:
+                _check_count(name, value, "a positive int or None")
         _check_seconds("batch_window", self.batch_window, allow_zero=True)
         for name in ("max_batch_bytes", "pipe_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
+            _check_count(name, getattr(self, name), "a positive int")
         if not isinstance(self.kill_group, bool):
             raise TypeError(f"kill_group must be a bool, not {type(self.kill_group).__name__}")
         if self.name is not None and not isinstance(self.name, str):
@@ -121,6 +121,13 @@ class Options:
         return cls(**kwargs)
 
 
+def _check_count(name: str, value: object, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be {what}, not {value!r}")
+
+
 def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
@@ -129,7 +136,8 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
         raise ValueError(f"{name} must be a finite number of seconds {bound}, not {value!r}")
 
 
-def check_grace(value: object) -> float:
-    """Validate a ``cancel(grace=...)`` argument."""
-    _check_seconds("grace", value, allow_zero=True)
+def check_grace(value: object, name: str = "grace") -> float:
+    """Validate a duration argument (``cancel(grace=...)``, ``wait(timeout=...)``);
+    ``name`` is the argument's name in the error message."""
+    _check_seconds(name, value, allow_zero=True)
     return float(value)  # type: ignore[arg-type]
