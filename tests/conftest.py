@@ -103,6 +103,27 @@ def _warm_infrastructure() -> None:
         assert job.result(timeout=30) == 1
 
 
+def bounded_wait(job: workstream.Job, bound: float, what: str) -> workstream.Outcome:  # type: ignore[type-arg]
+    """``job.wait(bound)``; past the bound dump every thread's stack to stderr, list the
+    live children, kill the job and fail the test (a deadlock report, not a hang)."""
+    try:
+        return job.wait(timeout=bound)
+    except TimeoutError:
+        pass
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    described = []
+    for pid in live_children():
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            described.append(f"{pid} {p.status()} {' '.join(p.cmdline())[:80]}")
+    job.cancel(grace=0)
+    job._wait_quietly(10)
+    pytest.fail(
+        f"{what}: no outcome within {bound} s (state {job.state}); live children: "
+        f"{described}; every thread's stack was dumped to stderr"
+    )
+
+
 def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     """Poll ``predicate`` with a growing delay until true; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -169,7 +190,23 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail("leak check failed:\n  " + "\n  ".join(problems))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak", type=int, default=None, metavar="N",
+        help="run the soak test (tests/test_soak.py) for N start/cancel cycles",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cycles = config.getoption("--soak")
+    if cycles:  # a long soak gets a timeout that grows with it (about 1 s per cycle)
+        for item in items:
+            if item.get_closest_marker("soak"):
+                item.add_marker(pytest.mark.timeout(60 + cycles), append=False)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "soak: the soak test; --soak N sets its cycle count")
     config.addinivalue_line("markers", "no_leak_check: skip the autouse leak check")
     faulthandler.enable()
     multiprocessing.set_executable(sys.executable)

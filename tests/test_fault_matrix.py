@@ -20,7 +20,6 @@ once, the start method rotating along the table (a diagonal). Phases not here:
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import os
 import signal
 import subprocess
@@ -32,14 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import workers
 import workers_faults as wf
 import workers_lifecycle as wl
 import workstream
-from conftest import live_children, wait_until
+from conftest import bounded_wait, wait_until
 from workstream import CancelledOutcome, Completed, Crashed, Failed
 from workstream._child import _runtime, _sender
 
@@ -165,26 +163,6 @@ def _cells() -> list[Any]:
 CELLS = _cells()
 
 # -- running a cell ------------------------------------------------------------------------
-
-
-def bounded_wait(job: workstream.Job[Any, Any], bound: float, what: str) -> workstream.Outcome:
-    """Wait for the outcome; past ``bound`` dump every thread's stack, kill and fail."""
-    try:
-        return job.wait(timeout=bound)
-    except TimeoutError:
-        pass
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    described = []
-    for pid in live_children():
-        with contextlib.suppress(psutil.Error):
-            p = psutil.Process(pid)
-            described.append(f"{pid} {p.status()} {' '.join(p.cmdline())[:80]}")
-    job.cancel(grace=0)
-    job._wait_quietly(10)
-    pytest.fail(
-        f"{what}: no outcome within {bound} s (state {job.state}); live children: "
-        f"{described}; every thread's stack was dumped to stderr"
-    )
 
 
 def cell_args(phase: str, fault: str, marker: str) -> tuple[object, ...]:
