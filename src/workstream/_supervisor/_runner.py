@@ -81,6 +81,7 @@ class JobRunner:
         self._delivery_error: DeliveryError | None = None
         self._registered_group = False
         self._final_at: float | None = None  # when the final frame arrived
+        self._ready_seen = False  # True once the child's READY frame was decoded
 
     # -- thread entry -------------------------------------------------------------------
 
@@ -267,13 +268,17 @@ class JobRunner:
             frames = self._decoder.feed(chunk)
         except _framing.FrameError as exc:
             frames = exc.frames  # the valid frames before the fault are still delivered
-            self._channel_error = ChannelBroken(self._pid, None, f"malformed data channel: {exc}")
-            self._request_internal_cancel(grace=0.0)
+            self._channel_broken(str(exc))
         core = self.core
         batch: list[object] = []
         nbytes = 0
-        for frame in frames:
+        for index, frame in enumerate(frames):
             kind = frame.kind
+            if (kind is _framing.Kind.READY) == self._ready_seen:
+                # READY comes first and once: anything else is not our child's protocol.
+                what = "a second READY frame" if self._ready_seen else f"{kind.name} before READY"
+                self._channel_broken(f"frame #{self._frame_number(frames, index)}: {what}")
+                break
             if kind is _framing.Kind.ITEMS:
                 if core.discarding() or self._delivery_error is not None:
                     core.count_discarded(frame.count)
@@ -281,6 +286,7 @@ class JobRunner:
                     nbytes += len(frame.body)
             elif kind is _framing.Kind.READY:
                 assert self._pid is not None
+                self._ready_seen = True
                 core.mark_running(self._pid)
             else:
                 self._final = frame
@@ -289,6 +295,17 @@ class JobRunner:
             core.deliver(batch, nbytes)
         if self._delivery_error is not None and core.cancel is None:
             self._request_internal_cancel(grace=self._options.grace)
+
+    def _channel_broken(self, detail: str) -> None:
+        """Record a malformed channel (once) and kill the child at once."""
+        if self._channel_error is None:
+            detail = f"malformed data channel: {detail}"
+            self._channel_error = ChannelBroken(self._pid, None, detail)
+            self._request_internal_cancel(grace=0.0)
+
+    def _frame_number(self, frames: list[_framing.Frame], index: int) -> int:
+        """The 1-based position in the whole stream of ``frames[index]``."""
+        return self._decoder.frames_decoded - len(frames) + index + 1
 
     def _decode_items(self, frame: _framing.Frame, out: list[object]) -> bool:
         """Unpickle the frame's items onto ``out``; on failure record a DeliveryError."""
@@ -501,7 +518,15 @@ class JobRunner:
                 err.__cause__ = exc
                 return Failed(**common, error=err)
             return Completed(**common, value=value)
-        report = _loads(final.body)
+        try:
+            report = _read_report(final)
+        except BaseException as exc:  # not what our child writes: the channel is corrupt
+            broken = ChannelBroken(
+                self._pid, common["exit_code"],
+                f"malformed data channel: the {final.kind.name} frame's report cannot be "
+                f"read ({type(exc).__name__}: {exc})",
+            )
+            return Crashed(**common, error=broken, signal_name=broken.signal_name)
         if final.kind is _framing.Kind.CANCELLED:
             value = None
             if report.get("value") is not None:
@@ -517,6 +542,27 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 error.__cause__ = _loads(report["exc"])
         return Failed(**common, error=error)
+
+
+_REPORT_KEYS = {
+    _framing.Kind.ERROR: {"type": str, "message": str, "traceback": str},
+    _framing.Kind.CANCELLED: {"by": str, "traceback": str},
+}
+
+
+def _read_report(final: _framing.Frame) -> dict[str, Any]:
+    """Unpickle the report of an ERROR / CANCELLED frame; ValueError unless it has the
+    fields our child writes, with the right types."""
+    report = _loads(final.body)
+    if not isinstance(report, dict):
+        raise ValueError(f"a {type(report).__name__}, not a dict")
+    for key, kind in _REPORT_KEYS[final.kind].items():
+        if not isinstance(report.get(key), kind):
+            raise ValueError(f"field {key!r} missing or not a {kind.__name__}")
+    for key in ("exc", "value"):
+        if report.get(key) is not None and not isinstance(report[key], bytes):
+            raise ValueError(f"field {key!r} is not bytes")
+    return report
 
 
 def _group_has_live_members(pgid: int) -> bool:
