@@ -245,6 +245,11 @@ def cell(phase: str, fault: str, marker: str, *pickled: object) -> Iterator[obje
 
 def _during_cancel(phase: str, fault: str, marker: str) -> Iterator[object]:
     armed = marker + ".armed"
+    if fault in ("subprocess-stuck", "parent-killed"):
+        # Start the subprocess before the cancel can come: a short grace must not kill
+        # the child before it has one.
+        mark(marker, f"{os.getpid()} {_spawn_grandchild()}")
+        fault = "prespawned"
     if phase == "cancel-sigkill":
         # The whole cancel is ignored: SIGTERM and the flag; only SIGKILL ends it.
         if fault == "sigterm-ignored-spin":
@@ -253,7 +258,7 @@ def _during_cancel(phase: str, fault: str, marker: str) -> Iterator[object]:
             while True:
                 pass
         mark(armed)
-        commit(fault, marker)
+        _commit_in_cancel(fault, marker)
         raise AssertionError("not reached")
     try:
         mark(armed)
@@ -264,8 +269,14 @@ def _during_cancel(phase: str, fault: str, marker: str) -> Iterator[object]:
         else:  # cancel-sigterm: a long call in user code that SIGTERM interrupts
             time.sleep(300)  # ok: sleep (the call SIGTERM must interrupt)
     finally:
-        commit(fault, marker)
+        _commit_in_cancel(fault, marker)
     yield "not reached"
+
+
+def _commit_in_cancel(fault: str, marker: str) -> None:
+    if fault == "prespawned":  # the marker already holds the pids
+        _stuck_in_c()
+    commit(fault, marker)
 
 
 def _channel_full(fault: str, marker: str) -> Iterator[object]:
@@ -273,8 +284,17 @@ def _channel_full(fault: str, marker: str) -> Iterator[object]:
     is full), a helper thread records how many items were written whole and faults."""
     written = [0]
 
+    from workstream._child import _runtime
+
+    assert _runtime._current is not None
+    write_lock = _runtime._current.sender._write_lock
+
     def helper() -> None:
+        # Stalled *inside* a write (the sender's write lock is held): not merely a main
+        # thread that a loaded machine did not schedule for a while.
         _wait_for_write_stall(0.15)
+        while not write_lock.locked():
+            _wait_for_write_stall(0.15)
         # The main thread is blocked writing item written[0]: items before it are whole.
         mark(marker + ".count", str(written[0]))
         commit(fault, marker)
