@@ -57,8 +57,8 @@ PHASE_FAULTS: dict[str, list[str]] = {
     "handshake": ["exception", "sys-exit", "os-exit", "sigsegv", "sigkill", "stuck-in-c"],
     "child-import": [*TERMINAL, *STUCK, "subprocess", "parent-killed"],
     "child-unpickle": [*TERMINAL, *STUCK, "subprocess", "parent-killed"],
-    "mid-stream": [*TERMINAL, *STUCK, "unpicklable-item", "big-item", "subprocess",
-                   "parent-killed"],
+    "mid-stream": [*TERMINAL, *STUCK, "sigterm-handler-replaced-spin", "unpicklable-item",
+                   "big-item", "subprocess", "parent-killed"],
     "channel-full": ["os-exit", "sigsegv", "sigkill", "stuck-in-c", "subprocess",
                      "parent-killed"],
     "pickle-final": [*TERMINAL, *STUCK, "unpicklable-item", "subprocess", "parent-killed"],
@@ -66,9 +66,10 @@ PHASE_FAULTS: dict[str, list[str]] = {
     "parent-unpickle-final": ["exception", "sys-exit"],
     "after-final": ["exception", "sys-exit", "os-exit", "sigsegv", "sigkill", "stuck-in-c",
                     "parent-killed"],
-    "cancel-cooperative": [*TERMINAL, *STUCK, "subprocess", "subprocess-stuck",
-                           "parent-killed"],
-    "cancel-sigterm": [*TERMINAL, *STUCK, "subprocess", "subprocess-stuck", "parent-killed"],
+    "cancel-cooperative": [*TERMINAL, *STUCK, "sigterm-handler-replaced-spin", "subprocess",
+                           "subprocess-stuck", "parent-killed"],
+    "cancel-sigterm": [*TERMINAL, *STUCK, "sigterm-handler-replaced-spin", "subprocess",
+                       "subprocess-stuck", "parent-killed"],
     "cancel-sigkill": ["stuck-in-c", "sigterm-ignored-spin", "subprocess-stuck",
                        "parent-killed"],
 }
@@ -121,7 +122,9 @@ def expected(phase: str, fault: str) -> Expect:
         if code is None:
             code = CRASH_EXIT.get(fault, -signal.SIGKILL)
         return Expect("completed", code, value="done", items=items)
-    if fault in (*STUCK, "subprocess-stuck") or phase == "cancel-sigkill":
+    if fault in (*STUCK, "sigterm-handler-replaced-spin", "subprocess-stuck") or (
+        phase == "cancel-sigkill"
+    ):
         cancel = {**(cancel or {}), "grace": STUCK_GRACE}
         return Expect("cancelled", -signal.SIGKILL, rung="sigkill", items=items, cancel=cancel)
     if phase in ("parent-unpickle-item", "parent-unpickle-final"):
@@ -379,7 +382,7 @@ def test_table_is_complete() -> None:
     assert faults >= {
         "exception", "sys-exit", "os-exit", "sigsegv", "sigkill", "sigterm-ignored-spin",
         "stuck-in-c", "unpicklable-item", "unpicklable-exception", "big-item", "subprocess",
-        "parent-killed",
+        "parent-killed", "sigterm-handler-replaced-spin",
     }
     fast = [p for p in CELLS if not any(m.name == "slow" for m in p.marks)]
     assert len(fast) == sum(len(f) for f in PHASE_FAULTS.values())

@@ -323,3 +323,55 @@ def test_soak_500(capfd: pytest.CaptureFixture[str]) -> None:
     stats = soak(500, SEED + 1, capfd)
     assert stats.cycles == 500
     assert stats.slowest_over_grace[0] < 5.0, stats.slowest_over_grace
+
+
+EXIT_SCRIPT = """
+import sys, warnings
+sys.path.insert(0, {tests_dir!r})
+warnings.simplefilter("default")  # show every warning, ResourceWarning included
+import workstream
+import workers_soak as wsk
+
+
+def main():
+    for method in ("forkserver", "spawn", "fork"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            jobs = [
+                workstream.start(wsk.flood, None, start_method=method),
+                workstream.start(wsk.crash, 3, "sigkill", start_method=method),
+                workstream.start(wsk.stuck, 2, start_method=method, grace=0.2),
+                workstream.start(wsk.with_subprocess, None, start_method=method),
+            ]
+        for job in jobs:
+            it = iter(job)
+            next(it, None)
+            job.cancel()
+        for job in jobs:
+            job.wait(30)
+    # and one job still running at exit: atexit must stop it
+    workstream.start(wsk.stuck, 2, grace=0.2)
+    print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_no_warning_at_interpreter_exit(tmp_path: Any) -> None:
+    """An application that ran (and crashed, cancelled, left running) jobs with every
+    start method exits with status 0 and prints nothing on stderr: no "leaked semaphore"
+    or resource-tracker warning, no ResourceWarning, no exception in a thread."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "app.py"
+    script.write_text(EXIT_SCRIPT.format(tests_dir=os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", str(script)], capture_output=True, text=True, timeout=100
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
+    assert done.stderr == ""

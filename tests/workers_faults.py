@@ -88,6 +88,10 @@ def commit(fault: str, marker: str) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
             pass
+    if fault == "sigterm-handler-replaced-spin":
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the user's own handler
+        while True:
+            pass
     if fault == "stuck-in-c":
         _stuck_in_c()
     if fault == "unpicklable-exception":

@@ -77,9 +77,13 @@ def crash(n: int, how: str) -> Iterator[object]:
     os._exit(3)
 
 
+_KEEP: list[subprocess.Popen[bytes]] = []
+
+
 def with_subprocess(n: int | None) -> Iterator[object]:
     """Start a subprocess (in our process group), report its pid, then flood."""
     proc = subprocess.Popen(["sleep", "300"])
-    workstream.emit(("pid", proc.pid))
+    _KEEP.append(proc)  # never collected: the worker ends with os._exit, the group kill
+    workstream.emit(("pid", proc.pid))  # ends the subprocess (no "still running" warning)
     yield from flood(n)
     return n

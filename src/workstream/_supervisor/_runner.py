@@ -144,8 +144,10 @@ class JobRunner:
         }
         if method == "fork":
             # A forked child inherits every fd: it must not hold the parent's ends of its
-            # own pipes (its lifeline would never reach EOF) nor the guard's pipe.
-            parent_ends = (_guard.guard_fd(), life_w, data_r, *self.core.wake_fds)
+            # own pipes (its lifeline would never reach EOF). The guard's pipe is closed
+            # in the child by _guard's at-fork handler (closing it here again could close
+            # an unrelated fd that reused its number).
+            parent_ends = (life_w, data_r, *self.core.wake_fds)
             settings["close_fds"] = [fd for fd in parent_ends if fd is not None]
         if method in ("fork", "spawn"):
             settings["parent_pid"] = os.getpid()
