@@ -247,11 +247,12 @@ class Snapshot:
     groups_seen: int = field(default_factory=lambda: len(_groups_registered))
     shm_registered: set[str] = field(default_factory=lambda: set(_shm_registered))
 
-    def leaks(self, *, clean_up: bool = True) -> list[str]:
+    def leaks(self, *, clean_up: bool = True, patience: float = 5.0) -> list[str]:
         """One line per kind of leak, naming what leaked (empty: nothing leaked).
 
-        With ``clean_up``, running jobs are cancelled and leaked processes killed, so the
-        next test starts clean.
+        Threads and processes get ``patience`` seconds to end. With ``clean_up``,
+        running jobs are cancelled and leaked processes killed, so the next test starts
+        clean.
         """
         problems = []
         live = _registry.live_jobs()
@@ -263,7 +264,7 @@ class Snapshot:
                 for job in live:
                     job._wait_quietly(10)
         for t in set(threading.enumerate()) - self.threads:
-            t.join(5)
+            t.join(patience)
         new_threads = [t.name for t in set(threading.enumerate()) - self.threads if t.is_alive()]
         if new_threads:
             problems.append(f"threads left running: {sorted(new_threads)}")
@@ -272,7 +273,7 @@ class Snapshot:
         def extra() -> set[int]:
             return (live_children() - self.children) | group_members(groups)
 
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + patience
         while extra() and time.monotonic() < deadline:
             time.sleep(0.01)  # ok: sleep (bounded polling for reaping by init)
         leaked = extra()

@@ -31,8 +31,7 @@ def test_thread_and_fd_are_named() -> None:
     t.start()
     r, w = os.pipe()
     try:
-        # The thread is given 5 s to end: it will not, so this takes 5 s.
-        problems = before.leaks(clean_up=False)
+        problems = before.leaks(clean_up=False, patience=0.2)
         assert "leaky-thread" in _only(problems, "threads left running")
         text = _only(problems, "file descriptors left open")
         assert f"{r}->pipe:" in text and f"{w}->pipe:" in text
@@ -41,7 +40,7 @@ def test_thread_and_fd_are_named() -> None:
         t.join(5)
         os.close(r)
         os.close(w)
-    assert before.leaks(clean_up=False) == []
+    assert before.leaks(clean_up=False, patience=0.2) == []
 
 
 @pytest.mark.timeout(30)
@@ -58,14 +57,14 @@ def test_orphan_in_a_workers_group_and_zombie_are_named() -> None:
     conftest._groups_registered.append(sh.pid)  # as if the guard got this worker's group
     wait_until(lambda: conftest.zombie_children() >= {sh.pid}, 10, "sh to exit")
     try:
-        problems = before.leaks(clean_up=False)
+        problems = before.leaks(clean_up=False, patience=0.2)
         assert f"{orphan} " in _only(problems, "processes left alive")
         assert f"{sh.pid} " in _only(problems, "child processes never reaped (zombies)")
     finally:
         os.kill(orphan, signal.SIGKILL)
         sh.wait(10)
         wait_until(lambda: not conftest.group_members({sh.pid}), 10, "the orphan to die")
-    assert before.leaks(clean_up=False) == []
+    assert before.leaks(clean_up=False, patience=0.2) == []
 
 
 @pytest.mark.timeout(30)
@@ -77,7 +76,7 @@ def test_signal_handler_mask_and_shared_memory_are_named() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
     shm = shared_memory.SharedMemory(create=True, size=64)
     try:
-        problems = before.leaks(clean_up=False)
+        problems = before.leaks(clean_up=False, patience=0.2)
         assert "SIGUSR1" in _only(problems, "signal handlers changed")
         assert str(int(signal.SIGUSR2)) in _only(problems, "signal mask changed")
         assert shm.name.lstrip("/") in _only(problems, "/dev/shm entries left")
@@ -86,4 +85,4 @@ def test_signal_handler_mask_and_shared_memory_are_named() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
         shm.close()
         shm.unlink()
-    assert before.leaks(clean_up=False) == []
+    assert before.leaks(clean_up=False, patience=0.2) == []
