@@ -185,9 +185,14 @@ def _install_trackers() -> None:
     resource_tracker.unregister = rt_unregister
 
 
-def group_members(pgids: set[int]) -> set[int]:
-    """Live (non-zombie) processes whose process group is one of ``pgids``."""
+def group_members(pgids: set[int], since: float = 0.0) -> set[int]:
+    """Live (non-zombie) processes of our session, started at ``since`` (wall clock) or
+    later, whose process group is one of ``pgids``.
+
+    Session and start time rule out strangers whose group id is a recycled worker pid
+    (pids wrap around during a long soak)."""
     out = set()
+    sid = os.getsid(0)
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -196,8 +201,10 @@ def group_members(pgids: set[int]) -> set[int]:
                 fields = f.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) in pgids and fields[0] not in (b"Z", b"X"):
-            out.add(int(entry))
+        if int(fields[2]) in pgids and int(fields[3]) == sid and fields[0] not in (b"Z", b"X"):
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(int(entry)).create_time() >= since - 1.0:
+                    out.add(int(entry))
     return out - {os.getpid()} - infrastructure_pids()
 
 
@@ -245,6 +252,7 @@ class Snapshot:
     handlers: dict[int, object] = field(default_factory=signal_handlers)
     signals: dict[str, object] = field(default_factory=signal_state)
     groups_seen: int = field(default_factory=lambda: len(_groups_registered))
+    taken_at: float = field(default_factory=time.time)
     shm_registered: set[str] = field(default_factory=lambda: set(_shm_registered))
 
     def leaks(self, *, clean_up: bool = True, patience: float = 5.0) -> list[str]:
@@ -271,7 +279,7 @@ class Snapshot:
         groups = set(_groups_registered[self.groups_seen :])
 
         def extra() -> set[int]:
-            return (live_children() - self.children) | group_members(groups)
+            return (live_children() - self.children) | group_members(groups, self.taken_at)
 
         deadline = time.monotonic() + patience
         while extra() and time.monotonic() < deadline:
