@@ -45,9 +45,8 @@ def test_thread_and_fd_are_named() -> None:
 
 @pytest.mark.timeout(30)
 def test_orphan_in_a_workers_group_and_zombie_are_named() -> None:
-    """A process reparented to init but still in a worker's process group (in our session),
-    and a child
-    nobody reaped, are both reported."""
+    """A process reparented to init but still in a worker's process group (in our
+    session), and a child nobody reaped, are both reported."""
     before = Snapshot()
     sh = subprocess.Popen(
         ["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, preexec_fn=os.setpgrp
