@@ -1,5 +1,6 @@
-"""Misuse of the API: each row is a wrong call, the exact exception type it raises at the
-call site, and a fragment of its message. Nothing is started and nothing leaks."""
+"""Misuse of the API. The README's table "What a mistake gets you" is parsed and every row
+run: the exact exception type and its message are checked against a real call, so the
+table cannot drift. Nothing is left running and nothing leaks."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import contextlib
 import copy
 import functools
 import math
+import os
+import pathlib
 import pickle
+import re
 import threading
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 import workers
+import workers_badinput as wb
 import workers_stream as ws
 import workstream
 from conftest import wait_until
@@ -29,72 +36,233 @@ async def _async_gen_fn() -> Any:
     yield 1
 
 
-START_MISUSE = [
-    # (id, fn, args, options, exception type, message fragment)
-    ("not-callable", 3, (), {}, TypeError, "needs a callable, not int"),
-    ("async-def", _coroutine_fn, (), {}, TypeError, "is async"),
-    ("async-generator", _async_gen_fn, (), {}, TypeError, "is async"),
-    ("partial-of-async", functools.partial(_coroutine_fn), (), {}, TypeError, "is async"),
-    ("unpicklable-arg", workers.return_value, (threading.Lock(),), {}, TypeError,
-     "cannot be pickled"),
-    ("unknown-option", workers.count, (3,), {"n": 3}, TypeError, "functools.partial"),
-    ("grace-negative", workers.count, (3,), {"grace": -1}, ValueError,
-     "grace must be a finite number of seconds > 0"),
-    ("grace-zero", workers.count, (3,), {"grace": 0}, ValueError,
-     "grace must be a finite number of seconds > 0"),
-    ("grace-nan", workers.count, (3,), {"grace": math.nan}, ValueError, "grace must be a finite"),
-    ("grace-inf", workers.count, (3,), {"grace": math.inf}, ValueError, "grace must be a finite"),
-    ("grace-str", workers.count, (3,), {"grace": "2"}, TypeError,
-     "grace must be a number of seconds, not str"),
-    ("grace-bool", workers.count, (3,), {"grace": True}, TypeError,
-     "grace must be a number of seconds, not bool"),
-    ("term-after-over-grace", workers.count, (3,), {"grace": 2, "term_after": 3}, ValueError,
-     "term_after=3 must not exceed grace=2"),
-    ("term-after-negative", workers.count, (3,), {"term_after": -1}, ValueError,
-     "term_after must be a finite number of seconds >= 0"),
-    ("start-method-unknown", workers.count, (3,), {"start_method": "nope"}, ValueError,
-     "start_method='nope' is not available here"),
-    ("max-items-zero", workers.count, (3,), {"max_buffered_items": 0}, ValueError,
-     "max_buffered_items must be a positive int or None"),
-    ("max-items-float", workers.count, (3,), {"max_buffered_items": 1.5}, ValueError,
-     "max_buffered_items must be a positive int or None"),
-    ("max-items-bool", workers.count, (3,), {"max_buffered_items": True}, ValueError,
-     "max_buffered_items must be a positive int or None"),
-    ("max-bytes-negative", workers.count, (3,), {"max_buffered_bytes": -1}, ValueError,
-     "max_buffered_bytes must be a positive int or None"),
-    ("batch-window-negative", workers.count, (3,), {"batch_window": -0.1}, ValueError,
-     "batch_window must be a finite number of seconds >= 0"),
-    ("batch-window-str", workers.count, (3,), {"batch_window": "0"}, TypeError,
-     "batch_window must be a number of seconds, not str"),
-    ("max-batch-bytes-zero", workers.count, (3,), {"max_batch_bytes": 0}, ValueError,
-     "max_batch_bytes must be a positive int"),
-    ("pipe-bytes-zero", workers.count, (3,), {"pipe_bytes": 0}, ValueError,
-     "pipe_bytes must be a positive int"),
-    ("kill-group-int", workers.count, (3,), {"kill_group": 1}, TypeError,
-     "kill_group must be a bool, not int"),
-    ("name-int", workers.count, (3,), {"name": 5}, TypeError, "name must be a str or None"),
-    ("on-item-int", workers.count, (3,), {"on_item": 3}, TypeError,
-     "on_item must be callable or None, not int"),
-    ("on-done-str", workers.count, (3,), {"on_done": "x"}, TypeError,
-     "on_done must be callable or None, not str"),
-]
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+_ROW = re.compile(r"^\| `(?P<code>[^`]+)`(?P<note>[^|]*)\| (?P<exc>`\w+`|none) \| (?P<msg>.+) \|$")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the README's misuse table."""
+
+    code: str
+    where: str  # parent / worker / on_item / forked
+    exc: str | None  # exception type name; None: the call returns normally
+    message: str  # fragments ("..." between them), or the repr of the return value
+
+
+def readme_rows() -> list[Row]:
+    """Parse the table under "## What a mistake gets you" in README.md."""
+    text = README.read_text()
+    section = text[text.index("## What a mistake gets you") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = []
+    for line in section.splitlines():
+        match = _ROW.match(line)
+        if match is None:
+            continue
+        note = match["note"]
+        where = "parent"
+        if "(in a worker)" in note:
+            where = "worker"
+        elif "(in on_item)" in note:
+            where = "on_item"
+        elif "forked" in note:
+            where = "forked"
+        exc = None if match["exc"] == "none" else match["exc"].strip("`")
+        message = match["msg"].strip()
+        message = message.removeprefix("returns ").strip("`")
+        rows.append(Row(match["code"], where, exc, message))
+    return rows
+
+
+ROWS = readme_rows()
+
+
+def test_the_readme_table_was_parsed() -> None:
+    """Every table line became a row (a malformed line would silently drop a check)."""
+    text = README.read_text()
+    section = text[text.index("## What a mistake gets you") :]
+    section = section[: section.index("\n## ", 1)]
+    lines = [ln for ln in section.splitlines() if ln.startswith("| `")]
+    assert len(ROWS) == len(lines) >= 45
+    assert {r.where for r in ROWS} == {"parent", "worker", "on_item", "forked"}
+
+
+def _names(code: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z_]\w*", code))
+
+
+@contextlib.contextmanager
+def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
+    """The names a row's code may use; jobs are started only when the code uses them."""
+    ns: dict[str, Any] = {
+        "start": workstream.start, "workstream": workstream, "fn": wb.fn,
+        "async_fn": wb.async_fn, "threading": threading, "pickle": pickle, "copy": copy,
+        "functools": functools, "float": float, "list": list, "iter": iter,
+    }
+    used = _names(code)
+    jobs: list[workstream.Job[Any, Any]] = []
+    gate = None
+    try:
+        if "job" in used:
+            gate = ws.make_gate(str(tmp_path))
+            ns["job"] = workstream.start(ws.yield_then_block, gate, name="fn")
+            jobs.append(ns["job"])
+            assert next(iter(ns["job"])) == "first"
+        if "cb_job" in used:
+            ns["cb_job"] = workstream.start(wb.fn, 1, on_item=lambda item: None)
+            jobs.append(ns["cb_job"])
+        if "ended" in used:
+            ns["ended"] = workstream.start(wb.fn, 1, 2)
+            jobs.append(ns["ended"])
+            assert list(ns["ended"]) == [1, 2]
+            assert ns["ended"].result(timeout=20) == 2
+        yield ns
+    finally:
+        for job in jobs:
+            if job is ns.get("job") and job.state is JobState.RUNNING and gate is not None:
+                ws.release(gate, wait_until)
+            job.wait(timeout=20)
+
+
+def _raised_in_parent(row: Row, tmp_path: Any) -> BaseException | object:
+    with _namespace(row.code, tmp_path) as ns:
+        threads = threading.active_count()
+        job = ns.get("job")
+        try:
+            result: object = eval(row.code, ns)
+        except BaseException as exc:
+            result = exc
+        if row.code.startswith("start("):
+            assert threading.active_count() == threads, "a refused start() left a thread"
+        if job is not None and isinstance(result, BaseException):
+            assert job.state is JobState.RUNNING and not job.cancel_requested, (
+                "a refused call changed the job"
+            )
+        return result
+
+
+def _raised_in_worker(row: Row) -> BaseException | object:
+    job = workstream.start(wb.run_code, row.code)
+    outcome = job.wait(timeout=30)
+    assert type(outcome) is workstream.Failed, outcome
+    err = outcome.error
+    assert type(err) is workstream.WorkerError
+    assert err.remote_traceback.rstrip().splitlines()[-1].startswith(err.type_name)
+    return _Seen(err.type_name, err.message)
+
+
+def _raised_in_on_item(row: Row) -> BaseException | object:
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def on_item(item: object) -> None:
+        assert ready.wait(10)
+        try:
+            box["result"] = eval(row.code, {"job": box["job"]})
+        except BaseException as exc:
+            box["result"] = exc
+
+    job = workstream.start(wb.fn, 1, on_item=on_item)
+    box["job"] = job
+    ready.set()
+    assert type(job.wait(timeout=30)) is workstream.Completed
+    return box["result"]
+
+
+def _raised_in_fork(row: Row, tmp_path: Any) -> BaseException | object:
+    with _namespace(row.code, tmp_path) as ns:
+        r, w = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the forked copy
+            try:
+                try:
+                    eval(row.code, ns)
+                    report = "none\0"
+                except BaseException as exc:
+                    report = f"{type(exc).__name__}\0{exc}"
+                os.write(w, report.encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        data = b""
+        while chunk := os.read(r, 65536):
+            data += chunk
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ns["job"].state is JobState.RUNNING and not ns["job"].cancel_requested
+        name, message = data.decode().split("\0", 1)
+        return _Seen(name, message)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """An exception seen in another process: its type name and message."""
+
+    type_name: str
+    message: str
+
+
+def _fragments_in_order(message: str, text: str) -> bool:
+    pos = 0
+    for part in text.split(" ... "):
+        found = message.find(part, pos)
+        if found < 0:
+            return False
+        pos = found + len(part)
+    return True
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.code) for r in ROWS])
+def test_readme_misuse_row(row: Row, tmp_path: Any) -> None:
+    """The README row's code, run where the row says, raises exactly the exception type
+    it names with the message it quotes (or returns the value it shows)."""
+    if row.where == "worker":
+        got = _raised_in_worker(row)
+    elif row.where == "on_item":
+        got = _raised_in_on_item(row)
+    elif row.where == "forked":
+        got = _raised_in_fork(row, tmp_path)
+    else:
+        got = _raised_in_parent(row, tmp_path)
+    if row.exc is None:
+        assert not isinstance(got, (BaseException, _Seen)), f"{row.code} raised {got!r}"
+        assert got == eval(row.message), f"{row.code} returned {got!r}"
+        return
+    if isinstance(got, _Seen):
+        name, message = got.type_name, got.message
+    else:
+        assert isinstance(got, BaseException), f"{row.code} returned {got!r}, did not raise"
+        name, message = type(got).__name__, str(got)
+    assert name == row.exc, f"{row.code}: {name}: {message}"
+    assert _fragments_in_order(message, row.message), f"{row.code}: {message!r}"
 
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize(
-    ("fn", "args", "options", "exc_type", "fragment"),
-    [pytest.param(*row[1:], id=row[0]) for row in START_MISUSE],
+    ("fn", "options", "exc_type", "fragment"),
+    [
+        pytest.param(_async_gen_fn, {}, TypeError, "is async", id="async-generator"),
+        pytest.param(functools.partial(_coroutine_fn), {}, TypeError, "is async",
+                     id="partial-of-async"),
+        pytest.param(workers.count, {"grace": math.inf}, ValueError, "not inf", id="grace-inf"),
+        pytest.param(workers.count, {"max_buffered_items": True}, TypeError, "not bool",
+                     id="max-items-bool"),
+        pytest.param(workers.count, {"term_after": "1"}, TypeError,
+                     "term_after must be a number of seconds, not str", id="term-after-str"),
+    ],
 )
-def test_start_rejects_misuse(
-    fn: Any, args: tuple[Any, ...], options: dict[str, Any], exc_type: type, fragment: str
-) -> None:
-    """start() raises the documented exception at the call site and starts nothing."""
-    threads = threading.active_count()
+def test_more_start_variants(fn: Any, options: dict[str, Any], exc_type: type,
+                             fragment: str) -> None:
+    """Variants of README rows: the same exception for the same mistake in another form."""
     with pytest.raises(exc_type) as info:
-        workstream.start(fn, *args, **options)
+        workstream.start(fn, 3, **options)
     assert type(info.value) is exc_type
     assert fragment in str(info.value)
-    assert threading.active_count() == threads
 
 
 @pytest.mark.timeout(10)
@@ -123,43 +291,6 @@ def _running_job(tmp_path: Any) -> Iterator[workstream.Job]:
         else:
             job.cancel(grace=0)
         job.wait(timeout=20)
-
-
-JOB_MISUSE = [
-    ("cancel-grace-negative", lambda j: j.cancel(grace=-1), ValueError,
-     "grace must be a finite number of seconds >= 0"),
-    ("cancel-grace-nan", lambda j: j.cancel(grace=math.nan), ValueError, "finite"),
-    ("cancel-grace-str", lambda j: j.cancel(grace="1"), TypeError,
-     "grace must be a number of seconds, not str"),
-    ("cancel-term-after-negative", lambda j: j.cancel(term_after=-1), ValueError,
-     "must be a finite number of seconds >= 0"),
-    ("cancel-discard-str", lambda j: j.cancel(discard="yes"), TypeError,
-     "discard must be a bool, not str"),
-    ("wait-timeout-negative", lambda j: j.wait(timeout=-1), ValueError, "finite"),
-    ("wait-timeout-nan", lambda j: j.wait(timeout=math.nan), ValueError, "finite"),
-    ("result-timeout-negative", lambda j: j.result(timeout=-1), ValueError, "finite"),
-    ("pickle", lambda j: pickle.dumps(j), TypeError, "a workstream.Job cannot be pickled"),
-    ("deepcopy", lambda j: copy.deepcopy(j), TypeError, "a workstream.Job cannot be pickled"),
-]
-
-
-@pytest.mark.timeout(30)
-@pytest.mark.parametrize(
-    ("call", "exc_type", "fragment"),
-    [pytest.param(*row[1:], id=row[0]) for row in JOB_MISUSE],
-)
-def test_job_methods_reject_misuse(
-    tmp_path: Any, call: Any, exc_type: type, fragment: str
-) -> None:
-    """A bad argument to a Job method raises at the call and leaves the job untouched."""
-    with _running_job(tmp_path) as job:
-        with pytest.raises(exc_type) as info:
-            call(job)
-        assert type(info.value) is exc_type
-        assert fragment in str(info.value)
-        assert job.cancel_requested is False
-        assert job.state is JobState.RUNNING
-    assert type(job.outcome) is workstream.Completed
 
 
 @pytest.mark.timeout(30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 import pytest
@@ -52,6 +53,9 @@ def test_runner_bug_ends_the_job_as_crashed(monkeypatch: pytest.MonkeyPatch) -> 
     assert isinstance(outcome, workstream.Crashed)
     assert "internal error in workstream's runner" in str(outcome.error)
     assert "injected runner bug" in str(outcome.error)
+    # The exit status is the child's (killed by the emergency kill), never its pid.
+    assert outcome.exit_code == -signal.SIGKILL
+    assert outcome.error.exit_code == -signal.SIGKILL
 
 
 @pytest.mark.timeout(30)

@@ -49,6 +49,7 @@ class Job(Generic[ItemT, ResultT]):
     ) -> None:
         self._options = options
         self._name = options.name or _describe(fn)
+        self._owner_pid = os.getpid()  # a forked copy of this object must not act
         try:
             payload = cloudpickle.dumps((fn, args))
         except Exception as exc:
@@ -113,6 +114,20 @@ class Job(Generic[ItemT, ResultT]):
         if self._callback_thread is None:
             self._core.set_finished()
 
+    def _check_owner(self) -> None:
+        """Raise RuntimeError in a forked copy of the process that started the job.
+
+        Its runner thread does not exist there (``wait()`` would block forever) and its
+        control block is shared with the real one (``cancel()`` would cancel the job of
+        the parent).
+        """
+        if os.getpid() != self._owner_pid:
+            raise RuntimeError(
+                f"job {self._name!r} belongs to process {self._owner_pid}; this process "
+                f"({os.getpid()}) is a forked copy of it: a workstream.Job can be used only "
+                "in the process that started it"
+            )
+
     def _run(self) -> None:
         try:
             self._runner.run()
@@ -173,8 +188,12 @@ class Job(Generic[ItemT, ResultT]):
         With ``discard=True`` items not yet consumed are dropped instead of delivered.
         Returns False if the job had already ended, else True.
         """
+        self._check_owner()
         g = self._options.grace if grace is None else check_grace(grace)
-        t = self._options.term_delay(g) if term_after is None else min(check_grace(term_after), g)
+        if term_after is None:
+            t = self._options.term_delay(g)
+        else:
+            t = min(check_grace(term_after, "term_after"), g)
         if not isinstance(discard, bool):
             raise TypeError(f"discard must be a bool, not {type(discard).__name__}")
         if discard:
@@ -194,8 +213,9 @@ class Job(Generic[ItemT, ResultT]):
         job). Calling it there without ``await`` waits for nothing and Python warns
         "coroutine ... was never awaited".
         """
+        self._check_owner()
         if timeout is not None:
-            check_grace(timeout)
+            check_grace(timeout, "timeout")
         if _on_event_loop() and threading.current_thread() is not self._callback_thread:
             from . import _aio
 
@@ -279,8 +299,9 @@ class Job(Generic[ItemT, ResultT]):
         cancellation meanwhile kills the child at once (``cancel(grace=0)``). A bad
         ``timeout`` raises here, at the call.
         """
+        self._check_owner()
         if timeout is not None:
-            check_grace(timeout)
+            check_grace(timeout, "timeout")
         from . import _aio
 
         return _aio.wait(self, timeout)
@@ -288,8 +309,9 @@ class Job(Generic[ItemT, ResultT]):
     def result_async(self, timeout: float | None = None) -> Coroutine[Any, Any, ResultT]:
         """Return a coroutine that awaits (as :meth:`wait_async`) and returns ``fn``'s
         value, or raises as :meth:`result`. Cancelling the awaiting task cancels the job."""
+        self._check_owner()
         if timeout is not None:
-            check_grace(timeout)
+            check_grace(timeout, "timeout")
         from . import _aio
 
         return cast("Coroutine[Any, Any, ResultT]", _aio.result(self, timeout))
@@ -305,6 +327,7 @@ class Job(Generic[ItemT, ResultT]):
         (use ``async with job:`` to tie the job to a whole block). One task at a time:
         a second task waiting on the same job raises ``RuntimeError``.
         """
+        self._check_owner()
         if self._options.on_item is not None:
             raise RuntimeError(
                 f"job {self._name!r} delivers its items to on_item; iterate only a job "
@@ -338,6 +361,7 @@ class Job(Generic[ItemT, ResultT]):
     # -- the stream ---------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[ItemT]:
+        self._check_owner()
         if self._options.on_item is not None:
             raise RuntimeError(
                 f"job {self._name!r} delivers its items to on_item; iterate only a job "
@@ -355,6 +379,7 @@ class Job(Generic[ItemT, ResultT]):
             return item
         if self._discard_local:
             self._drop_local_batch()
+        self._check_owner()  # only when a new batch is needed: nothing per item
         batch = self._core.take_batch()
         if batch is None:
             self._cur = []
@@ -381,6 +406,7 @@ class Job(Generic[ItemT, ResultT]):
 
         For event loops that poll (a GUI timer). Shares the stream with iteration.
         """
+        self._check_owner()
         if self._options.on_item is not None:
             raise RuntimeError(f"job {self._name!r} delivers its items to on_item")
         if self._discard_local:

@@ -81,6 +81,10 @@ class Options:
                     f"term_after={self.term_after} must not exceed grace={self.grace}"
                 )
         if self.start_method is not None:
+            if not isinstance(self.start_method, str):
+                raise TypeError(
+                    f"start_method must be a str or None, not {type(self.start_method).__name__}"
+                )
             methods = multiprocessing.get_all_start_methods()
             if self.start_method not in methods:
                 raise ValueError(
@@ -89,30 +93,14 @@ class Options:
                 )
         for name in ("max_buffered_items", "max_buffered_bytes"):
             value = getattr(self, name)
-            if value is not None and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive int or None, not {value!r}")
+            if value is not None:
+                _check_count(name, value, "a positive int or None")
         _check_seconds("batch_window", self.batch_window, allow_zero=True)
         for name in ("max_batch_bytes", "pipe_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
-        if self.shm_threshold is not None and (
-            not isinstance(self.shm_threshold, int) or isinstance(self.shm_threshold, bool)
-            or self.shm_threshold < 1
-        ):
-            raise ValueError(
-                f"shm_threshold must be a positive number of bytes or None, "
-                f"not {self.shm_threshold!r}"
-            )
-        if (
-            not isinstance(self.shm_pool_bytes, int) or isinstance(self.shm_pool_bytes, bool)
-            or self.shm_pool_bytes < 1
-        ):
-            raise ValueError(
-                f"shm_pool_bytes must be a positive int, not {self.shm_pool_bytes!r}"
-            )
+            _check_count(name, getattr(self, name), "a positive int")
+        if self.shm_threshold is not None:
+            _check_count("shm_threshold", self.shm_threshold, "a positive number of bytes or None")
+        _check_count("shm_pool_bytes", self.shm_pool_bytes, "a positive number of bytes")
         if not isinstance(self.shm_copy, bool):
             raise TypeError(f"shm_copy must be a bool, not {type(self.shm_copy).__name__}")
         if not isinstance(self.kill_group, bool):
@@ -148,6 +136,13 @@ class Options:
         return cls(**kwargs)
 
 
+def _check_count(name: str, value: object, what: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be {what}, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be {what}, not {value!r}")
+
+
 def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
@@ -156,7 +151,8 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
         raise ValueError(f"{name} must be a finite number of seconds {bound}, not {value!r}")
 
 
-def check_grace(value: object) -> float:
-    """Validate a ``cancel(grace=...)`` argument."""
-    _check_seconds("grace", value, allow_zero=True)
+def check_grace(value: object, name: str = "grace") -> float:
+    """Validate a duration argument (``cancel(grace=...)``, ``wait(timeout=...)``);
+    ``name`` is the argument's name in the error message."""
+    _check_seconds(name, value, allow_zero=True)
     return float(value)  # type: ignore[arg-type]

@@ -245,9 +245,12 @@ def _user_traceback(exc: BaseException) -> str:
 def _error_body(exc: BaseException, context: str = "") -> bytes:
     try:
         exc_bytes: bytes | None = dumps_with_fallback(exc)
-    except Exception:
+    except BaseException:  # unpicklable, or a __reduce__ that calls sys.exit()
         exc_bytes = None
-    message = str(exc)
+    try:
+        message = str(exc)
+    except BaseException as str_error:  # a broken __str__ must not lose the report
+        message = f"<str() of the exception raised {type(str_error).__name__}>"
     if context:
         message = f"{context}: {message}" if message else context
     report = {
@@ -291,7 +294,7 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
         return _framing.Kind.CANCELLED, _cancelled_body(ctx, "", value_bytes)
     try:
         return _framing.Kind.RESULT, dumps_with_fallback(value)
-    except Exception as exc:
+    except BaseException as exc:  # a __reduce__ calling sys.exit() fails the job, too
         return _framing.Kind.ERROR, _error_body(exc, "the return value of fn cannot be pickled")
 
 
@@ -325,8 +328,10 @@ def _watch_lifeline(fd: int) -> None:
 
 
 def _exit_now(code: int) -> NoReturn:
+    # BaseException: a replaced sys.stdout whose flush() calls sys.exit() must not change
+    # how the worker ends once its final frame is sent.
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(BaseException):
             stream.flush()
     os._exit(code)
 

@@ -147,8 +147,23 @@ def shutdown() -> None:
             proc.wait()
 
 
+_inherited: list[subprocess.Popen[bytes]] = []
+
+
 def _forget_in_forked_child() -> None:
-    # The inherited pipe belongs to the parent's guard; never write to it from here.
+    # The inherited pipe belongs to the parent's guard; never write to it from here. Close
+    # our copy now (a forked worker must not keep the guard's pipe open), and keep the
+    # Popen object: dropping it would warn "subprocess ... is still running" and, later,
+    # close the same fd number again when garbage-collected, whatever it then is.
+    proc = _guard._proc
+    if proc is not None:
+        # The raw file, not the buffered one: its lock may have been held by another
+        # thread at the fork. Once the raw file is closed, the buffered one is closed too.
+        raw = getattr(proc.stdin, "raw", None)
+        if raw is not None:
+            with contextlib.suppress(Exception):
+                raw.close()
+        _inherited.append(proc)
     _guard._lock = threading.Lock()
     _guard._proc = None
     _guard._owner_pid = -1

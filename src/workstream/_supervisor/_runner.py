@@ -94,6 +94,8 @@ class JobRunner:
         self._out_fd: int | None = None
         self._outbox: memoryview | None = None
         self.on_wake: Callable[[], None] | None = None
+        self._final_at: float | None = None  # when the final frame arrived
+        self._ready_seen = False  # True once the child's READY frame was decoded
 
     # -- thread entry -------------------------------------------------------------------
 
@@ -105,7 +107,10 @@ class JobRunner:
             detail = "internal error in workstream's runner: " + "".join(
                 traceback.format_exception_only(type(exc), exc)
             ).strip()
-            outcome = self._crashed(self._pid, detail)
+            exit_code = None
+            with contextlib.suppress(Exception):
+                exit_code = self._proc.exitcode if self._proc is not None else None
+            outcome = self._crashed(exit_code, detail)
         finally:
             if self._registered_group and self._pid is not None:
                 with contextlib.suppress(Exception):
@@ -153,8 +158,10 @@ class JobRunner:
         }
         if method == "fork":
             # A forked child inherits every fd: it must not hold the parent's ends of its
-            # own pipes (its lifeline would never reach EOF) nor the guard's pipe.
-            parent_ends = (_guard.guard_fd(), life_w, data_r, *self.core.wake_fds)
+            # own pipes (its lifeline would never reach EOF). The guard's pipe is closed
+            # in the child by _guard's at-fork handler (closing it here again could close
+            # an unrelated fd that reused its number).
+            parent_ends = (life_w, data_r, *self.core.wake_fds)
             settings["close_fds"] = [fd for fd in parent_ends if fd is not None]
         self._arrays = ArrayChannel.for_options(opts)
         if self._arrays is not None:
@@ -217,6 +224,10 @@ class JobRunner:
         assert control is not None
         while True:
             timeout_ms = self._escalate()
+            if self._final_at is not None:
+                after_final = self._kill_after_final()
+                if after_final is not None:
+                    timeout_ms = after_final if timeout_ms is None else min(timeout_ms, after_final)
             # Tell the child we are waiting: it then writes each item at once instead of
             # batching (lowest latency; and nothing waits in its buffer for a crash to lose).
             idle = reading and data_open
@@ -266,6 +277,7 @@ class JobRunner:
         (stopped, its group killed, reaped) before this returns.
         """
         self._warm = True
+        self._ready_seen = True  # the process said READY once, at its boot
         self._proc = process.proc
         self._pid = process.pid
         self._pidfd = process.pidfd
@@ -363,13 +375,17 @@ class JobRunner:
             frames = self._decoder.feed(chunk)
         except _framing.FrameError as exc:
             frames = exc.frames  # the valid frames before the fault are still delivered
-            self._channel_error = ChannelBroken(self._pid, None, f"malformed data channel: {exc}")
-            self._request_internal_cancel(grace=0.0)
+            self._channel_broken(str(exc))
         core = self.core
         batch: list[object] = []
         nbytes = 0
-        for frame in frames:
+        for index, frame in enumerate(frames):
             kind = frame.kind
+            if (kind is _framing.Kind.READY) == self._ready_seen:
+                # READY comes first and once: anything else is not our child's protocol.
+                what = "a second READY frame" if self._ready_seen else f"{kind.name} before READY"
+                self._channel_broken(f"frame #{self._frame_number(frames, index)}: {what}")
+                break
             if kind is _framing.Kind.ITEMS:
                 if core.discarding() or self._delivery_error is not None:
                     core.count_discarded(frame.count)
@@ -379,15 +395,28 @@ class JobRunner:
                     nbytes += len(frame.body)
             elif kind is _framing.Kind.READY:
                 assert self._pid is not None
+                self._ready_seen = True
                 core.mark_running(self._pid)
             else:
                 self._final = frame
+                self._final_at = time.monotonic()
         if self._arrays is not None:  # shared-memory bytes count for backpressure too
             nbytes += self._arrays.take_new_bytes()
         if batch:  # one hand-over (one lock, one wake-up) per chunk read, not per frame
             core.deliver(batch, nbytes)
         if self._delivery_error is not None and core.cancel is None:
             self._request_internal_cancel(grace=self._options.grace)
+
+    def _channel_broken(self, detail: str) -> None:
+        """Record a malformed channel (once) and kill the child at once."""
+        if self._channel_error is None:
+            detail = f"malformed data channel: {detail}"
+            self._channel_error = ChannelBroken(self._pid, None, detail)
+            self._request_internal_cancel(grace=0.0)
+
+    def _frame_number(self, frames: list[_framing.Frame], index: int) -> int:
+        """The 1-based position in the whole stream of ``frames[index]``."""
+        return self._decoder.frames_decoded - len(frames) + index + 1
 
     def _decode_items(self, frame: _framing.Frame, out: list[object]) -> bool:
         """Unpickle the frame's items onto ``out``; on failure record a DeliveryError.
@@ -397,21 +426,23 @@ class JobRunner:
         :meth:`ArrayChannel.loads` for that item and resume after it.
         """
         payloads = frame.item_payloads()
+        # BaseException: a reconstructor may call sys.exit(); on the runner thread that
+        # must end the job as an undeliverable item, not as an internal error.
         base = len(out)
         rest = iter(payloads)
         while True:
             try:
                 out.extend(map(_loads, rest))  # appends item by item: survives a failure
                 return True
-            except Exception as exc:
+            except BaseException as exc:
                 index = len(out) - base  # the payload that failed
-                error: Exception = exc
+                error: BaseException = exc
             payload = payloads[index]
             if self._arrays is not None and _shm.is_out_of_band(payload):
                 try:
                     out.append(self._arrays.loads(payload))
                     continue
-                except Exception as exc:
+                except BaseException as exc:
                     error = exc
             break
         if self._arrays is not None:
@@ -461,6 +492,23 @@ class JobRunner:
         if now < req.kill_at:
             next_rung = min(next_rung, max(req.term_at, self._next_term))
         return max(0, math.ceil((next_rung - now) * 1000))
+
+    def _kill_after_final(self) -> int | None:
+        """SIGKILL a child that is still alive ``grace`` s after its final frame arrived
+        (stuck in a flush of a replaced ``sys.stdout``, say): it has nothing left to say,
+        and the job must end. Return ms until that is due (None once done)."""
+        if self._kill_sent or self._exited or self._final_at is None:
+            return None
+        now = time.monotonic()
+        due = self._final_at + self._options.grace
+        if now < due:
+            return max(1, math.ceil((due - now) * 1000))
+        self._kill_sent = True
+        self._signal(signal.SIGKILL)
+        if self._options.kill_group and self._pid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(self._pid, signal.SIGKILL)
+        return None
 
     def _signal(self, sig: int) -> None:
         if self._pid is None:
@@ -587,7 +635,7 @@ class JobRunner:
         if final.kind is _framing.Kind.RESULT:
             try:
                 value = _loads(final.body)
-            except Exception as exc:
+            except BaseException as exc:  # as in _decode_items
                 err = DeliveryError(
                     f"the final value could not be unpickled in the parent "
                     f"({type(exc).__name__}: {exc})"
@@ -595,7 +643,15 @@ class JobRunner:
                 err.__cause__ = exc
                 return Failed(**common, error=err)
             return Completed(**common, value=value)
-        report = _loads(final.body)
+        try:
+            report = _read_report(final)
+        except BaseException as exc:  # not what our child writes: the channel is corrupt
+            broken = ChannelBroken(
+                self._pid, common["exit_code"],
+                f"malformed data channel: the {final.kind.name} frame's report cannot be "
+                f"read ({type(exc).__name__}: {exc})",
+            )
+            return Crashed(**common, error=broken, signal_name=broken.signal_name)
         if final.kind is _framing.Kind.CANCELLED:
             value = None
             if report.get("value") is not None:
@@ -611,6 +667,27 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 error.__cause__ = _loads(report["exc"])
         return Failed(**common, error=error)
+
+
+_REPORT_KEYS = {
+    _framing.Kind.ERROR: {"type": str, "message": str, "traceback": str},
+    _framing.Kind.CANCELLED: {"by": str, "traceback": str},
+}
+
+
+def _read_report(final: _framing.Frame) -> dict[str, Any]:
+    """Unpickle the report of an ERROR / CANCELLED frame; ValueError unless it has the
+    fields our child writes, with the right types."""
+    report = _loads(final.body)
+    if not isinstance(report, dict):
+        raise ValueError(f"a {type(report).__name__}, not a dict")
+    for key, kind in _REPORT_KEYS[final.kind].items():
+        if not isinstance(report.get(key), kind):
+            raise ValueError(f"field {key!r} missing or not a {kind.__name__}")
+    for key in ("exc", "value"):
+        if report.get(key) is not None and not isinstance(report[key], bytes):
+            raise ValueError(f"field {key!r} is not bytes")
+    return report
 
 
 def _group_has_live_members(pgid: int) -> bool:

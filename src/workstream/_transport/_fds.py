@@ -54,6 +54,9 @@ def make_control_block() -> tuple[int, mmap.mmap]:
     fd: int
     if hasattr(os, "memfd_create"):
         fd = os.memfd_create("workstream-control", os.MFD_CLOEXEC)
+        # A memfd is created 0777; only /proc/<pid>/fd reaches it (guarded by ptrace
+        # access checks), but keep it private like the mkstemp fallback: 0600.
+        os.fchmod(fd, 0o600)
     else:  # macOS and others: an anonymous temporary file, unlinked at once
         handle, path = tempfile.mkstemp(prefix="workstream-")
         os.unlink(path)

@@ -68,6 +68,7 @@ def create_arena(pool_bytes: int) -> int:
     """
     fd = os.memfd_create("workstream-arrays", os.MFD_CLOEXEC)
     try:
+        os.fchmod(fd, 0o600)  # no name to open it by; and /proc/<pid>/fd/N is ours only
         os.ftruncate(fd, STATE_BYTES + pool_bytes)
     except BaseException:
         os.close(fd)
