@@ -421,10 +421,10 @@ def test_a_child_killed_mid_copy_never_delivers_a_torn_array() -> None:
     ("options", "exc", "fragment"),
     [
         ({"shm_threshold": 0}, ValueError, "shm_threshold must be a positive number of bytes"),
-        ({"shm_threshold": 1.5}, ValueError, "shm_threshold must be"),
-        ({"shm_threshold": True}, ValueError, "shm_threshold must be"),
+        ({"shm_threshold": 1.5}, TypeError, "shm_threshold must be"),
+        ({"shm_threshold": True}, TypeError, "shm_threshold must be"),
         ({"shm_pool_bytes": 0}, ValueError, "shm_pool_bytes must be a positive int"),
-        ({"shm_pool_bytes": None}, ValueError, "shm_pool_bytes must be a positive int"),
+        ({"shm_pool_bytes": None}, TypeError, "shm_pool_bytes must be a positive int"),
         ({"shm_copy": 1}, TypeError, "shm_copy must be a bool"),
     ],
     ids=["threshold-0", "threshold-float", "threshold-bool", "pool-0", "pool-none", "copy-int"],

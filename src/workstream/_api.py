@@ -268,7 +268,7 @@ class Job(Generic[ItemT, ResultT]):
         done it raises ``RuntimeError`` (use ``await job.result_async()``).
         """
         if timeout is not None:
-            check_grace(timeout)
+            check_grace(timeout, "timeout")
         if _on_event_loop() and not self.done():
             raise RuntimeError(
                 f"job.result() would block the event loop until job {self._name!r} ends; "

@@ -100,7 +100,7 @@ class Options:
             _check_count(name, getattr(self, name), "a positive int")
         if self.shm_threshold is not None:
             _check_count("shm_threshold", self.shm_threshold, "a positive number of bytes or None")
-        _check_count("shm_pool_bytes", self.shm_pool_bytes, "a positive number of bytes")
+        _check_count("shm_pool_bytes", self.shm_pool_bytes, "a positive int")
         if not isinstance(self.shm_copy, bool):
             raise TypeError(f"shm_copy must be a bool, not {type(self.shm_copy).__name__}")
         if not isinstance(self.kill_group, bool):

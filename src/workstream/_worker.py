@@ -120,7 +120,7 @@ class Worker:
         ``TimeoutError`` after ``timeout`` seconds (the initializer keeps running).
         """
         if timeout is not None:
-            check_grace(timeout)
+            check_grace(timeout, "timeout")
         sup = self._sup
         sup.request_process()
         if not sup.ready.wait(timeout):

@@ -58,6 +58,7 @@ class WorkerProcess:
         self.arrays: ArrayChannel | None = None
         self._registered_group = False
         self._retired = False
+        self.said_ready = False  # its READY frame was decoded (by its first job's runner)
         self.exit_code: int | None = None
 
     def launch(self, parent_only_fds: tuple[int, ...]) -> None:

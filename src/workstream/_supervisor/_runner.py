@@ -277,7 +277,8 @@ class JobRunner:
         (stopped, its group killed, reaped) before this returns.
         """
         self._warm = True
-        self._ready_seen = True  # the process said READY once, at its boot
+        # READY comes once per process (in its first job, the initializer's stream).
+        self._ready_seen = process.said_ready
         self._proc = process.proc
         self._pid = process.pid
         self._pidfd = process.pidfd
@@ -294,6 +295,7 @@ class JobRunner:
             self.core.mark_running(self._pid)  # before the child can run any of fn
             self._write_outbox()
             self._loop()
+            process.said_ready = self._ready_seen
             keep = (
                 not self._exited
                 and self._final is not None
