@@ -225,6 +225,7 @@ class Job(Generic[ItemT, ResultT]):
         return self._wait_blocking(timeout)
 
     def _wait_blocking(self, timeout: float | None) -> Outcome:
+        self._check_owner()
         if threading.current_thread() is self._callback_thread:
             # Called from on_item/on_done: waiting for on_done to finish would deadlock,
             # and so would waiting inside on_item for a job that needs it to consume.
