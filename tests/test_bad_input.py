@@ -102,6 +102,7 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
     }
     used = _names(code)
     jobs: list[workstream.Job[Any, Any]] = []
+    workers_open: list[workstream.Worker] = []
     gate = None
     try:
         if "job" in used:
@@ -112,6 +113,18 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
         if "cb_job" in used:
             ns["cb_job"] = workstream.start(wb.fn, 1, on_item=lambda item: None)
             jobs.append(ns["cb_job"])
+        if "closed_worker" in used:
+            ns["closed_worker"] = workstream.Worker(prestart=False)
+            ns["closed_worker"].close()
+        if "busy_worker" in used:
+            busy = workstream.Worker(name="worker")
+            workers_open.append(busy)
+            gate = ws.make_gate(str(tmp_path))
+            ns["busy_worker"] = busy
+            busy_job = busy.start(ws.yield_then_block, gate, name="fn")
+            assert next(iter(busy_job)) == "first"
+            jobs.append(busy_job)
+            ns["job"] = busy_job  # released like a plain job below
         if "ended" in used:
             ns["ended"] = workstream.start(wb.fn, 1, 2)
             jobs.append(ns["ended"])
@@ -123,6 +136,8 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
             if job is ns.get("job") and job.state is JobState.RUNNING and gate is not None:
                 ws.release(gate, wait_until)
             job.wait(timeout=20)
+        for worker in workers_open:
+            worker.close()
 
 
 def _raised_in_parent(row: Row, tmp_path: Any) -> BaseException | object:

@@ -123,13 +123,13 @@ class Options:
         return grace * DEFAULT_TERM_FRACTION
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> Options:
-        """Build options from ``start()``'s keyword arguments, rejecting unknown names."""
+    def from_kwargs(cls, kwargs: dict[str, Any], caller: str = "workstream.start()") -> Options:
+        """Build options from keyword arguments of ``caller``, rejecting unknown names."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(
-                f"workstream.start() got unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"{caller} got unknown option(s) {', '.join(map(repr, unknown))}; "
                 f"options are {', '.join(sorted(known))}. To pass keyword arguments to fn, "
                 "use functools.partial(fn, name=value)"
             )

@@ -72,7 +72,7 @@ class Worker:
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
         if not isinstance(prestart, bool):
             raise TypeError(f"prestart must be a bool, not {type(prestart).__name__}")
-        opts = Options.from_kwargs(options)
+        opts = Options.from_kwargs(options, "workstream.Worker()")
         name = opts.name or (_describe(initializer) if initializer is not None else "worker")
         try:
             payload = cloudpickle.dumps((_initialize, (initializer, *initargs)))
@@ -172,7 +172,7 @@ class Worker:
         if options:
             bad = sorted(set(options) - JOB_OPTIONS)
             if bad:
-                Options.from_kwargs(options)  # raises for names that are no option at all
+                Options.from_kwargs(options, "Worker.start()")  # raises for names that are no option at all
                 raise TypeError(
                     f"Worker.start() got process option(s) {', '.join(map(repr, bad))}: "
                     "they are fixed for the Worker's process; pass them to "
