@@ -172,7 +172,8 @@ class Worker:
         if options:
             bad = sorted(set(options) - JOB_OPTIONS)
             if bad:
-                Options.from_kwargs(options, "Worker.start()")  # raises for names that are no option at all
+                # raises for names that are no option at all
+                Options.from_kwargs(options, "Worker.start()")
                 raise TypeError(
                     f"Worker.start() got process option(s) {', '.join(map(repr, bad))}: "
                     "they are fixed for the Worker's process; pass them to "
