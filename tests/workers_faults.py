@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 from collections.abc import Iterator
 
 import workstream
@@ -62,6 +63,26 @@ def _stuck_in_c() -> None:
     """Sit in a C call that holds the GIL and never checks for signals (SIGTERM blocked)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     ctypes.PyDLL(None).sleep(300)  # ok: sleep (the stuck C call under test)
+
+
+SHM_ITEM_BYTES = 256 * 1024  # above the default shm_threshold (64 KiB)
+
+
+def _fault_inside_shm_write(fault: str, marker: str) -> None:
+    """Make the next shared-memory write commit ``fault`` inside ``BlockPool.put``: the
+    slot is taken and the bytes are in the block, but its descriptor has not been
+    returned, so it never reaches the pipe (a kill in the middle of the copy is the
+    same window, with fewer bytes written)."""
+    from workstream._transport import _shm
+
+    original = _shm.BlockPool.put
+
+    def put(self: Any, raw: memoryview) -> Any:
+        original(self, raw)
+        commit(fault, marker)
+        raise AssertionError("not reached")
+
+    _shm.BlockPool.put = put  # type: ignore[method-assign]
 
 
 def commit(fault: str, marker: str) -> None:
@@ -218,6 +239,13 @@ def cell(phase: str, fault: str, marker: str, *pickled: object) -> Iterator[obje
         raise AssertionError("not reached")
     if phase == "channel-full":
         yield from _channel_full(fault, marker)
+        raise AssertionError("not reached")
+    if phase == "shm-write":
+        import numpy
+
+        yield from range(ITEMS_BEFORE)
+        _fault_inside_shm_write(fault, marker)
+        yield numpy.arange(SHM_ITEM_BYTES // 8, dtype=numpy.float64)  # out-of-band
         raise AssertionError("not reached")
     if phase == "pickle-final":
         yield from range(ITEMS_BEFORE)
