@@ -19,8 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import workstream
 
