@@ -4,8 +4,10 @@ Runs only in the child. An item is pickled with protocol 5 and a ``buffer_callba
 every out-of-band buffer it offers (numpy arrays, anything that pickles through
 ``pickle.PickleBuffer``) of at least ``threshold`` bytes is copied into a block of the
 job's arena (:class:`_transport._shm.BlockPool`) and replaced by a 20-byte descriptor;
-smaller ones stay in the pickle. An item without such buffers is an ordinary pickle, so
-small items pay only the callback's presence (measured: nothing visible).
+smaller ones stay in the pickle. Every item is first pickled on a fast path whose
+callback only checks sizes: an item with no large buffer (every small item) is done in
+one ``pickle.dumps`` (measured: 694 -> about 330 ns for a small dict, plain pickle's
+cost); the first large buffer aborts it, and the item is pickled again with placement.
 
 The descriptor reaches the pipe only with the item's payload, built after every copy
 completed: a child killed in the middle of a copy never delivers a torn buffer.
@@ -37,6 +39,10 @@ _PROTOCOL = 5
 _CANCEL_FLAG = _fds.CANCEL_FLAG
 
 
+class _HasLargeBuffer(Exception):
+    """Raised by the fast path's callback: the item has a buffer for shared memory."""
+
+
 class ArrayPickler:
     """Pickles items for the sender, moving large buffers into the job's arena.
 
@@ -52,6 +58,15 @@ class ArrayPickler:
         self._threshold = threshold
         self._max_in_pipe = max_in_pipe
         self._control = control  # byte 0: the cancel flag
+        # The fast path's callback: one bound method, not one per item. The Sender calls
+        # pickle.dumps with it directly (a Python call less per item), then dumps_placing.
+        self.check_small = self._raise_if_large
+
+    def _raise_if_large(self, buf: pickle.PickleBuffer) -> bool:
+        """The fast path's callback: small buffers stay in-band; a large one aborts."""
+        if buf.raw().nbytes < self._threshold:
+            return True
+        raise _HasLargeBuffer
 
     def _place(self, buf: pickle.PickleBuffer, placed: list[Descriptor]) -> bool:
         # pickle's contract: a false return value makes the buffer out-of-band.
@@ -94,6 +109,15 @@ class ArrayPickler:
         Raises the pickling error (after freeing any block already written) exactly as
         ``pickle.dumps`` would; cloudpickle is tried for what plain pickle refuses.
         """
+        if sys.modules.get("torch") is None:
+            try:
+                return pickle.dumps(item, _PROTOCOL, buffer_callback=self.check_small)
+            except Exception:
+                pass  # a large buffer; or an error that dumps_placing raises again
+        return self.dumps_placing(item)
+
+    def dumps_placing(self, item: Any) -> bytes:
+        """:meth:`dumps` without the fast path: large buffers go to shared memory."""
         placed: list[Descriptor] = []
 
         def place(buf: pickle.PickleBuffer) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import pickle
+import sys
 import threading
 import time
 from typing import Any
@@ -30,6 +31,7 @@ from .._transport import _fds, _framing
 from .._transport._fds import write_all
 
 _dumps = pickle.dumps
+_modules = sys.modules
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _READER_IDLE = _fds.READER_IDLE
 
@@ -98,8 +100,14 @@ class Sender:
                 data = _dumps(item, _PROTOCOL)
             except Exception:
                 data = dumps_with_fallback(item)
-        else:
-            data = self._arrays.dumps(item)
+        else:  # _arrays.ArrayPickler.dumps, inlined: one Python call less per item
+            arrays = self._arrays
+            try:
+                if _modules.get("torch") is not None:
+                    raise LookupError  # tensors need the dispatch table
+                data = _dumps(item, _PROTOCOL, buffer_callback=arrays.check_small)
+            except Exception:
+                data = arrays.dumps_placing(item)
         pending = self._pending
         n = len(pending)
         # A batch is open (the flusher is armed): just queue. The reader-idle byte is
