@@ -182,6 +182,33 @@ def test_wait_inside_on_done_does_not_deadlock() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_wait_inside_on_item_raises_even_once_the_job_ended() -> None:
+    """Inside on_item, wait() and result() raise RuntimeError whatever the timing: also
+    when the child has already finished and the outcome is known."""
+    holder: dict[str, Any] = {}
+    job_set = threading.Event()
+    seen: list[object] = []
+
+    def on_item(item: object) -> None:
+        assert job_set.wait(10)
+        job = holder["job"]
+        assert job._core.terminal.wait(10)  # the child is reaped, the outcome known
+        for call in (job.wait, job.result):
+            try:
+                seen.append(call(timeout=5))
+            except RuntimeError as exc:
+                seen.append(str(exc))
+
+    job = workstream.start(workers.count, 1, on_item=on_item)
+    holder["job"] = job
+    job_set.set()
+    assert type(job.wait(timeout=20)) is workstream.Completed
+    assert len(seen) == 2
+    for message in seen:
+        assert isinstance(message, str) and "called inside on_item" in message
+
+
+@pytest.mark.timeout(30)
 def test_wait_waits_for_on_done() -> None:
     """wait() from another thread does not return until on_done has finished, even once
     the outcome is known."""

@@ -65,6 +65,7 @@ class Job(Generic[ItemT, ResultT]):
         self._pos = 0
         self._discard_local = False  # set by cancel(discard=True), read by the iterator
         self._aio_busy = False  # True while a task is inside AsyncItems.__anext__ (_aio.py)
+        self._in_on_item = False  # True while the callback thread runs on_item
         # Both threads exist before either starts: the runner must know whether a
         # callback thread will publish "finished" (after on_done) or it must itself.
         self._callback_thread: threading.Thread | None = None
@@ -229,7 +230,9 @@ class Job(Generic[ItemT, ResultT]):
         if threading.current_thread() is self._callback_thread:
             # Called from on_item/on_done: waiting for on_done to finish would deadlock,
             # and so would waiting inside on_item for a job that needs it to consume.
-            if not self._core.terminal.is_set():
+            # Inside on_item it raises even when the job happens to have ended already,
+            # so that the answer does not depend on timing.
+            if self._in_on_item or not self._core.terminal.is_set():
                 raise RuntimeError(
                     f"job.wait()/result() called inside on_item of job {self._name!r}: the "
                     "job cannot end while its own callback waits for it; use on_done"
@@ -478,11 +481,14 @@ class Job(Generic[ItemT, ResultT]):
                     if core.callback_error is not None:
                         continue
                     for item in batch:
+                        self._in_on_item = True
                         try:
                             on_item(item)
                         except BaseException as exc:
                             self._callback_failed(exc)
                             break
+                        finally:
+                            self._in_on_item = False
             core.terminal.wait()
             if on_done is not None:
                 try:
