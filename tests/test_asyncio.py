@@ -41,6 +41,15 @@ async def until(predicate: Callable[[], object], timeout: float, what: str) -> N
         await asyncio.sleep(0.002)  # ok: sleep (bounded polling, lets the loop run)
 
 
+async def yield_to_loop() -> None:
+    """Give the loop one iteration: every task that is ready runs to its next await.
+
+    An ordering point inside one thread, not a wait for time to pass: tasks created just
+    before are then parked in the await under test.
+    """
+    await asyncio.sleep(0)  # ok: sleep (zero-time yield: asyncio's documented way)
+
+
 def gone(job: workstream.Job[Any, Any]) -> bool:
     """The job is done and its child no longer exists (reaped)."""
     return job.done() and job.pid is not None and not wl.pid_alive(job.pid)
@@ -198,7 +207,7 @@ def test_cancelling_the_iterating_task_reaps_the_child() -> None:
 
         task = asyncio.create_task(consume())
         await until(lambda: got == ["ready"], 15, "the first item")
-        await asyncio.sleep(0)  # the task is now waiting for the next item
+        await yield_to_loop()  # the task is now waiting for the next item
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -218,7 +227,7 @@ def test_cancelling_the_waiting_task_reaps_the_child(how: str) -> None:
         job = workstream.start(wa.ready_then_idle)
         await until(lambda: job.drain() == ["ready"], 15, "the first item")
         task = asyncio.ensure_future(getattr(job, how)())
-        await asyncio.sleep(0)
+        await yield_to_loop()
         assert not task.done()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -239,7 +248,7 @@ def test_cancelling_a_task_waiting_on_a_child_stuck_in_c(tmp_path: pathlib.Path)
         job = workstream.start(wl.mark_then_sleep_in_c, str(marker), 60, grace=0.5)
         await until(marker.exists, 15, "the child to enter its C call")
         task = asyncio.ensure_future(job.wait())
-        await asyncio.sleep(0)
+        await yield_to_loop()
         t0 = time.monotonic()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -263,7 +272,7 @@ def test_second_cancellation_kills_at_once(tmp_path: pathlib.Path) -> None:
         job = workstream.start(wl.mark_then_sleep_in_c, str(marker), 60, grace=30)
         await until(marker.exists, 15, "the child to enter its C call")
         task = asyncio.ensure_future(job.wait_async())
-        await asyncio.sleep(0)
+        await yield_to_loop()
         t0 = time.monotonic()
         task.cancel()
         await until(lambda: job.cancel_requested, 5, "the task to cancel the job")
@@ -314,11 +323,11 @@ def test_shield_stops_waiting_without_cancelling_the_job() -> None:
         job = workstream.start(wa.ready_then_idle)
         inner = asyncio.ensure_future(job.wait_async())
         outer = asyncio.ensure_future(asyncio.shield(inner))
-        await asyncio.sleep(0)
+        await yield_to_loop()
         outer.cancel()
         with pytest.raises(asyncio.CancelledError):
             await outer
-        await asyncio.sleep(0)
+        await yield_to_loop()
         assert not job.cancel_requested
         assert not inner.done()
         job.cancel()
@@ -526,7 +535,7 @@ def test_awaiting_adds_no_thread(tmp_path: pathlib.Path) -> None:
         tasks += [asyncio.ensure_future(job.wait_async(timeout=60)) for job in jobs]
         await until(lambda: all(g == ["ready"] for g in got), 30, "every job's first item")
         for _ in range(5):
-            await asyncio.sleep(0)  # every task is now parked in its wait
+            await yield_to_loop()  # every task is now parked in its wait
         assert not any(task.done() for task in tasks)
         assert threading.active_count() == with_runners
         flag.touch()
@@ -559,7 +568,7 @@ def test_async_for_over_a_buffered_flood_lets_the_loop_run() -> None:
                 await asyncio.sleep(0.001)  # ok: sleep (the ticker's period)
 
         tick_task = asyncio.ensure_future(ticker())
-        await asyncio.sleep(0)
+        await yield_to_loop()
         t0 = time.monotonic()
         total = 0
         async for item in job:
@@ -665,7 +674,7 @@ def test_two_tasks_iterating_one_job_is_an_error() -> None:
         first = asyncio.ensure_future(job.aiter().__anext__())
         assert await first == "ready"
         first = asyncio.ensure_future(job.aiter().__anext__())
-        await asyncio.sleep(0)
+        await yield_to_loop()
         with pytest.raises(RuntimeError, match="another task"):
             await anext(job.aiter())
         assert not first.done()
@@ -747,7 +756,7 @@ def test_a_closed_loop_does_not_disturb_the_job() -> None:
     job = workstream.start(wa.ready_then_idle)
     loop = asyncio.new_event_loop()
     task = loop.create_task(job.wait_async())
-    loop.run_until_complete(asyncio.sleep(0))
+    loop.run_until_complete(yield_to_loop())
     assert len(job._core.listeners) == 1  # the waiting task's listener
     loop.close()
     job.cancel()
