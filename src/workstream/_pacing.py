@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import Job
+from . import Job, Outcome
 
 DEFAULT_SLICE_MS = 8.0
 """Most milliseconds one delivery slice may keep the GUI thread (half a 60 Hz frame)."""
@@ -146,3 +146,26 @@ def check_options(latest_only: object, max_rate: object, slice_ms: object) -> tu
         raise ValueError(f"slice_ms must be a finite number > 0, not {slice_ms!r}")
     rate = max_rate if max_rate is not None else (DEFAULT_LATEST_RATE if latest_only else None)
     return (1.0 / rate if rate else 0.0), slice_ms / 1000.0
+
+
+class BridgeFacts:
+    """What the GUI bridges (``QtJob``, ``TkJob``) report alike: their job, its outcome,
+    and what ``latest_only`` skipped. Read-only; safe from any thread."""
+
+    _job: Job[Any, Any]
+    _pacer: Pacer
+
+    @property
+    def job(self) -> Job[Any, Any]:
+        """The bridged job."""
+        return self._job
+
+    @property
+    def outcome(self) -> Outcome | None:
+        """The job's outcome; None while it runs."""
+        return self._job.outcome
+
+    @property
+    def items_skipped(self) -> int:
+        """With ``latest_only``: how many items were dropped for a newer one."""
+        return self._pacer.skipped

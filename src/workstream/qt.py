@@ -36,9 +36,16 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import CancelledOutcome, Completed, Crashed, Failed, Job, Outcome
+from . import CancelledOutcome, Completed, Crashed, Failed, Job
 from . import start as _start
-from ._pacing import DEFAULT_SLICE_MS, LIST_CHUNK, PER_ITEM_CHUNK, Pacer, check_options
+from ._pacing import (
+    DEFAULT_SLICE_MS,
+    LIST_CHUNK,
+    PER_ITEM_CHUNK,
+    BridgeFacts,
+    Pacer,
+    check_options,
+)
 from ._qt_compat import load as _load
 
 _binding = _load()
@@ -61,7 +68,7 @@ STATE_POLL_MS = 50
 _LIVE: dict[int, QtJob] = {}  # bridges not yet ended (GUI thread only)
 
 
-class QtJob(QObject):
+class QtJob(QObject, BridgeFacts):
     """A QObject that streams a :class:`workstream.Job` into the Qt event loop.
 
     Every signal is emitted in the bridge's thread (the GUI thread), never on a
@@ -177,21 +184,6 @@ class QtJob(QObject):
             raise
 
     # -- facts ----------------------------------------------------------------------------
-
-    @property
-    def job(self) -> Job[Any, Any]:
-        """The bridged job."""
-        return self._job
-
-    @property
-    def outcome(self) -> Outcome | None:
-        """The job's outcome; None while it runs."""
-        return self._job.outcome
-
-    @property
-    def items_skipped(self) -> int:
-        """With ``latest_only``: how many items were dropped for a newer one."""
-        return self._pacer.skipped
 
     def ended(self) -> bool:
         """True once ``finished`` was emitted."""

@@ -32,9 +32,16 @@ import tkinter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import CancelledOutcome, Completed, Crashed, Failed, Job, Outcome
+from . import CancelledOutcome, Completed, Crashed, Failed, Job
 from . import start as _start
-from ._pacing import DEFAULT_SLICE_MS, LIST_CHUNK, PER_ITEM_CHUNK, Pacer, check_options
+from ._pacing import (
+    DEFAULT_SLICE_MS,
+    LIST_CHUNK,
+    PER_ITEM_CHUNK,
+    BridgeFacts,
+    Pacer,
+    check_options,
+)
 
 DEFAULT_POLL_MS = 10
 """How often a running job is polled when no items are waiting (milliseconds)."""
@@ -42,7 +49,7 @@ DEFAULT_POLL_MS = 10
 Callback = Callable[[Any], object]
 
 
-class TkJob:
+class TkJob(BridgeFacts):
     """Streams a :class:`workstream.Job` into the Tk event loop through callbacks.
 
     All callbacks run in the Tk thread. Order: ``on_item`` (each item) and ``on_items``
@@ -147,21 +154,6 @@ class TkJob:
             raise
 
     # -- facts ----------------------------------------------------------------------------
-
-    @property
-    def job(self) -> Job[Any, Any]:
-        """The bridged job."""
-        return self._job
-
-    @property
-    def outcome(self) -> Outcome | None:
-        """The job's outcome; None while it runs."""
-        return self._job.outcome
-
-    @property
-    def items_skipped(self) -> int:
-        """With ``latest_only``: how many items were dropped for a newer one."""
-        return self._pacer.skipped
 
     def ended(self) -> bool:
         """True once ``on_done`` was called (or would have been, without one)."""
