@@ -19,7 +19,8 @@ import pytest
 pytest.importorskip("numpy")
 pytest.importorskip("rich")
 
-from workstream import _cli, _demo
+from workstream import CancelledOutcome, _cli, _demo
+from workstream._cli import StopButton
 
 DEMO = [sys.executable, "-m", "workstream", "demo"]
 ENV = {**os.environ, "COLUMNS": "200", "PYTHONIOENCODING": "utf-8", "NO_COLOR": "1"}
@@ -73,7 +74,10 @@ def test_completed_run(method: str) -> None:
 def test_stop_after_stops_cooperatively() -> None:
     proc, _ = run_demo("--stop-after", "0.5")
     rows = check_clean(proc, "cancelled")
-    assert rows["rung"].startswith("cooperative"), proc.stdout
+    assert rows["how it stopped"] == f"stopped at a yield {rows['stop latency'].split()[0]} ms "\
+        "after Stop", proc.stdout
+    assert "asking the worker to stop at its next yield; SIGTERM after 1 s, SIGKILL after 2 s"\
+        in proc.stdout
     assert rows["stopped by"] == "--stop-after 0.5 s"
     assert 0 < int(rows["items received"]) < _demo.DEFAULT_STEPS
     assert latency_ms(rows) < 1000  # a yield comes every few ms
@@ -84,10 +88,13 @@ def test_stuck_worker_is_killed_within_the_grace() -> None:
     proc, wall = run_demo("--stuck", "--grace", "1", "--stop-after", "0.5")
     rows = check_clean(proc, "cancelled")
     assert "The worker is now in a long C call" in proc.stdout
-    rung = rows["rung"].split()[0]
-    assert rung in {"sigkill", "sigterm"}, proc.stdout
-    if rung == "sigkill":
+    how = rows["how it stopped"]
+    assert how.startswith("did not stop within 0.5 s, so it was sent SIGTERM"), proc.stdout
+    if how.endswith("killed (SIGKILL)"):  # the usual case: SIGTERM cannot stop a C call
+        assert "at the end of the 1 s grace" in how
         assert "SIGKILL (-9)" in rows["child"]
+    else:
+        assert "and stopped " in how, proc.stdout
     assert 400 <= latency_ms(rows) < 2500, proc.stdout  # SIGTERM at 0.5 s, SIGKILL at 1 s
     assert wall < 10
 
@@ -153,7 +160,10 @@ def test_second_ctrl_c_kills_a_stuck_worker_at_once() -> None:
     assert code == 0, out
     assert rows["outcome"] == "cancelled"
     assert rows["stopped by"] == "Ctrl-C twice"
-    assert rows["rung"].startswith("sigkill")
+    assert rows["how it stopped"].startswith("killed (SIGKILL) at the second Ctrl-C, "), out
+    assert rows["how it stopped"].endswith(" after Stop, before SIGTERM was due"), out
+    assert "Ctrl-C again: skipping the rest of the grace period." in out
+    assert "The second Ctrl-C killed the worker (SIGKILL)." in out
     assert latency_ms(rows) < 10_000  # far less than the 30 s grace
     assert rows["processes left"].startswith("0 ")
 
@@ -226,3 +236,128 @@ def test_exit_status_rendering() -> None:
     assert _cli.describe_exit(0) == "exit code 0"
     assert _cli.describe_exit(-signal.SIGKILL) == "SIGKILL (-9)"
     assert _cli.describe_exit(None) == "exit status unknown"
+
+
+# -- the demo's words, with stand-ins for the job (no process, no timing) ----------------
+
+
+class FakeJob:
+    """Just enough of a Job for StopButton and consume: items, a pid known late, cancel."""
+
+    def __init__(self, items: list[dict[str, float]], pid_from: int) -> None:
+        self._items = items
+        self._pid_from = pid_from
+        self.yielded = 0
+        self.ended = False
+        self.cancels: list[float | None] = []
+        self.cancel_requested = False
+
+    @property
+    def pid(self) -> int | None:
+        return 4242 if self.yielded > self._pid_from else None
+
+    def __iter__(self) -> Iterator[dict[str, float]]:
+        for item in self._items:
+            self.yielded += 1
+            yield item
+
+    def cancel(self, grace: float | None = None) -> bool:
+        self.cancels.append(grace)
+        self.cancel_requested = True
+        return not self.ended
+
+
+class FakeView:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def announce(self, text: str, markup: bool = False) -> None:
+        self.lines.append(text)
+
+    def show(self, item: object, stopping: bool) -> None:
+        pass
+
+
+def _steps(n: int) -> list[dict[str, float]]:
+    return [{"step": i, "loss": 1.0, "accuracy": 0.5} for i in range(n)]
+
+
+def _cancelled(rung: str, latency: float | None) -> CancelledOutcome:
+    return CancelledOutcome(pid=4242, items_delivered=3, exit_code=0, duration=1.0,
+                            rung=rung, stop_latency=latency)  # type: ignore[arg-type]
+
+
+def _pressed(grace: float = 2.0, *, second_after: float | None = None) -> StopButton:
+    """A StopButton pressed once (at a fixed time), and again ``second_after`` s later."""
+    stop = StopButton(FakeJob([], 0), FakeView().announce, None, grace)  # type: ignore[arg-type]
+    stop.interrupt()
+    assert stop.pressed_at is not None
+    stop.pressed_at = 1000.0
+    if second_after is not None:
+        stop.interrupt()
+        stop.kill_pressed_at = 1000.0 + second_after
+    return stop
+
+
+def test_the_pid_is_said_once_it_is_known_never_as_none() -> None:
+    """Regression (issue 9): the demo printed "worker pid None" just after start."""
+    job, view = FakeJob(_steps(5), pid_from=2), FakeView()
+    stop = StopButton(job, view.announce, None, 2.0)  # type: ignore[arg-type]
+    tally = _cli.consume(job, view, stop)  # type: ignore[arg-type]
+    assert tally.items == 5
+    assert view.lines == ["worker pid 4242 is training."]
+
+
+@pytest.mark.parametrize(
+    ("rung", "latency", "second_after", "words"),
+    [
+        ("cooperative", 0.012, None, "stopped at a yield 12 ms after Stop"),
+        ("sigterm", 1.04, None,
+         "did not stop within 1 s, so it was sent SIGTERM, and stopped 40 ms later"),
+        ("sigkill", 2.003, None,
+         "did not stop within 1 s, so it was sent SIGTERM; still running at the end of the "
+         "2 s grace, so it was killed (SIGKILL)"),
+        ("sigkill", 0.31, 0.3,
+         "killed (SIGKILL) at the second Ctrl-C, 300 ms after Stop, before SIGTERM was due"),
+        ("sigkill", 1.51, 1.5,
+         "did not stop within 1 s, so it was sent SIGTERM; still running at the second "
+         "Ctrl-C, so it was killed (SIGKILL)"),
+        ("before-start", None, None, "stopped before the worker process had started"),
+    ],
+    ids=["yield", "sigterm", "sigkill-grace", "sigkill-ctrl-c", "sigterm-then-ctrl-c",
+         "before-start"],
+)
+def test_report_says_how_it_stopped_in_plain_words(
+    rung: str, latency: float | None, second_after: float | None, words: str
+) -> None:
+    """The report's "how it stopped" row: no jargon, and the SIGTERM attempt when made."""
+    stop = _pressed(second_after=second_after)
+    assert _cli.describe_stop(_cancelled(rung, latency), stop) == words
+
+
+def test_second_ctrl_c_after_the_worker_stopped_does_not_claim_a_kill() -> None:
+    """Regression (issue 9): "killing the worker now", then a report saying cooperative."""
+    view = FakeView()
+    job = FakeJob([], 0)
+    stop = StopButton(job, view.announce, None, 2.0)  # type: ignore[arg-type]
+    stop.interrupt()
+    stop.interrupt()  # the job is still running as far as cancel() knows
+    assert job.cancels == [None, 0.0]
+    assert not any("kill" in line for line in view.lines[1:]), view.lines
+    said = _cli.describe_second_press(_cancelled("cooperative", 0.01), stop)
+    assert said == ("The worker had already stopped (at a yield) when Ctrl-C was pressed "
+                    "again: nothing was killed.")
+    assert _cli.describe_second_press(_cancelled("sigkill", 0.01), stop) == (
+        "The second Ctrl-C killed the worker (SIGKILL).")
+
+
+def test_second_ctrl_c_after_the_job_ended_says_so() -> None:
+    view = FakeView()
+    job = FakeJob([], 0)
+    stop = StopButton(job, view.announce, None, 2.0)  # type: ignore[arg-type]
+    stop.interrupt()
+    job.ended = True
+    stop.interrupt()
+    assert view.lines[-1] == "Ctrl-C again: the worker has already stopped."
+    assert stop.kill_pressed_at is None
+    assert _cli.describe_second_press(_cancelled("cooperative", 0.01), stop) is None

@@ -62,12 +62,6 @@ HELPER_MARKERS = ("forkserver", "resource_tracker", "-I -S -c")
 
 _ENTER_CALL_DELAY = 0.3  # s; see LiveView.show
 
-_RUNG_MEANING = {
-    "before-start": "before-start (the process was never started)",
-    "cooperative": "cooperative (Cancelled raised at a yield)",
-    "sigterm": "sigterm (Cancelled raised by the SIGTERM handler)",
-    "sigkill": "sigkill (the child was killed)",
-}
 
 
 # -- the command line ----------------------------------------------------------------
@@ -312,6 +306,9 @@ def run_demo(settings: DemoSettings) -> int:
             outcome = wait_for(job, stop)
         finally:
             stop.close()
+    second = describe_second_press(outcome, stop)
+    if second is not None:
+        view.announce(second)
     left = leftover_processes(outcome.pid)
     print_report(console, report_rows(outcome, tally, stop, left, settings.grace), outcome)
     return exit_status(outcome, left)
@@ -344,7 +341,7 @@ def _print_intro(console: Console, settings: DemoSettings) -> None:
         f"spirals ({_demo.POINTS} points) for {settings.steps} steps in a worker process "
         f"(start method {method}, grace {settings.grace:g} s)."
     )
-    hint = "Press Ctrl-C to stop it (twice: kill it at once)."
+    hint = "Press Ctrl-C to stop it (a second Ctrl-C kills it at once if it still runs)."
     if settings.stuck:
         hint += (f" --stuck: after step {_demo.STUCK_AT_STEP} the worker enters a long C call"
                  f" (about {_demo.STUCK_SECONDS:g} s).")
@@ -365,16 +362,20 @@ def consume(job: Job[Any, Any], view: LiveView, stop: StopButton) -> Tally:
     """Iterate the job to the end of its stream, showing each item.
 
     Ctrl-C (KeyboardInterrupt) presses Stop and iteration goes on: the stream always
-    ends once the child is gone. Arms ``stop``'s timer when the first item arrives.
+    ends once the child is gone. Arms ``stop``'s timer when the first item arrives, and
+    says the worker's pid with the first item that arrives once the pid is known.
     """
     tally = Tally()
+    pid_shown = False
     while True:
         try:
             for raw in job:
                 item = cast("StepItem", raw)
                 if tally.items == 0:
-                    view.announce(f"worker pid {job.pid} is training.")
                     stop.arm()
+                if not pid_shown and job.pid is not None:
+                    view.announce(f"worker pid {job.pid} is training.")
+                    pid_shown = True
                 tally.items += 1
                 tally.last = item
                 view.show(item, job.cancel_requested)
@@ -406,9 +407,11 @@ def _handle_interrupt(stop: StopButton) -> None:
 class StopButton:
     """Presses Stop on a job: after ``stop_after`` seconds, or on Ctrl-C.
 
-    The first press is ``job.cancel()`` (cooperative, then SIGTERM, then SIGKILL after
-    the grace); a second Ctrl-C is ``job.cancel(grace=0)`` (kill now). Safe from any
-    thread. ``pressed_by`` says what pressed it first (None if nothing did).
+    The first press is ``job.cancel()`` (at the next yield; SIGTERM after ``term_after``,
+    SIGKILL after the grace); a second Ctrl-C is ``job.cancel(grace=0)`` (SIGKILL now,
+    unless the worker has already stopped). Safe from any thread. ``pressed_by`` says
+    what pressed it first (None if nothing did); ``pressed_at`` when (``time.monotonic()``,
+    None if never), and ``kill_pressed_at`` when a second Ctrl-C cut the grace short.
     """
 
     def __init__(
@@ -418,11 +421,15 @@ class StopButton:
         self._job = job
         self._announce = announce
         self._stop_after = stop_after
-        self._grace = grace
+        self.grace = grace
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         self._interrupts = 0
+        self.term_after = Options().term_delay(grace)
+        """Seconds from the first press to SIGTERM (the job's default ``term_after``)."""
         self.pressed_by: str | None = None
+        self.pressed_at: float | None = None
+        self.kill_pressed_at: float | None = None
 
     def arm(self) -> None:
         """Start the ``stop_after`` countdown; does nothing the second time or without it."""
@@ -441,27 +448,42 @@ class StopButton:
             timer.cancel()
 
     def interrupt(self) -> None:
-        """Handle one Ctrl-C: the first asks the job to stop, later ones kill it now."""
+        """Handle one Ctrl-C: the first asks the job to stop, a later one cuts the grace
+        short (:func:`describe_second_press` says afterwards whether that killed it)."""
         with self._lock:
             self._interrupts += 1
             kill = self._interrupts > 1
         if kill:
-            self._press("Ctrl-C twice", "Ctrl-C again: killing the worker now.", grace=0.0)
+            if not self._press("Ctrl-C twice", "Ctrl-C again: skipping the rest of the grace "
+                               "period.", grace=0.0):
+                self._announce("Ctrl-C again: the worker has already stopped.")
         else:
-            self._press("Ctrl-C", "Ctrl-C: asking the worker to stop "
-                        f"(grace {self._grace:g} s; Ctrl-C again kills it now).")
+            self._press("Ctrl-C", f"Ctrl-C: {self._ladder()} (Ctrl-C again: kill it now).")
+
+    def _ladder(self) -> str:
+        return (f"asking the worker to stop at its next yield; SIGTERM after "
+                f"{self.term_after:g} s, SIGKILL after {self.grace:g} s if it still runs")
 
     def _timer_fired(self) -> None:
         self._press(f"--stop-after {self._stop_after:g} s",
-                    f"Stop pressed by --stop-after {self._stop_after:g} s: asking the worker "
-                    f"to stop (grace {self._grace:g} s).")
+                    f"Stop pressed by --stop-after {self._stop_after:g} s: {self._ladder()}.")
 
-    def _press(self, by: str, message: str, grace: float | None = None) -> None:
+    def _press(self, by: str, message: str, grace: float | None = None) -> bool:
+        """Cancel the job; announce ``message`` and return True unless it had ended."""
+        now = time.monotonic()
         with self._lock:
             if self.pressed_by is None or grace == 0.0:
                 self.pressed_by = by
-        if self._job.cancel(grace):
-            self._announce(message)
+            if self.pressed_at is None:
+                self.pressed_at = now
+        if not self._job.cancel(grace):
+            return False
+        if grace == 0.0:
+            with self._lock:
+                if self.kill_pressed_at is None:
+                    self.kill_pressed_at = now
+        self._announce(message)
+        return True
 
 
 # -- the live view -------------------------------------------------------------------
@@ -540,8 +562,8 @@ class LiveView:
             self._progress.update(self._task, description="stuck in a C call", rate="0")
             self.announce(
                 f"[bold yellow]The worker is now in a long C call[/]: {_escape(stuck)}. "
-                "It cannot see a cooperative cancel; Stop escalates to SIGTERM, then "
-                "SIGKILL at the end of the grace period.",
+                "It cannot see Stop until the call returns, so Stop will end in SIGTERM "
+                "or, at the end of the grace period, SIGKILL.",
                 markup=True,
             )
 
@@ -669,7 +691,7 @@ def report_rows(
         if outcome.stop_latency is not None:
             rows.append(("stop latency", f"{outcome.stop_latency * 1000:.0f} ms "
                                          f"(grace {grace:g} s)"))
-        rows.append(("rung", _RUNG_MEANING.get(outcome.rung, outcome.rung)))
+        rows.append(("how it stopped", describe_stop(outcome, stop)))
     if isinstance(outcome, (Failed, Crashed)):  # the first paragraph: not the traceback
         rows.append(("error", str(outcome.error).split("\n\n", 1)[0]))
     pid = "never started" if outcome.pid is None else f"pid {outcome.pid}"
@@ -677,6 +699,50 @@ def report_rows(
     rows.append(("duration", f"{outcome.duration:.2f} s"))
     rows.append(("processes left", f"{left.count} ({left.detail})"))
     return rows
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def describe_stop(outcome: CancelledOutcome, stop: StopButton) -> str:
+    """Say in plain words how a cancelled job ended, from its outcome and what the Stop
+    button did and when (SIGTERM is sent ``stop.term_after`` s after the first press)."""
+    latency = outcome.stop_latency
+    term = stop.term_after
+    if outcome.rung == "before-start":
+        return "stopped before the worker process had started"
+    if latency is None or stop.pressed_at is None:  # cancelled by workstream itself
+        return {"cooperative": "stopped at a yield", "sigterm": "ended by SIGTERM",
+                "sigkill": "killed (SIGKILL)"}[outcome.rung]
+    kill_after = None
+    if stop.kill_pressed_at is not None:
+        kill_after = stop.kill_pressed_at - stop.pressed_at
+    if outcome.rung == "cooperative":
+        return f"stopped at a yield {_ms(latency)} after Stop"
+    if outcome.rung == "sigterm":
+        return (f"did not stop within {term:g} s, so it was sent SIGTERM, and stopped "
+                f"{_ms(max(latency - term, 0.0))} later")
+    if kill_after is not None and kill_after < term:
+        return (f"killed (SIGKILL) at the second Ctrl-C, {_ms(kill_after)} after Stop, "
+                "before SIGTERM was due")
+    sent_term = f"did not stop within {term:g} s, so it was sent SIGTERM; "
+    if kill_after is not None and kill_after < stop.grace:
+        return sent_term + "still running at the second Ctrl-C, so it was killed (SIGKILL)"
+    return sent_term + (f"still running at the end of the {stop.grace:g} s grace, so it "
+                        "was killed (SIGKILL)")
+
+
+def describe_second_press(outcome: Outcome, stop: StopButton) -> str | None:
+    """After a second Ctrl-C that found the job still running: say whether it killed the
+    worker or the worker had stopped by itself first; None if there was no such press."""
+    if stop.kill_pressed_at is None or not isinstance(outcome, CancelledOutcome):
+        return None
+    if outcome.rung == "sigkill":
+        return "The second Ctrl-C killed the worker (SIGKILL)."
+    how = "at a yield" if outcome.rung == "cooperative" else "of SIGTERM"
+    return (f"The worker had already stopped ({how}) when Ctrl-C was pressed again: "
+            "nothing was killed.")
 
 
 def _completed_rows(value: object) -> list[tuple[str, str]]:
