@@ -163,6 +163,39 @@ def test_stop_button_cancels_without_blocking(root: Any) -> None:
     assert rec.states()[-2:] == ["cancelling", "cancelled"]
 
 
+def test_a_slow_on_items_callback_sees_the_end_right_after_the_job(root: Any) -> None:
+    """Regression test for issue 9 §1: a 5 ms ``on_items`` callback gets everything pending
+    in one list per call, so after a cancel at 1 s into a flood ``on_done`` comes within
+    300 ms of the job's end, with every item in order."""
+    lists: list[list[Any]] = []
+    done_at: list[float] = []
+
+    def on_items(chunk: list[Any]) -> None:
+        end = time.perf_counter() + 0.005  # work, not a sleep: a plot redrawing
+        while time.perf_counter() < end:
+            pass
+        lists.append(chunk)
+
+    tkjob = TkJob.start(workers.forever, widget=root, on_items=on_items,
+                        on_done=lambda _: done_at.append(time.perf_counter()))
+    ended: list[float] = []
+
+    def waiter() -> None:
+        tkjob.job.wait(timeout=60)
+        ended.append(time.perf_counter())
+
+    threading.Thread(target=waiter, daemon=True).start()
+    root.after(1000, tkjob.cancel)
+    run_until(root, lambda: bool(done_at))
+    wait_until(lambda: bool(ended), 10, "the waiter thread to see the end")
+    items = [x for chunk in lists for x in chunk]
+    assert items[-1] == "finally"
+    assert wl.assert_contiguous(items[:-1]) > 1000  # a flood, not a trickle
+    lag = done_at[0] - ended[0]
+    assert lag < 0.3, f"on_done came {lag:.2f} s after the job ended"
+    assert len(lists) < len(items) / 10  # lists, not one item per call
+
+
 @pytest.mark.parametrize(
     ("fn", "args", "kind", "text"),
     [

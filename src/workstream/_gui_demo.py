@@ -70,6 +70,8 @@ RUNG_MEANING = {
     "sigterm": "SIGTERM raised Cancelled in the worker",
     "sigkill": "the worker was killed at the end of the grace",
 }
+ENDED_STATES = frozenset({"completed", "cancelled", "failed", "crashed"})
+"""``state_changed`` values that mean the worker process is gone (reaped)."""
 _AUTO_CLOSE_MS = 150  # after the job ended, with --stop-after: let the last frame paint
 
 
@@ -240,6 +242,7 @@ class DemoWindow(QWidget):
         self._auto_stop_armed = False
         self.stopped_by: str | None = None
         self._closing = False
+        self._worker_gone = False  # True from the job's final state until a new start
         self.setWindowTitle("workstream demo")
         title = QLabel(
             f"<b>workstream demo</b>: a 2-{_demo.HIDDEN}-1 tanh MLP (numpy) learns two "
@@ -287,6 +290,7 @@ class DemoWindow(QWidget):
         self.items_received = 0
         self._stop_presses = 0
         self.stopped_by = None
+        self._worker_gone = False
         self.plot.clear(s.steps)
         self.progress.setValue(0)
         try:
@@ -305,7 +309,7 @@ class DemoWindow(QWidget):
     def press_stop(self, by: str = "the Stop button") -> None:
         """Stop: the first press cancels (cooperative, SIGTERM, SIGKILL at the grace);
         the second kills now. ``by`` says who pressed it, for the status line."""
-        if self.qjob is None or self.qjob.ended():
+        if self.qjob is None or self.qjob.ended() or self._worker_gone:
             return
         self._stop_presses += 1
         if self._stop_presses == 1:
@@ -334,6 +338,8 @@ class DemoWindow(QWidget):
         self.plot.add(items)
         last = items[-1]
         self.progress.setValue(last["step"] + 1)
+        if self._worker_gone:  # the status line already says "stopped"; draw the rest
+            return
         state = self.qjob.job.state.value
         text = (f"{state} · pid {self.qjob.job.pid} · step {last['step'] + 1} · "
                 f"loss {last['loss']:.4f} · accuracy {last['accuracy']:.1%}")
@@ -344,9 +350,17 @@ class DemoWindow(QWidget):
         self.status.setText(text)
 
     def _on_state(self, state: str) -> None:
+        """A new job state: "cancelling" says what Kill now does; a final state (the
+        worker is gone) disables Stop / Kill now at once, even while the last items are
+        still being drawn (``finished`` then shows the full report)."""
         if state == "cancelling":
             self.status.setText(f"cancelling… (the worker has {self.settings.grace:g} s "
                                 "before SIGKILL; press Kill now to kill it at once)")
+        elif state in ENDED_STATES:
+            self._worker_gone = True
+            self.stop_button.setEnabled(False)
+            self.stop_button.setText("Stop")
+            self.status.setText(f"stopped: the worker process has ended ({state})")
 
     def _on_finished(self, outcome: Outcome) -> None:
         self._set_running(False)

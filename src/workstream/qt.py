@@ -38,14 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import CancelledOutcome, Completed, Crashed, Failed, Job
 from . import start as _start
-from ._pacing import (
-    DEFAULT_SLICE_MS,
-    LIST_CHUNK,
-    PER_ITEM_CHUNK,
-    BridgeFacts,
-    Pacer,
-    check_options,
-)
+from ._pacing import DEFAULT_SLICE_MS, BridgeFacts, Deliver, Pacer, check_options
 from ._qt_compat import load as _load
 
 _binding = _load()
@@ -228,8 +221,12 @@ class QtJob(QObject, BridgeFacts):
         """Drain the job and deliver for at most one slice; re-arm if work is left."""
         if self._ended:
             return
-        cap = PER_ITEM_CHUNK if self.isSignalConnected(self._item_method) else LIST_CHUNK
-        delay = self._pacer.turn(self._emit_chunk, cap)
+        self._check_state()  # first: a slow slot must not hold back a new state
+        lists: Deliver | None = (
+            self._emit_items if self.isSignalConnected(self._items_method) else None)
+        each: Deliver | None = (
+            self._emit_each if self.isSignalConnected(self._item_method) else None)
+        delay = self._pacer.turn(lists, each)
         if not self._link.armed:  # a slot destroyed this bridge (with its parent)
             return
         self._check_state()
@@ -238,18 +235,17 @@ class QtJob(QObject, BridgeFacts):
         elif delay < math.inf and not self._pump_timer.isActive():
             self._pump_timer.start(math.ceil(delay * 1000))
 
-    def _emit_chunk(self, chunk: list[Any]) -> None:
+    def _emit_items(self, items: list[Any]) -> None:
+        if self._link.armed:
+            self.items.emit(items)
+
+    def _emit_each(self, chunk: list[Any]) -> None:
         link = self._link
-        if not link.armed:
-            return
-        if self.isSignalConnected(self._items_method):
-            self.items.emit(chunk)
-        if link.armed and self.isSignalConnected(self._item_method):
-            emit = self.item.emit
-            for x in chunk:
-                if not link.armed:  # a slot destroyed this bridge: emit no more
-                    return
-                emit(x)
+        emit = self.item.emit
+        for x in chunk:
+            if not link.armed:  # a slot destroyed this bridge: emit no more
+                return
+            emit(x)
 
     def _check_state(self) -> None:
         state = self._job.state.value

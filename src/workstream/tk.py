@@ -34,14 +34,7 @@ from typing import Any
 
 from . import CancelledOutcome, Completed, Crashed, Failed, Job
 from . import start as _start
-from ._pacing import (
-    DEFAULT_SLICE_MS,
-    LIST_CHUNK,
-    PER_ITEM_CHUNK,
-    BridgeFacts,
-    Pacer,
-    check_options,
-)
+from ._pacing import DEFAULT_SLICE_MS, BridgeFacts, Pacer, check_options
 
 DEFAULT_POLL_MS = 10
 """How often a running job is polled when no items are waiting (milliseconds)."""
@@ -204,8 +197,10 @@ class TkJob(BridgeFacts):
         if self._ended or self._detached:
             return
         try:
-            cap = PER_ITEM_CHUNK if self._on_item is not None else LIST_CHUNK
-            delay = self._pacer.turn(self._deliver, cap)
+            self._check_state()  # first: a slow callback must not hold back a new state
+            delay = self._pacer.turn(
+                self._deliver_list if self._on_items is not None else None,
+                self._deliver_each if self._on_item is not None else None)
             self._check_state()
         except BaseException:
             self._schedule(self._poll_ms)  # a bug must not stop the stream for good
@@ -217,9 +212,11 @@ class TkJob(BridgeFacts):
         else:
             self._schedule(math.ceil(delay * 1000))
 
-    def _deliver(self, chunk: list[Any]) -> None:
-        if self._on_items is not None:
-            self._call(self._on_items, chunk)
+    def _deliver_list(self, items: list[Any]) -> None:
+        if not self._detached:
+            self._call(self._on_items, items)
+
+    def _deliver_each(self, chunk: list[Any]) -> None:
         on_item = self._on_item
         if on_item is not None:
             for x in chunk:
