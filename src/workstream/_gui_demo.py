@@ -41,7 +41,16 @@ from .qt import QtJob
 
 if TYPE_CHECKING:
     from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, qInstallMessageHandler
-    from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF
+    from PySide6.QtGui import (
+        QCloseEvent,
+        QColor,
+        QFont,
+        QGuiApplication,
+        QPainter,
+        QPaintEvent,
+        QPen,
+        QPolygonF,
+    )
     from PySide6.QtWidgets import (
         QApplication,
         QHBoxLayout,
@@ -56,9 +65,10 @@ else:
     QPointF, QRectF, Qt, QTimer, qInstallMessageHandler = (
         getattr(_qt.QtCore, n) for n in
         ("QPointF", "QRectF", "Qt", "QTimer", "qInstallMessageHandler"))
-    QCloseEvent, QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF = (
+    QCloseEvent, QColor, QFont, QGuiApplication, QPainter, QPaintEvent, QPen, QPolygonF = (
         getattr(_qt.QtGui, n) for n in
-        ("QCloseEvent", "QColor", "QFont", "QPainter", "QPaintEvent", "QPen", "QPolygonF"))
+        ("QCloseEvent", "QColor", "QFont", "QGuiApplication", "QPainter", "QPaintEvent",
+         "QPen", "QPolygonF"))
     QApplication, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget = (
         getattr(_qt.QtWidgets, n) for n in
         ("QApplication", "QHBoxLayout", "QLabel", "QProgressBar", "QPushButton",
@@ -110,7 +120,8 @@ def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
         return EXIT_OK
     left = leftover_processes(outcome.pid)
     rows = report_lines(outcome, window.items_received, left.count, screenshot,
-                        window.stopped_by)
+                        window.stopped_by, display=_describe_display(),
+                        screenshot_source=window.screenshot_source)
     for label, value in rows:
         print(f"{label}: {value}")
     return exit_status(outcome, left) if not window.screenshot_error else EXIT_FAILED
@@ -118,7 +129,8 @@ def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
 
 def report_lines(
     outcome: Outcome, items: int, left: int, screenshot: str | None,
-    stopped_by: str | None = None,
+    stopped_by: str | None = None, *, display: str | None = None,
+    screenshot_source: str | None = None,
 ) -> list[tuple[str, str]]:
     """The short report printed after the window closed, as (label, value) pairs."""
     rows = [("outcome", outcome.kind), ("items received", str(items))]
@@ -131,9 +143,21 @@ def report_lines(
         rows.append(("error", str(outcome.error).split("\n\n", 1)[0]))
     rows.append(("child", f"pid {outcome.pid}, {describe_exit(outcome.exit_code)}"))
     rows.append(("processes left", str(left)))
+    if display is not None:
+        rows.append(("display", display))
     if screenshot is not None:
         rows.append(("screenshot", screenshot))
+        if screenshot_source is not None:
+            rows.append(("screenshot taken from", screenshot_source))
     return rows
+
+
+def _describe_display() -> str:
+    """Qt's platform plugin, and the X display it uses under xcb ("xcb on :77")."""
+    platform = QGuiApplication.platformName()
+    if platform == "xcb":
+        return f"xcb on {os.environ.get('DISPLAY', '?')}"
+    return platform
 
 
 def _quiet_offscreen_notice(mode: Any, context: Any, message: str) -> None:
@@ -236,6 +260,7 @@ class DemoWindow(QWidget):
         self.settings = settings
         self.screenshot = screenshot
         self.screenshot_error = False
+        self.screenshot_source: str | None = None  # how the screenshot was taken, once saved
         self.qjob: QtJob | None = None
         self.items_received = 0
         self._stop_presses = 0
@@ -388,6 +413,26 @@ class DemoWindow(QWidget):
 
     # -- the window -------------------------------------------------------------
 
+    def save_screenshot(self, path: str) -> None:
+        """Save the window as a PNG at ``path``: on a window system, the screen's pixels
+        where the window is (what the display really shows); offscreen, Qt's rendering of
+        the widget. Sets ``screenshot_source``, or ``screenshot_error`` (and says why on
+        stderr) if nothing could be saved."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        pixmap = None
+        screen = self.screen()
+        if QGuiApplication.platformName() != "offscreen" and screen is not None:
+            pixmap = screen.grabWindow(self.winId())
+            self.screenshot_source = "the display"
+        if pixmap is None or pixmap.isNull():
+            pixmap = self.grab()
+            self.screenshot_source = "Qt's rendering of the window"
+        if not pixmap.save(path, "PNG"):
+            print(f"could not save the screenshot to {path}", file=sys.stderr)
+            self.screenshot_source = None
+            self.screenshot_error = True
+
+
     def close_by(self, reason: str) -> None:
         """Close the window (which cancels a running job); ``reason`` is reported."""
         if self.qjob is not None and not self.qjob.ended() and self.stopped_by is None:
@@ -398,11 +443,7 @@ class DemoWindow(QWidget):
         """Save the screenshot if asked, cancel a running job (never waits), close."""
         self._closing = True
         if self.screenshot is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.screenshot)), exist_ok=True)
-            if not self.grab().save(self.screenshot, "PNG"):
-                print(f"could not save the screenshot to {self.screenshot}",
-                      file=sys.stderr)
-                self.screenshot_error = True
+            self.save_screenshot(self.screenshot)
         if self.qjob is not None and not self.qjob.ended():
             if self.stopped_by is None:
                 self.stopped_by = "closing the window"
