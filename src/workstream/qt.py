@@ -13,11 +13,19 @@ How it works (and why the GUI never stalls):
   and once it is finished. The listener only emits a private ``wake`` signal, through a
   queued connection into the bridge's thread, and only if no wake is already pending: a
   flood of 100,000 items/s posts one event per GUI turn, not one per item.
-* In the GUI thread the bridge drains the job (non-blocking) and emits the items in
-  time-boxed slices (``slice_ms``, 8 ms by default); what is left waits for a zero-delay
-  timer, so timers, input and painting run between two slices. Chunk sizes adapt to the
-  measured cost of the connected slots. The job's own bounded buffer applies
-  backpressure to the child while the GUI catches up.
+* In the GUI thread the bridge drains the job (non-blocking). ``items`` gets everything
+  drained in one list per turn, whatever its slots cost, so a plot never lags the worker
+  by more than a turn and one slot call. ``item`` gets the items one by one in time-boxed
+  slices (``slice_ms``, 8 ms by default), chunk sizes following the measured cost per
+  item of its slots; what is left waits for a zero-delay timer, so timers, input and
+  painting run between two slices.
+* Backpressure: the bridge drains the job again only once ``item`` had what it drained,
+  so an ``item`` slot slower than the worker fills the job's bounded buffer
+  (``max_buffered_items``) and the pipe, and the worker waits at its ``yield``. The
+  worker then runs at the slot's pace, and after a Stop the items in flight (up to the
+  buffer and the pipe's worth) are still delivered before ``finished``. Avoid it by
+  connecting ``items`` (with ``max_rate=60`` for a plot: one list per frame) or by
+  ``latest_only=True`` (progress displays).
 * ``latest_only=True`` delivers only the newest item, at most ``max_rate`` times per
   second (60 by default), and keeps draining meanwhile so the child never waits on the
   display; ``max_rate`` alone delivers every item, in at most ``max_rate`` batches per
@@ -65,15 +73,20 @@ class QtJob(QObject, BridgeFacts):
     """A QObject that streams a :class:`workstream.Job` into the Qt event loop.
 
     Every signal is emitted in the bridge's thread (the GUI thread), never on a
-    workstream thread. Order: ``item`` / ``items`` for every item (or, with
-    ``latest_only``, the newest ones), then ``state_changed`` to the final state, then one
-    of ``completed`` / ``cancelled`` / ``failed``, then ``finished`` — exactly once,
-    after the last item.
+    workstream thread. Order: ``items`` and ``item`` for every item (or, with
+    ``latest_only``, the newest ones; a list reaches ``items`` no later than its items
+    reach ``item``), then one of ``completed`` / ``cancelled`` / ``failed``, then
+    ``finished`` — exactly once, after the last item. ``state_changed`` reports each
+    new state within about one frame of the change, even while items are still being
+    delivered: the final state (the worker is gone) may come before the last items.
 
     Signals:
-        item(object): one item.
-        items(object): a list of consecutive items (one per delivery chunk); connect this
-            instead of ``item`` when a slot handles many items at once (a plot).
+        item(object): one item. Delivered in time slices; a slot slower than the worker
+            slows the worker (backpressure, see the module docstring).
+        items(object): a list of consecutive items: everything received since the last
+            list, one emit per turn (at most ``max_rate`` per second) whatever the slot
+            costs; connect this instead of ``item`` when a slot handles many items at
+            once (a plot).
         state_changed(str): the job's new state (``workstream.JobState`` values:
             starting, running, cancelling, completed, cancelled, failed, crashed).
         completed(object): the function's return value.
