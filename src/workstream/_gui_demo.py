@@ -9,7 +9,8 @@ Closing the window cancels a running job and returns at once.
 
 Headless: ``--stop-after S`` presses Stop S seconds after the first step and closes the
 window when the job has ended; ``--screenshot PATH`` saves the window as a PNG just
-before it closes; with ``QT_QPA_PLATFORM=offscreen`` no display is needed. Exit status as
+before it closes (on a display, the screen's pixels; offscreen, Qt's rendering); with
+``QT_QPA_PLATFORM=offscreen`` no display is needed. Exit status as
 the terminal demo: 0 after completion or a clean stop, 1 failed/crashed/left a process,
 2 missing dependencies or no display.
 
