@@ -347,6 +347,32 @@ def test_a_slot_that_destroys_the_parent_mid_stream_is_safe(qtbot: Any) -> None:
     assert len(got) == 20
 
 
+def test_a_state_slot_that_destroys_the_parent_is_safe(qtbot: Any) -> None:
+    """A ``state_changed`` slot deletes the bridge's parent (so the bridge) as the job
+    starts running: the bridge touches nothing of itself afterwards (its pump reports
+    the state before it delivers), and the job is cancelled."""
+    from shiboken6 import Shiboken
+
+    parent = QWidget()
+    qjob = QtJob.start(workers.forever, parent=parent)
+    job = qjob.job
+    states: list[str] = []
+
+    def on_state(state: str) -> None:
+        states.append(state)
+        if state == "running":
+            Shiboken.delete(parent)
+
+    qjob.state_changed.connect(on_state)
+    qjob.items.connect(lambda _: None)
+    del qjob
+    qtbot.waitUntil(lambda: job.cancel_requested, timeout=WAIT_MS)
+    assert isinstance(job.wait(timeout=15), CancelledOutcome)
+    for _ in range(5):
+        QApplication.processEvents()
+    assert states[-1] == "running"
+
+
 def test_event_loop_stays_responsive_while_the_child_floods(qtbot: Any) -> None:
     """A 5 ms QTimer keeps firing while 300,000 items are delivered one by one: the median
     gap between ticks stays near a slice and the widest far below a stall (without time

@@ -89,8 +89,10 @@ class Pacer:
         ``lists``: the list consumer, called at most once per turn with everything taken
         this turn (None: nobody listens for lists). ``each``: the per-item consumer's
         delivery, called with chunks of at most :data:`PER_ITEM_CHUNK` items until the
-        slice is spent (None: nobody listens for items). Items reach ``lists`` no later
-        than ``each``, in the same order. With neither, items are taken and dropped.
+        slice is spent (None: nobody listens for items; a backlog left for it is dropped).
+        Items reach ``lists`` no later than ``each``, in the same order. With neither,
+        items are taken and dropped. A consumer that raises propagates out of the turn
+        (the items it was handed count as delivered).
 
         Returns None once the job is done and every item was delivered (the bridge then
         reports the outcome); 0.0 if items are waiting (as soon as the loop is free);
@@ -115,10 +117,10 @@ class Pacer:
             took = True
             if fresh:
                 self._last_delivery = now
-                if lists is not None:
-                    lists(fresh)
                 if each is not None:
                     self._backlog, self._pos = fresh, 0
+                if lists is not None:
+                    lists(fresh)
         if each is not None and self._pos < len(self._backlog):
             self._last_delivery = now
             self._deliver_each(now + self._slice, each)

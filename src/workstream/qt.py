@@ -235,6 +235,8 @@ class QtJob(QObject, BridgeFacts):
         if self._ended:
             return
         self._check_state()  # first: a slow slot must not hold back a new state
+        if not self._link.armed:  # a state_changed slot destroyed this bridge
+            return
         lists: Deliver | None = (
             self._emit_items if self.isSignalConnected(self._items_method) else None)
         each: Deliver | None = (

@@ -205,6 +205,8 @@ class TkJob(BridgeFacts):
             return
         try:
             self._check_state()  # first: a slow callback must not hold back a new state
+            if self._detached:  # on_state destroyed the widget (or detached)
+                return
             delay = self._pacer.turn(
                 self._deliver_list if self._on_items is not None else None,
                 self._deliver_each if self._on_item is not None else None)
@@ -212,6 +214,8 @@ class TkJob(BridgeFacts):
         except BaseException:
             self._schedule(self._poll_ms)  # a bug must not stop the stream for good
             raise
+        if self._detached:  # a callback destroyed the widget: no more callbacks
+            return
         if delay is None:
             self._end()
         elif delay == math.inf:
