@@ -196,6 +196,47 @@ def test_a_slow_on_items_callback_sees_the_end_right_after_the_job(root: Any) ->
     assert len(lists) < len(items) / 10  # lists, not one item per call
 
 
+def test_a_slow_on_item_slows_the_worker_and_still_sees_the_end_at_once(root: Any) -> None:
+    """A 1 ms ``on_item``, slower than the worker: the job's bounded buffer slows the
+    worker (backpressure, no backlog growing in the Tk thread); after a cancel
+    ``on_state("cancelled")`` comes within a poll or so of the job's end while the items
+    in flight are still being delivered, and ``on_done`` follows the last item."""
+    got: list[Any] = []
+    marks: dict[str, tuple[float, int]] = {}
+
+    def on_item(x: Any) -> None:
+        end = time.perf_counter() + 0.001  # work, not a sleep
+        while time.perf_counter() < end:
+            pass
+        got.append(x)
+
+    def mark(name: str) -> Callable[[Any], None]:
+        return lambda value: marks.setdefault(
+            value if name == "state" else name, (time.perf_counter(), len(got)))
+
+    tkjob = TkJob.start(workers.flood_dicts, 10**9, widget=root, on_item=on_item,
+                        on_state=mark("state"), on_done=mark("done"),
+                        max_buffered_items=100, pipe_bytes=4096)
+    ended: list[float] = []
+
+    def waiter() -> None:
+        tkjob.job.wait(timeout=60)
+        ended.append(time.perf_counter())
+
+    threading.Thread(target=waiter, daemon=True).start()
+    run_until(root, lambda: len(got) >= 300)
+    at_cancel = len(got)
+    tkjob.cancel()
+    run_until(root, lambda: "done" in marks)
+    wait_until(lambda: bool(ended), 10, "the waiter thread to see the end")
+    assert [x["step"] for x in got] == list(range(len(got)))
+    assert len(got) - at_cancel < 5000, (at_cancel, len(got))
+    state_at, delivered_then = marks["cancelled"]
+    assert state_at - ended[0] < 0.1
+    assert delivered_then < len(got), "no backlog left at the end: the test proves nothing"
+    assert marks["done"][1] == len(got)
+
+
 @pytest.mark.parametrize(
     ("fn", "args", "kind", "text"),
     [
