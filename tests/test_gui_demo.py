@@ -220,3 +220,29 @@ def test_stop_then_kill_now_on_a_stuck_worker(qtbot: Any) -> None:
     assert blocker.args[0].kind == "completed"
     assert win.items_received == 20
     assert win.progress.value() == 20
+
+
+@pytest.mark.timeout(60)
+def test_kill_now_is_disabled_as_soon_as_the_worker_is_gone(qtbot: Any) -> None:
+    """Regression test for issue 9 §1: when the job's final state arrives (before the
+    last items are drawn and ``finished``), the window already says "stopped" and "Kill
+    now" is disabled; the full report follows with ``finished``."""
+    win = _window(qtbot)
+    win.start_job()
+    qtbot.waitUntil(lambda: win.items_received >= 5, timeout=30_000)
+    seen: list[tuple[bool, str]] = []
+
+    def on_state(state: str) -> None:  # connected after the window's own slot: runs after
+        if state == "cancelled":
+            seen.append((win.stop_button.isEnabled(), win.status.text()))
+
+    win.qjob.state_changed.connect(on_state)
+    win.stop_button.click()
+    assert win.stop_button.text() == "Kill now" and win.stop_button.isEnabled()
+    with qtbot.waitSignal(win.qjob.finished, timeout=30_000):
+        pass
+    assert len(seen) == 1
+    enabled, text = seen[0]
+    assert not enabled, "Kill now still enabled once the worker was gone"
+    assert text.startswith("stopped"), text
+    assert win.status.text().startswith("cancelled by the Stop button"), win.status.text()

@@ -99,6 +99,89 @@ def test_items_signal_delivers_consecutive_lists(qtbot: Any) -> None:
     assert all(isinstance(chunk, list) and chunk for chunk in lists)
 
 
+def _busy(seconds: float) -> None:
+    """Work (not sleep) for ``seconds``: what a real slot does with a list (a plot)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _stamp_end(job: workstream.Job[Any, Any]) -> list[float]:
+    """Return a list that gets ``time.perf_counter()`` once ``job`` has ended (a thread
+    waits for it: the GUI thread's view of the end is what the test measures)."""
+    ended: list[float] = []
+
+    def waiter() -> None:
+        job.wait(timeout=60)
+        ended.append(time.perf_counter())
+
+    threading.Thread(target=waiter, daemon=True).start()
+    return ended
+
+
+def test_a_slow_items_slot_sees_the_end_right_after_the_job(qtbot: Any) -> None:
+    """Regression test for issue 9 §1: a 5 ms slot on ``items`` gets everything pending in
+    one list per call, so after a cancel at 1 s into a flood ``finished`` arrives within
+    300 ms of the job's end (it came many seconds later when the pacer sliced the lists
+    per item), with every item in order."""
+    qjob = QtJob.start(workers.forever)
+    ended = _stamp_end(qjob.job)
+    lists: list[list[Any]] = []
+    finished_at: list[float] = []
+
+    def slot(chunk: list[Any]) -> None:
+        _busy(0.005)
+        lists.append(chunk)
+
+    qjob.items.connect(slot)
+    qjob.finished.connect(lambda _: finished_at.append(time.perf_counter()))
+    QTimer.singleShot(1000, qjob.cancel)
+    qtbot.waitUntil(lambda: bool(finished_at), timeout=WAIT_MS)
+    wait_until(lambda: bool(ended), 10, "the waiter thread to see the end")
+    items = [x for chunk in lists for x in chunk]
+    assert items[-1] == "finally"
+    assert wl.assert_contiguous(items[:-1]) > 1000  # a flood, not a trickle
+    lag = finished_at[0] - ended[0]
+    assert lag < 0.3, f"finished came {lag:.2f} s after the job ended"
+    assert len(lists) < len(items) / 10  # lists, not one item per call
+
+
+def test_a_slow_item_slot_slows_the_worker_and_still_sees_the_end_at_once(qtbot: Any) -> None:
+    """A 1 ms slot on ``item``, slower than the worker: the pacer takes new items only
+    once it delivered the ones it took, so the job's bounded buffer (and then the pipe)
+    fills and the worker waits (backpressure, not an ever-growing backlog in the GUI);
+    after a cancel the final state arrives within a frame or so of the job's end while
+    the items in flight are still being delivered, and ``finished`` follows the last."""
+    # A small buffer and pipe keep what is in flight (delivered after the end) short.
+    qjob = QtJob.start(workers.flood_dicts, 10**9, max_buffered_items=100, pipe_bytes=4096)
+    ended = _stamp_end(qjob.job)
+    got: list[Any] = []
+    marks: dict[str, tuple[float, int]] = {}
+
+    def slot(x: Any) -> None:
+        _busy(0.001)
+        got.append(x)
+
+    qjob.item.connect(slot)
+    qjob.state_changed.connect(lambda s: marks.setdefault(s, (time.perf_counter(), len(got))))
+    qjob.finished.connect(lambda _: marks.setdefault("finished", (time.perf_counter(), len(got))))
+    qtbot.waitUntil(lambda: len(got) >= 300, timeout=WAIT_MS)
+    at_cancel = len(got)
+    qjob.cancel()
+    qtbot.waitUntil(lambda: "finished" in marks, timeout=WAIT_MS)
+    wait_until(lambda: bool(ended), 10, "the waiter thread to see the end")
+    assert [x["step"] for x in got] == list(range(len(got)))
+    state_at, delivered_then = marks["cancelled"]
+    print(f"\n[backpressure] {at_cancel} items delivered at the cancel, {len(got)} in all; "
+          f"final state {(state_at - ended[0]) * 1000:+.0f} ms from the end, with "
+          f"{len(got) - delivered_then} items still to deliver")
+    # Without backpressure the worker runs far ahead of the slot (15,000+ items here).
+    assert len(got) - at_cancel < 5000, (at_cancel, len(got))
+    assert state_at - ended[0] < 0.1
+    assert delivered_then < len(got), "no backlog left at the end: the test proves nothing"
+    assert marks["finished"][1] == len(got)
+
+
 def test_stop_button_cancels_without_blocking(qtbot: Any) -> None:
     """Clicking a Stop button wired to ``cancel`` returns at once, emits
     state_changed("cancelling"), and the job ends cancelled at a yield, items contiguous."""
@@ -262,6 +345,32 @@ def test_a_slot_that_destroys_the_parent_mid_stream_is_safe(qtbot: Any) -> None:
     for _ in range(5):
         QApplication.processEvents()
     assert len(got) == 20
+
+
+def test_a_state_slot_that_destroys_the_parent_is_safe(qtbot: Any) -> None:
+    """A ``state_changed`` slot deletes the bridge's parent (so the bridge) as the job
+    starts running: the bridge touches nothing of itself afterwards (its pump reports
+    the state before it delivers), and the job is cancelled."""
+    from shiboken6 import Shiboken
+
+    parent = QWidget()
+    qjob = QtJob.start(workers.forever, parent=parent)
+    job = qjob.job
+    states: list[str] = []
+
+    def on_state(state: str) -> None:
+        states.append(state)
+        if state == "running":
+            Shiboken.delete(parent)
+
+    qjob.state_changed.connect(on_state)
+    qjob.items.connect(lambda _: None)
+    del qjob
+    qtbot.waitUntil(lambda: job.cancel_requested, timeout=WAIT_MS)
+    assert isinstance(job.wait(timeout=15), CancelledOutcome)
+    for _ in range(5):
+        QApplication.processEvents()
+    assert states[-1] == "running"
 
 
 def test_event_loop_stays_responsive_while_the_child_floods(qtbot: Any) -> None:

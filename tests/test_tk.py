@@ -163,6 +163,80 @@ def test_stop_button_cancels_without_blocking(root: Any) -> None:
     assert rec.states()[-2:] == ["cancelling", "cancelled"]
 
 
+def test_a_slow_on_items_callback_sees_the_end_right_after_the_job(root: Any) -> None:
+    """Regression test for issue 9 §1: a 5 ms ``on_items`` callback gets everything pending
+    in one list per call, so after a cancel at 1 s into a flood ``on_done`` comes within
+    300 ms of the job's end, with every item in order."""
+    lists: list[list[Any]] = []
+    done_at: list[float] = []
+
+    def on_items(chunk: list[Any]) -> None:
+        end = time.perf_counter() + 0.005  # work, not a sleep: a plot redrawing
+        while time.perf_counter() < end:
+            pass
+        lists.append(chunk)
+
+    tkjob = TkJob.start(workers.forever, widget=root, on_items=on_items,
+                        on_done=lambda _: done_at.append(time.perf_counter()))
+    ended: list[float] = []
+
+    def waiter() -> None:
+        tkjob.job.wait(timeout=60)
+        ended.append(time.perf_counter())
+
+    threading.Thread(target=waiter, daemon=True).start()
+    root.after(1000, tkjob.cancel)
+    run_until(root, lambda: bool(done_at))
+    wait_until(lambda: bool(ended), 10, "the waiter thread to see the end")
+    items = [x for chunk in lists for x in chunk]
+    assert items[-1] == "finally"
+    assert wl.assert_contiguous(items[:-1]) > 1000  # a flood, not a trickle
+    lag = done_at[0] - ended[0]
+    assert lag < 0.3, f"on_done came {lag:.2f} s after the job ended"
+    assert len(lists) < len(items) / 10  # lists, not one item per call
+
+
+def test_a_slow_on_item_slows_the_worker_and_still_sees_the_end_at_once(root: Any) -> None:
+    """A 1 ms ``on_item``, slower than the worker: the job's bounded buffer slows the
+    worker (backpressure, no backlog growing in the Tk thread); after a cancel
+    ``on_state("cancelled")`` comes within a poll or so of the job's end while the items
+    in flight are still being delivered, and ``on_done`` follows the last item."""
+    got: list[Any] = []
+    marks: dict[str, tuple[float, int]] = {}
+
+    def on_item(x: Any) -> None:
+        end = time.perf_counter() + 0.001  # work, not a sleep
+        while time.perf_counter() < end:
+            pass
+        got.append(x)
+
+    def mark(name: str) -> Callable[[Any], None]:
+        return lambda value: marks.setdefault(
+            value if name == "state" else name, (time.perf_counter(), len(got)))
+
+    tkjob = TkJob.start(workers.flood_dicts, 10**9, widget=root, on_item=on_item,
+                        on_state=mark("state"), on_done=mark("done"),
+                        max_buffered_items=100, pipe_bytes=4096)
+    ended: list[float] = []
+
+    def waiter() -> None:
+        tkjob.job.wait(timeout=60)
+        ended.append(time.perf_counter())
+
+    threading.Thread(target=waiter, daemon=True).start()
+    run_until(root, lambda: len(got) >= 300)
+    at_cancel = len(got)
+    tkjob.cancel()
+    run_until(root, lambda: "done" in marks)
+    wait_until(lambda: bool(ended), 10, "the waiter thread to see the end")
+    assert [x["step"] for x in got] == list(range(len(got)))
+    assert len(got) - at_cancel < 5000, (at_cancel, len(got))
+    state_at, delivered_then = marks["cancelled"]
+    assert state_at - ended[0] < 0.1
+    assert delivered_then < len(got), "no backlog left at the end: the test proves nothing"
+    assert marks["done"][1] == len(got)
+
+
 @pytest.mark.parametrize(
     ("fn", "args", "kind", "text"),
     [

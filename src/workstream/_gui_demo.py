@@ -9,7 +9,8 @@ Closing the window cancels a running job and returns at once.
 
 Headless: ``--stop-after S`` presses Stop S seconds after the first step and closes the
 window when the job has ended; ``--screenshot PATH`` saves the window as a PNG just
-before it closes; with ``QT_QPA_PLATFORM=offscreen`` no display is needed. Exit status as
+before it closes (on a display, the screen's pixels; offscreen, Qt's rendering); with
+``QT_QPA_PLATFORM=offscreen`` no display is needed. Exit status as
 the terminal demo: 0 after completion or a clean stop, 1 failed/crashed/left a process,
 2 missing dependencies or no display.
 
@@ -41,7 +42,16 @@ from .qt import QtJob
 
 if TYPE_CHECKING:
     from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, qInstallMessageHandler
-    from PySide6.QtGui import QCloseEvent, QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF
+    from PySide6.QtGui import (
+        QCloseEvent,
+        QColor,
+        QFont,
+        QGuiApplication,
+        QPainter,
+        QPaintEvent,
+        QPen,
+        QPolygonF,
+    )
     from PySide6.QtWidgets import (
         QApplication,
         QHBoxLayout,
@@ -56,9 +66,10 @@ else:
     QPointF, QRectF, Qt, QTimer, qInstallMessageHandler = (
         getattr(_qt.QtCore, n) for n in
         ("QPointF", "QRectF", "Qt", "QTimer", "qInstallMessageHandler"))
-    QCloseEvent, QColor, QFont, QPainter, QPaintEvent, QPen, QPolygonF = (
+    QCloseEvent, QColor, QFont, QGuiApplication, QPainter, QPaintEvent, QPen, QPolygonF = (
         getattr(_qt.QtGui, n) for n in
-        ("QCloseEvent", "QColor", "QFont", "QPainter", "QPaintEvent", "QPen", "QPolygonF"))
+        ("QCloseEvent", "QColor", "QFont", "QGuiApplication", "QPainter", "QPaintEvent",
+         "QPen", "QPolygonF"))
     QApplication, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget = (
         getattr(_qt.QtWidgets, n) for n in
         ("QApplication", "QHBoxLayout", "QLabel", "QProgressBar", "QPushButton",
@@ -70,6 +81,8 @@ RUNG_MEANING = {
     "sigterm": "SIGTERM raised Cancelled in the worker",
     "sigkill": "the worker was killed at the end of the grace",
 }
+ENDED_STATES = frozenset({"completed", "cancelled", "failed", "crashed"})
+"""``state_changed`` values that mean the worker process is gone (reaped)."""
 _AUTO_CLOSE_MS = 150  # after the job ended, with --stop-after: let the last frame paint
 
 
@@ -108,7 +121,8 @@ def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
         return EXIT_OK
     left = leftover_processes(outcome.pid)
     rows = report_lines(outcome, window.items_received, left.count, screenshot,
-                        window.stopped_by)
+                        window.stopped_by, display=_describe_display(),
+                        screenshot_source=window.screenshot_source)
     for label, value in rows:
         print(f"{label}: {value}")
     return exit_status(outcome, left) if not window.screenshot_error else EXIT_FAILED
@@ -116,7 +130,8 @@ def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
 
 def report_lines(
     outcome: Outcome, items: int, left: int, screenshot: str | None,
-    stopped_by: str | None = None,
+    stopped_by: str | None = None, *, display: str | None = None,
+    screenshot_source: str | None = None,
 ) -> list[tuple[str, str]]:
     """The short report printed after the window closed, as (label, value) pairs."""
     rows = [("outcome", outcome.kind), ("items received", str(items))]
@@ -129,9 +144,21 @@ def report_lines(
         rows.append(("error", str(outcome.error).split("\n\n", 1)[0]))
     rows.append(("child", f"pid {outcome.pid}, {describe_exit(outcome.exit_code)}"))
     rows.append(("processes left", str(left)))
+    if display is not None:
+        rows.append(("display", display))
     if screenshot is not None:
         rows.append(("screenshot", screenshot))
+        if screenshot_source is not None:
+            rows.append(("screenshot taken from", screenshot_source))
     return rows
+
+
+def _describe_display() -> str:
+    """Qt's platform plugin, and the X display it uses under xcb ("xcb on :77")."""
+    platform = QGuiApplication.platformName()
+    if platform == "xcb":
+        return f"xcb on {os.environ.get('DISPLAY', '?')}"
+    return platform
 
 
 def _quiet_offscreen_notice(mode: Any, context: Any, message: str) -> None:
@@ -234,12 +261,14 @@ class DemoWindow(QWidget):
         self.settings = settings
         self.screenshot = screenshot
         self.screenshot_error = False
+        self.screenshot_source: str | None = None  # how the screenshot was taken, once saved
         self.qjob: QtJob | None = None
         self.items_received = 0
         self._stop_presses = 0
         self._auto_stop_armed = False
         self.stopped_by: str | None = None
         self._closing = False
+        self._worker_gone = False  # True from the job's final state until a new start
         self.setWindowTitle("workstream demo")
         title = QLabel(
             f"<b>workstream demo</b>: a 2-{_demo.HIDDEN}-1 tanh MLP (numpy) learns two "
@@ -287,6 +316,7 @@ class DemoWindow(QWidget):
         self.items_received = 0
         self._stop_presses = 0
         self.stopped_by = None
+        self._worker_gone = False
         self.plot.clear(s.steps)
         self.progress.setValue(0)
         try:
@@ -305,7 +335,7 @@ class DemoWindow(QWidget):
     def press_stop(self, by: str = "the Stop button") -> None:
         """Stop: the first press cancels (cooperative, SIGTERM, SIGKILL at the grace);
         the second kills now. ``by`` says who pressed it, for the status line."""
-        if self.qjob is None or self.qjob.ended():
+        if self.qjob is None or self.qjob.ended() or self._worker_gone:
             return
         self._stop_presses += 1
         if self._stop_presses == 1:
@@ -334,6 +364,8 @@ class DemoWindow(QWidget):
         self.plot.add(items)
         last = items[-1]
         self.progress.setValue(last["step"] + 1)
+        if self._worker_gone:  # the status line already says "stopped"; draw the rest
+            return
         state = self.qjob.job.state.value
         text = (f"{state} · pid {self.qjob.job.pid} · step {last['step'] + 1} · "
                 f"loss {last['loss']:.4f} · accuracy {last['accuracy']:.1%}")
@@ -344,9 +376,17 @@ class DemoWindow(QWidget):
         self.status.setText(text)
 
     def _on_state(self, state: str) -> None:
+        """A new job state: "cancelling" says what Kill now does; a final state (the
+        worker is gone) disables Stop / Kill now at once, even while the last items are
+        still being drawn (``finished`` then shows the full report)."""
         if state == "cancelling":
             self.status.setText(f"cancelling… (the worker has {self.settings.grace:g} s "
                                 "before SIGKILL; press Kill now to kill it at once)")
+        elif state in ENDED_STATES:
+            self._worker_gone = True
+            self.stop_button.setEnabled(False)
+            self.stop_button.setText("Stop")
+            self.status.setText(f"stopped: the worker process has ended ({state})")
 
     def _on_finished(self, outcome: Outcome) -> None:
         self._set_running(False)
@@ -374,6 +414,26 @@ class DemoWindow(QWidget):
 
     # -- the window -------------------------------------------------------------
 
+    def save_screenshot(self, path: str) -> None:
+        """Save the window as a PNG at ``path``: on a window system, the screen's pixels
+        where the window is (what the display really shows); offscreen, Qt's rendering of
+        the widget. Sets ``screenshot_source``, or ``screenshot_error`` (and says why on
+        stderr) if nothing could be saved."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        pixmap = None
+        screen = self.screen()
+        if QGuiApplication.platformName() != "offscreen" and screen is not None:
+            pixmap = screen.grabWindow(self.winId())
+            self.screenshot_source = "the display"
+        if pixmap is None or pixmap.isNull():
+            pixmap = self.grab()
+            self.screenshot_source = "Qt's rendering of the window"
+        if not pixmap.save(path, "PNG"):
+            print(f"could not save the screenshot to {path}", file=sys.stderr)
+            self.screenshot_source = None
+            self.screenshot_error = True
+
+
     def close_by(self, reason: str) -> None:
         """Close the window (which cancels a running job); ``reason`` is reported."""
         if self.qjob is not None and not self.qjob.ended() and self.stopped_by is None:
@@ -384,11 +444,7 @@ class DemoWindow(QWidget):
         """Save the screenshot if asked, cancel a running job (never waits), close."""
         self._closing = True
         if self.screenshot is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.screenshot)), exist_ok=True)
-            if not self.grab().save(self.screenshot, "PNG"):
-                print(f"could not save the screenshot to {self.screenshot}",
-                      file=sys.stderr)
-                self.screenshot_error = True
+            self.save_screenshot(self.screenshot)
         if self.qjob is not None and not self.qjob.ended():
             if self.stopped_by is None:
                 self.stopped_by = "closing the window"

@@ -1,8 +1,20 @@
 """The framework-free core of the GUI bridges (:mod:`workstream.qt`, :mod:`workstream.tk`).
 
-:class:`Pacer` runs in the GUI thread only: each :meth:`Pacer.turn` drains the job (never
-blocks) and hands items to a ``deliver`` function for at most one time slice, then says
-when the next turn is due. The bridges turn that into a Qt timer or a Tk ``after()``.
+:class:`Pacer` runs in the GUI thread only: each :meth:`Pacer.turn` takes items from the
+job (never blocks), hands them to the two kinds of consumer a bridge has, and says when
+the next turn is due. The bridges turn that into a Qt timer or a Tk ``after()``.
+
+Two kinds of consumer, paced differently:
+
+* a *list* consumer (Qt's ``items`` signal, Tk's ``on_items``) gets everything taken from
+  the job in one list, one call per turn, whatever the call costs: its view never lags
+  the worker by more than a turn and one call;
+* a *per-item* consumer (``item``, ``on_item``) gets the items one by one in time-boxed
+  slices, sized from its measured cost per item. The pacer takes new items from the job
+  only once this consumer has had the ones it took, so a per-item consumer slower than
+  the worker fills the job's bounded buffer and the worker waits at its ``yield``
+  (backpressure) instead of a backlog growing in the GUI.
+
 Imports only workstream's public API; knows nothing of Qt or Tk.
 """
 
@@ -20,29 +32,32 @@ DEFAULT_SLICE_MS = 8.0
 DEFAULT_LATEST_RATE = 60.0
 """Deliveries per second with ``latest_only=True`` and no ``max_rate``."""
 PER_ITEM_CHUNK = 256
-"""Largest chunk when a slot / callback runs per item: bounds the overrun of a slice when
+"""Largest chunk handed to a per-item consumer at once: bounds the overrun of a slice when
 another thread (the job's runner) takes the GIL in the middle of a chunk."""
-LIST_CHUNK = 65_536
-"""Largest chunk when only a list consumer is connected: one list per slice."""
 _FIRST_COST = 1e-3  # s per item assumed before anything was measured: small first chunks
+
+Deliver = Callable[[list[Any]], None]
+"""A consumer as the pacer sees it: called with a non-empty list of consecutive items."""
 
 
 class Pacer:
-    """Drains a job and delivers its items in time-boxed slices (GUI thread only).
+    """Takes a job's items and delivers them in paced turns (GUI thread only).
 
-    Without options every item is delivered, as fast as slices allow. ``max_rate``:
-    slices start at most that many times per second (every item is still delivered, in
-    fewer, larger lists). ``latest_only``: only the newest item is delivered per slice
-    (at most ``max_rate`` or 60 per second); the job is drained meanwhile all the same,
-    so the child never waits on the display.
+    Without options every item is delivered: to a list consumer in one list per turn, to
+    a per-item consumer in time-boxed slices. ``max_rate``: turns that deliver start at
+    most that many times per second (every item is still delivered, in fewer, larger
+    lists). ``latest_only``: only the newest item is delivered per turn (at most
+    ``max_rate`` or 60 per second), to both kinds of consumer; the job is drained
+    meanwhile all the same, so the child never waits on the display.
 
     One pacer (one bridge) per job: it takes the items, like an iterating thread would.
-    Raises ``ValueError`` for a job started with ``on_item=``.
+    ``clock`` (seconds, monotonic) is injectable for tests. Raises ``ValueError`` for a
+    job started with ``on_item=``.
     """
 
     def __init__(
         self, job: Job[Any, Any], *, latest_only: bool, max_rate: float | None,
-        slice_ms: float,
+        slice_ms: float, clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._interval, self._slice = check_options(latest_only, max_rate, slice_ms)
         try:
@@ -53,77 +68,101 @@ class Pacer:
                 "without on_item= to bridge it to a GUI"
             ) from exc
         self._job = job
+        self._clock = clock
         self._latest_only = latest_only
-        self._buf: list[Any] = []  # drained, not yet delivered: self._buf[self._pos:]
+        self._taken: list[Any] = []  # taken from the job, not yet offered to any consumer
+        self._backlog: list[Any] = []  # the per-item consumer's: self._backlog[self._pos:]
         self._pos = 0
         self._latest: list[Any] = []  # latest_only: [newest undelivered item] or []
-        self._last_slice = -math.inf
-        self._cost = _FIRST_COST
+        self._last_delivery = -math.inf
+        self._cost = _FIRST_COST  # s per item of the per-item consumer (never of a list one)
         self.skipped = 0
         """With ``latest_only``: items dropped because a newer one came."""
         if latest_only:
             self._absorb(first)
         else:
-            self._buf = first
+            self._taken = first
 
-    def turn(self, deliver: Callable[[list[Any]], None], chunk_cap: int) -> float | None:
-        """Drain and deliver for at most one slice; return when to call again.
+    def turn(self, lists: Deliver | None, each: Deliver | None) -> float | None:
+        """Take items from the job and deliver them; return when to call again.
+
+        ``lists``: the list consumer, called at most once per turn with everything taken
+        this turn (None: nobody listens for lists). ``each``: the per-item consumer's
+        delivery, called with chunks of at most :data:`PER_ITEM_CHUNK` items until the
+        slice is spent (None: nobody listens for items; a backlog left for it is dropped).
+        Items reach ``lists`` no later than ``each``, in the same order. With neither,
+        items are taken and dropped. A consumer that raises propagates out of the turn
+        (the items it was handed count as delivered).
 
         Returns None once the job is done and every item was delivered (the bridge then
         reports the outcome); 0.0 if items are waiting (as soon as the loop is free);
-        a positive number of seconds to wait for the next slice (rate limit); or
-        ``math.inf`` when there is nothing to do until new items arrive. ``deliver`` gets
-        non-empty lists of consecutive items, of at most ``chunk_cap`` items.
+        a positive number of seconds to wait for the next turn (rate limit); or
+        ``math.inf`` when there is nothing to do until new items arrive.
         """
-        now = time.perf_counter()
-        wait = self._last_slice + self._interval - now
+        now = self._clock()
+        wait = self._last_delivery + self._interval - now
         done = self._job.done()  # before the drain: no item can follow it then
         if wait > 0:
             if self._latest_only:
                 self._absorb(self._job.drain())
             return wait
-        fresh = self._job.drain()
         if self._latest_only:
-            self._absorb(fresh)
-            if self._latest:
-                self._last_slice = now
-                deliver([self._latest.pop()])
-        else:
+            return self._turn_latest(now, done, lists, each)
+        if each is None:  # the per-item consumer went away: nobody wants its backlog
+            self._backlog, self._pos = [], 0
+        took = False
+        if self._pos >= len(self._backlog):  # else leave them queued: backpressure
+            fresh = self._taken + self._job.drain()
+            self._taken = []
+            took = True
             if fresh:
-                self._buf = self._buf[self._pos :] + fresh if self._pos < len(self._buf) else fresh
-                self._pos = 0
-            if self._pos < len(self._buf):
-                self._last_slice = now
-                self._deliver(now + self._slice, deliver, chunk_cap)
-        if self._pos < len(self._buf):
-            return self._interval
-        if done and not self._latest:
-            return None
-        return math.inf
+                self._last_delivery = now
+                if each is not None:
+                    self._backlog, self._pos = fresh, 0
+                if lists is not None:
+                    lists(fresh)
+        if each is not None and self._pos < len(self._backlog):
+            self._last_delivery = now
+            self._deliver_each(now + self._slice, each)
+        if self._pos < len(self._backlog) or not took:
+            return self._interval  # the backlog, or the job's buffer, still holds items
+        return None if done else math.inf
+
+    def _turn_latest(
+        self, now: float, done: bool, lists: Deliver | None, each: Deliver | None
+    ) -> float | None:
+        self._absorb(self._job.drain())
+        if self._latest:
+            self._last_delivery = now
+            newest, self._latest = self._latest, []
+            if lists is not None:
+                lists(newest)
+            if each is not None:
+                each(newest)
+        return None if done else math.inf
 
     def _absorb(self, fresh: list[Any]) -> None:
         if fresh:
             self.skipped += len(fresh) - 1 + len(self._latest)
             self._latest = [fresh[-1]]
 
-    def _deliver(
-        self, deadline: float, deliver: Callable[[list[Any]], None], chunk_cap: int
-    ) -> None:
-        buf = self._buf
-        while self._pos < len(buf):
-            now = time.perf_counter()
-            left = deadline - now
+    def _deliver_each(self, deadline: float, each: Deliver) -> None:
+        """Hand the backlog to ``each`` in chunks until ``deadline`` (at least nothing once
+        it passed); chunk sizes follow the measured cost per item."""
+        backlog = self._backlog
+        while self._pos < len(backlog):
+            start = self._clock()
+            left = deadline - start
             if left <= 0:
                 return
-            n = max(1, min(len(buf) - self._pos, chunk_cap, int(left / self._cost)))
-            chunk = buf[self._pos : self._pos + n]
+            n = max(1, min(len(backlog) - self._pos, PER_ITEM_CHUNK, int(left / self._cost)))
+            chunk = backlog[self._pos : self._pos + n]
             self._pos += n
-            deliver(chunk)
-            per_item = max((time.perf_counter() - now) / n, 1e-8)
+            each(chunk)
+            per_item = max((self._clock() - start) / n, 1e-8)
             # Rise at once (a slow consumer must not overrun the next slice), fall gently.
             self._cost = per_item if per_item > self._cost else (self._cost + per_item) / 2
-        self._buf = []
-        self._pos = 0
+        self._backlog, self._pos = [], 0
 
 
 def check_options(latest_only: object, max_rate: object, slice_ms: object) -> tuple[float, float]:

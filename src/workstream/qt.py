@@ -13,11 +13,19 @@ How it works (and why the GUI never stalls):
   and once it is finished. The listener only emits a private ``wake`` signal, through a
   queued connection into the bridge's thread, and only if no wake is already pending: a
   flood of 100,000 items/s posts one event per GUI turn, not one per item.
-* In the GUI thread the bridge drains the job (non-blocking) and emits the items in
-  time-boxed slices (``slice_ms``, 8 ms by default); what is left waits for a zero-delay
-  timer, so timers, input and painting run between two slices. Chunk sizes adapt to the
-  measured cost of the connected slots. The job's own bounded buffer applies
-  backpressure to the child while the GUI catches up.
+* In the GUI thread the bridge drains the job (non-blocking). ``items`` gets everything
+  drained in one list per turn, whatever its slots cost, so a plot never lags the worker
+  by more than a turn and one slot call. ``item`` gets the items one by one in time-boxed
+  slices (``slice_ms``, 8 ms by default), chunk sizes following the measured cost per
+  item of its slots; what is left waits for a zero-delay timer, so timers, input and
+  painting run between two slices.
+* Backpressure: the bridge drains the job again only once ``item`` had what it drained,
+  so an ``item`` slot slower than the worker fills the job's bounded buffer
+  (``max_buffered_items``) and the pipe, and the worker waits at its ``yield``. The
+  worker then runs at the slot's pace, and after a Stop the items in flight (up to the
+  buffer and the pipe's worth) are still delivered before ``finished``. Avoid it by
+  connecting ``items`` (with ``max_rate=60`` for a plot: one list per frame) or by
+  ``latest_only=True`` (progress displays).
 * ``latest_only=True`` delivers only the newest item, at most ``max_rate`` times per
   second (60 by default), and keeps draining meanwhile so the child never waits on the
   display; ``max_rate`` alone delivers every item, in at most ``max_rate`` batches per
@@ -38,14 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import CancelledOutcome, Completed, Crashed, Failed, Job
 from . import start as _start
-from ._pacing import (
-    DEFAULT_SLICE_MS,
-    LIST_CHUNK,
-    PER_ITEM_CHUNK,
-    BridgeFacts,
-    Pacer,
-    check_options,
-)
+from ._pacing import DEFAULT_SLICE_MS, BridgeFacts, Deliver, Pacer, check_options
 from ._qt_compat import load as _load
 
 _binding = _load()
@@ -72,15 +73,20 @@ class QtJob(QObject, BridgeFacts):
     """A QObject that streams a :class:`workstream.Job` into the Qt event loop.
 
     Every signal is emitted in the bridge's thread (the GUI thread), never on a
-    workstream thread. Order: ``item`` / ``items`` for every item (or, with
-    ``latest_only``, the newest ones), then ``state_changed`` to the final state, then one
-    of ``completed`` / ``cancelled`` / ``failed``, then ``finished`` — exactly once,
-    after the last item.
+    workstream thread. Order: ``items`` and ``item`` for every item (or, with
+    ``latest_only``, the newest ones; a list reaches ``items`` no later than its items
+    reach ``item``), then one of ``completed`` / ``cancelled`` / ``failed``, then
+    ``finished`` — exactly once, after the last item. ``state_changed`` reports each
+    new state within about one frame of the change, even while items are still being
+    delivered: the final state (the worker is gone) may come before the last items.
 
     Signals:
-        item(object): one item.
-        items(object): a list of consecutive items (one per delivery chunk); connect this
-            instead of ``item`` when a slot handles many items at once (a plot).
+        item(object): one item. Delivered in time slices; a slot slower than the worker
+            slows the worker (backpressure, see the module docstring).
+        items(object): a list of consecutive items: everything received since the last
+            list, one emit per turn (at most ``max_rate`` per second) whatever the slot
+            costs; connect this instead of ``item`` when a slot handles many items at
+            once (a plot).
         state_changed(str): the job's new state (``workstream.JobState`` values:
             starting, running, cancelling, completed, cancelled, failed, crashed).
         completed(object): the function's return value.
@@ -228,8 +234,14 @@ class QtJob(QObject, BridgeFacts):
         """Drain the job and deliver for at most one slice; re-arm if work is left."""
         if self._ended:
             return
-        cap = PER_ITEM_CHUNK if self.isSignalConnected(self._item_method) else LIST_CHUNK
-        delay = self._pacer.turn(self._emit_chunk, cap)
+        self._check_state()  # first: a slow slot must not hold back a new state
+        if not self._link.armed:  # a state_changed slot destroyed this bridge
+            return
+        lists: Deliver | None = (
+            self._emit_items if self.isSignalConnected(self._items_method) else None)
+        each: Deliver | None = (
+            self._emit_each if self.isSignalConnected(self._item_method) else None)
+        delay = self._pacer.turn(lists, each)
         if not self._link.armed:  # a slot destroyed this bridge (with its parent)
             return
         self._check_state()
@@ -238,18 +250,17 @@ class QtJob(QObject, BridgeFacts):
         elif delay < math.inf and not self._pump_timer.isActive():
             self._pump_timer.start(math.ceil(delay * 1000))
 
-    def _emit_chunk(self, chunk: list[Any]) -> None:
+    def _emit_items(self, items: list[Any]) -> None:
+        if self._link.armed:
+            self.items.emit(items)
+
+    def _emit_each(self, chunk: list[Any]) -> None:
         link = self._link
-        if not link.armed:
-            return
-        if self.isSignalConnected(self._items_method):
-            self.items.emit(chunk)
-        if link.armed and self.isSignalConnected(self._item_method):
-            emit = self.item.emit
-            for x in chunk:
-                if not link.armed:  # a slot destroyed this bridge: emit no more
-                    return
-                emit(x)
+        emit = self.item.emit
+        for x in chunk:
+            if not link.armed:  # a slot destroyed this bridge: emit no more
+                return
+            emit(x)
 
     def _check_state(self) -> None:
         state = self._job.state.value

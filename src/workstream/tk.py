@@ -8,11 +8,15 @@ that run in the Tk thread.
 
 How it works: Tk must only be called from its own thread, and a workstream thread must
 never wait for it, so the bridge polls. While the job runs, an ``after()`` timer (every
-``poll_ms``, 10 ms by default) drains the job — non-blocking — and calls the callbacks in
+``poll_ms``, 10 ms by default) drains the job — non-blocking. ``on_items`` gets everything
+drained in one list per poll, whatever it costs; ``on_item`` gets the items one by one in
 time-boxed slices (``slice_ms``, 8 ms by default); what is left is delivered by the next
-``after()``, so Tk redraws and handles input in between. ``latest_only`` and ``max_rate``
-work as in :mod:`workstream.qt` (see :class:`workstream._pacing.Pacer`). Polling stops by
-itself once the outcome was delivered.
+``after()``, so Tk redraws and handles input in between. An ``on_item`` slower than the
+worker slows the worker (the job's bounded buffer fills: backpressure) and after a Stop
+the items in flight are still delivered before ``on_done``; use ``on_items`` or
+``latest_only`` to avoid it. ``latest_only`` and ``max_rate`` work as in
+:mod:`workstream.qt` (see :class:`workstream._pacing.Pacer`). Polling stops by itself
+once the outcome was delivered.
 
 A callback that raises is reported as Tk reports any callback error
 (``report_callback_exception``) and delivery goes on. When ``widget`` is destroyed (the
@@ -34,14 +38,7 @@ from typing import Any
 
 from . import CancelledOutcome, Completed, Crashed, Failed, Job
 from . import start as _start
-from ._pacing import (
-    DEFAULT_SLICE_MS,
-    LIST_CHUNK,
-    PER_ITEM_CHUNK,
-    BridgeFacts,
-    Pacer,
-    check_options,
-)
+from ._pacing import DEFAULT_SLICE_MS, BridgeFacts, Pacer, check_options
 
 DEFAULT_POLL_MS = 10
 """How often a running job is polled when no items are waiting (milliseconds)."""
@@ -52,12 +49,15 @@ Callback = Callable[[Any], object]
 class TkJob(BridgeFacts):
     """Streams a :class:`workstream.Job` into the Tk event loop through callbacks.
 
-    All callbacks run in the Tk thread. Order: ``on_item`` (each item) and ``on_items``
-    (lists of consecutive items) for every item — or, with ``latest_only``, the newest —
-    then ``on_state`` with the final state, then one of ``on_completed(value)`` /
+    All callbacks run in the Tk thread. Order: ``on_items`` (everything received since
+    its last call, in one list) and ``on_item`` (each item, in time slices; a list
+    reaches ``on_items`` no later than its items reach ``on_item``) for every item — or,
+    with ``latest_only``, the newest — then one of ``on_completed(value)`` /
     ``on_cancelled(outcome)`` / ``on_failed(outcome)`` (a ``Failed`` or ``Crashed``),
-    then ``on_done(outcome)``, exactly once, after the last item. ``on_state(str)`` also
-    gets every state seen on the way (starting, running, cancelling, ...).
+    then ``on_done(outcome)``, exactly once, after the last item. ``on_state(str)`` gets
+    every state seen (starting, running, cancelling, the final one) within a poll of the
+    change, even while items are still being delivered: the final state may come before
+    the last items.
     """
 
     def __init__(
@@ -204,12 +204,18 @@ class TkJob(BridgeFacts):
         if self._ended or self._detached:
             return
         try:
-            cap = PER_ITEM_CHUNK if self._on_item is not None else LIST_CHUNK
-            delay = self._pacer.turn(self._deliver, cap)
+            self._check_state()  # first: a slow callback must not hold back a new state
+            if self._detached:  # on_state destroyed the widget (or detached)
+                return
+            delay = self._pacer.turn(
+                self._deliver_list if self._on_items is not None else None,
+                self._deliver_each if self._on_item is not None else None)
             self._check_state()
         except BaseException:
             self._schedule(self._poll_ms)  # a bug must not stop the stream for good
             raise
+        if self._detached:  # a callback destroyed the widget: no more callbacks
+            return
         if delay is None:
             self._end()
         elif delay == math.inf:
@@ -217,9 +223,11 @@ class TkJob(BridgeFacts):
         else:
             self._schedule(math.ceil(delay * 1000))
 
-    def _deliver(self, chunk: list[Any]) -> None:
-        if self._on_items is not None:
-            self._call(self._on_items, chunk)
+    def _deliver_list(self, items: list[Any]) -> None:
+        if not self._detached:
+            self._call(self._on_items, items)
+
+    def _deliver_each(self, chunk: list[Any]) -> None:
         on_item = self._on_item
         if on_item is not None:
             for x in chunk:
