@@ -660,8 +660,14 @@ def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any, Any]:
     ``functools.partial``.
 
     Raises ``TypeError`` if ``fn`` is not callable, is ``async``, or cannot be pickled
-    with its arguments; ``TypeError`` / ``ValueError`` for a bad option; RuntimeError
-    inside a worker; NotImplementedError on Windows. Never waits for the child: the
+    with its arguments (whatever the pickler raised, ``SystemExit`` and
+    ``KeyboardInterrupt`` included: it is the ``__cause__``); ``TypeError`` if an option
+    is also a required parameter of ``fn`` that ``args`` leave unfilled
+    (``start(greet, name="bob")``: pass it positionally or through
+    ``functools.partial``); ``TypeError`` / ``ValueError`` for a bad option;
+    RuntimeError inside a worker; NotImplementedError on Windows. Called while a
+    worker imports the main module (a script without ``if __name__ == "__main__":``
+    under forkserver/spawn), it ends that worker at once; the job's error says why. Never waits for the child: the
     process is created by the job's own thread.
     """
     check_can_start("workstream.start()")
