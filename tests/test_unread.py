@@ -1,7 +1,8 @@
 """issue 9 §3: a job whose buffer is full and that nobody reads never makes wait() or
-result() hang silently. They raise RuntimeError at once (the job keeps running) when no
-other thread reads the stream; with a live reader elsewhere they wait, and a timeout
-says that the worker is blocked on a full buffer nobody reads."""
+result() hang silently. Without a timeout they raise RuntimeError at once (the job keeps
+running) when no other thread reads the stream; with a live reader elsewhere, or with a
+timeout, they wait, and the TimeoutError says that the worker is blocked on a full
+buffer nobody reads. pytest-timeout (60 s) turns a hang into a failure."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_nobody_ever_read(method: str) -> None:
     job = _full_job()
     try:
         with pytest.raises(RuntimeError, match="its worker is blocked because") as info:
-            getattr(job, method)(timeout=20)
+            getattr(job, method)()
         assert "max_buffered_items=10" in str(info.value)
         assert job.state is JobState.RUNNING and not job.cancel_requested
         it = iter(job)
@@ -52,7 +53,7 @@ def test_the_reader_stopped_reading_then_waits() -> None:
             assert item == 0
             break
         with pytest.raises(RuntimeError, match="nothing reads them while this thread waits"):
-            job.wait(timeout=20)
+            job.wait()
     finally:
         _end(job)
 
@@ -67,7 +68,7 @@ def test_a_finished_reader_thread_reads_no_more() -> None:
         reader.start()
         reader.join(10)
         with pytest.raises(RuntimeError, match="its worker is blocked because"):
-            job.result(timeout=20)
+            job.result()
     finally:
         _end(job)
 
@@ -104,6 +105,26 @@ def test_a_live_reader_elsewhere_keeps_wait_waiting() -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", ["wait", "result"])
+def test_with_a_timeout_it_waits_and_says_why(method: str) -> None:
+    """With a timeout, wait()/result() on a job nobody reads wait (the worker may end on
+    its own, or another thread may cancel it) and the TimeoutError names the cause."""
+    job = _full_job()
+    try:
+        with pytest.raises(TimeoutError) as info:
+            getattr(job, method)(timeout=1.0)
+        text = str(info.value)
+        assert "is still running after 1.0 s: its worker is blocked on a full buffer" in text
+        assert "nobody reads: " in text
+        canceller = threading.Timer(0.05, job.cancel)  # e.g. a watchdog on another thread
+        canceller.start()
+        assert job.wait(timeout=20).kind == "cancelled"
+        canceller.join()
+    finally:
+        _end(job)
+
+
+@pytest.mark.timeout(30)
 def test_a_consumer_thread_lets_result_return() -> None:
     """The usual pattern (one thread iterates, another waits for the value) works with a
     stream many times the buffer."""
@@ -134,7 +155,7 @@ def test_await_wait_with_nobody_reading() -> None:
         job = _full_job()
         try:
             with pytest.raises(RuntimeError, match="its worker is blocked because"):
-                await job.wait_async(timeout=20)
+                await job.wait()
         finally:
             job.cancel(discard=True)
             await job.wait_async(timeout=20)

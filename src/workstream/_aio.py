@@ -112,9 +112,10 @@ async def _until_done(job: Job[Any, Any], timeout: float | None) -> bool:
     """
     deadline = None if timeout is None else _monotonic() + timeout
     while not job.done():
-        with job._core.lock:
-            if job._nobody_reads_locked(None):
-                raise job._unread_error()
+        if timeout is None:
+            with job._core.lock:
+                if job._nobody_reads_locked(None):
+                    raise job._unread_error()
         # The end, or reading paused on a full buffer, wakes us to look again.
         fut, remove = _wakeup(job, when_done=True, or_stuck=True)
         try:

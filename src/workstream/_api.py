@@ -216,12 +216,15 @@ class Job(Generic[ItemT, ResultT]):
         Raises ``TimeoutError`` after ``timeout`` seconds, leaving the job running, and
         :class:`CallbackError` if an ``on_item`` / ``on_done`` callback raised.
 
-        Raises ``RuntimeError`` (leaving the job running) as soon as the job is stuck
-        because nobody reads its items: its buffer is full (``max_buffered_items`` /
-        ``max_buffered_bytes``), so the worker is blocked, and the only thread that
-        read the stream is this one (or none did, or it has ended); read them
-        (``for item in job``, :meth:`drain`), or start the job with ``on_item=`` or
-        no bound, or cancel it.
+        Without a ``timeout`` it never hangs silently on a job that nobody reads: it
+        raises ``RuntimeError`` (leaving the job running) as soon as the job's buffer is
+        full (``max_buffered_items`` / ``max_buffered_bytes``), so the worker is
+        blocked in its ``yield``, and the only thread that read the stream is this one
+        (or none did, or it has ended). Read the items (``for item in job``,
+        :meth:`drain`), start the job with ``on_item=`` or no bound, or cancel it. With
+        a ``timeout`` it waits that long (the worker may still end on its own, or be
+        cancelled by another thread) and the ``TimeoutError`` says when the worker is
+        blocked on a full buffer nobody reads.
 
         On a thread that runs an asyncio event loop, where blocking would freeze the
         loop, it does not block but returns an awaitable: ``outcome = await
@@ -265,7 +268,8 @@ class Job(Generic[ItemT, ResultT]):
 
     def _wait_unless_unread(self, deadline: float | None, timeout: float | None) -> None:
         """Wait until the job is terminal (or ``deadline``: then return, the caller
-        raises); raise RuntimeError at once if it is stuck on a full buffer nobody reads.
+        raises); without a deadline, raise RuntimeError at once if the job is stuck on a
+        full buffer nobody reads (it would wait for ever unless the worker died).
 
         The runner notifies ``core.cond`` when it stops reading for a full buffer and
         when the job ends, so this never polls.
@@ -274,9 +278,9 @@ class Job(Generic[ItemT, ResultT]):
         me = threading.current_thread()
         with core.cond:
             while not core.terminal.is_set():
-                if self._nobody_reads_locked(me):
-                    raise self._unread_error()
                 if deadline is None:
+                    if self._nobody_reads_locked(me):
+                        raise self._unread_error()
                     core.cond.wait()
                 else:
                     remaining = deadline - time.monotonic()
@@ -346,8 +350,8 @@ class Job(Generic[ItemT, ResultT]):
         Raises :class:`Cancelled` if the job was cancelled, :class:`WorkerError` if ``fn``
         raised, :class:`WorkerCrashed` if the child died, :class:`DeliveryError` if what
         it sent could not be unpickled here, ``TimeoutError`` after ``timeout``.
-        ``RuntimeError`` as :meth:`wait` when nobody reads the items of a job blocked on
-        its full buffer. What each outcome gives:
+        ``RuntimeError`` as :meth:`wait` (without ``timeout``) when nobody reads the items
+        of a job blocked on its full buffer. What each outcome gives:
 
         ============  =================================================================
         completed     ``fn``'s return value
@@ -667,8 +671,8 @@ def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any, Any]:
     ``functools.partial``); ``TypeError`` / ``ValueError`` for a bad option;
     RuntimeError inside a worker; NotImplementedError on Windows. Called while a
     worker imports the main module (a script without ``if __name__ == "__main__":``
-    under forkserver/spawn), it ends that worker at once; the job's error says why. Never waits for the child: the
-    process is created by the job's own thread.
+    under forkserver/spawn), it ends that worker at once; the job's error says why.
+    Never waits for the child: the process is created by the job's own thread.
     """
     check_can_start("workstream.start()")
     check_fn(fn, "workstream.start()")
