@@ -4,14 +4,19 @@ table cannot drift. Nothing is left running and nothing leaks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import functools
+import json
 import math
 import os
 import pathlib
 import pickle
 import re
+import signal
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
@@ -64,6 +69,12 @@ def readme_rows() -> list[Row]:
         where = "parent"
         if "(in a worker)" in note:
             where = "worker"
+        elif "(in async def)" in note:
+            where = "loop"
+        elif "kill PID" in note:
+            where = "outside"
+        elif "script" in note:
+            where = "script"
         elif "(in on_item)" in note:
             where = "on_item"
         elif "forked" in note:
@@ -85,7 +96,9 @@ def test_the_readme_table_was_parsed() -> None:
     section = section[: section.index("\n## ", 1)]
     lines = [ln for ln in section.splitlines() if ln.startswith("| `")]
     assert len(ROWS) == len(lines) >= 45
-    assert {r.where for r in ROWS} == {"parent", "worker", "on_item", "forked"}
+    assert {r.where for r in ROWS} == {
+        "parent", "worker", "on_item", "forked", "loop", "outside", "script"
+    }
 
 
 def _names(code: str) -> set[str]:
@@ -99,6 +112,8 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
         "start": workstream.start, "workstream": workstream, "fn": wb.fn,
         "async_fn": wb.async_fn, "threading": threading, "pickle": pickle, "copy": copy,
         "functools": functools, "float": float, "list": list, "iter": iter,
+        "greet": wb.greet, "ExitOnPickle": wb.ExitOnPickle,
+        "InterruptOnPickle": wb.InterruptOnPickle,
     }
     used = _names(code)
     jobs: list[workstream.Job[Any, Any]] = []
@@ -110,6 +125,9 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
             ns["job"] = workstream.start(ws.yield_then_block, gate, name="fn")
             jobs.append(ns["job"])
             assert next(iter(ns["job"])) == "first"
+        if "full_job" in used:
+            ns["full_job"] = workstream.start(wb.flood, max_buffered_items=10, name="flood")
+            jobs.append(ns["full_job"])
         if "cb_job" in used:
             ns["cb_job"] = workstream.start(wb.fn, 1, on_item=lambda item: None)
             jobs.append(ns["cb_job"])
@@ -135,6 +153,8 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
         for job in jobs:
             if job is ns.get("job") and job.state is JobState.RUNNING and gate is not None:
                 ws.release(gate, wait_until)
+            if job is ns.get("full_job"):
+                job.cancel(discard=True)
             job.wait(timeout=20)
         for worker in workers_open:
             worker.close()
@@ -155,6 +175,86 @@ def _raised_in_parent(row: Row, tmp_path: Any) -> BaseException | object:
                 "a refused call changed the job"
             )
         return result
+
+
+def _raised_on_a_loop(row: Row, tmp_path: Any) -> BaseException | object:
+    """Run the row's code inside a coroutine of a running asyncio loop."""
+    with _namespace(row.code, tmp_path) as ns:
+
+        async def main() -> object:
+            return eval(row.code, ns)
+
+        try:
+            return asyncio.run(main())
+        except BaseException as exc:
+            return exc
+
+
+def _raised_after_outside_sigterm(row: Row, tmp_path: Any) -> BaseException | object:
+    """Send SIGTERM to the job's worker as another program would, then run the code."""
+    with _namespace(row.code, tmp_path) as ns:
+        job = ns["job"]
+        os.kill(job.pid, signal.SIGTERM)
+        job.wait(timeout=20)
+        assert job.cancel_requested is False
+        try:
+            return eval(row.code, ns)
+        except BaseException as exc:
+            return exc
+
+
+_SCRIPT = """\
+import json
+import workstream
+from workstream import start
+
+
+def fn(*args):
+    yield from args
+    return len(args)
+
+
+class Model:
+    @classmethod
+    def load(cls):
+        raise ValueError("no weights")
+
+
+def run():
+    try:
+        result = {code}
+    except BaseException as exc:
+        print(json.dumps([type(exc).__name__, str(exc)]))
+    else:
+        print(json.dumps(["none", repr(result)]))
+
+
+{call}
+"""
+
+
+def _raised_in_script(row: Row, tmp_path: Any) -> BaseException | object:
+    """Run the code in a script (with or without the __main__ guard, as the row says)."""
+    guarded = "without" not in row_note(row)
+    call = 'if __name__ == "__main__":\n    run()' if guarded else "run()"
+    script = tmp_path / "main_script.py"
+    script.write_text(_SCRIPT.format(code=row.code, call=call))
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=50,
+        cwd=str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr
+    name, message = json.loads(proc.stdout.splitlines()[-1])
+    return _Seen(name, message)
+
+
+def row_note(row: Row) -> str:
+    """The note after the row's code in the README (what the parser did not keep)."""
+    for line in README.read_text().splitlines():
+        match = _ROW.match(line)
+        if match is not None and match["code"] == row.code:
+            return match["note"]
+    raise LookupError(row.code)
 
 
 def _raised_in_worker(row: Row) -> BaseException | object:
@@ -232,7 +332,7 @@ def _fragments_in_order(message: str, text: str) -> bool:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("row", [pytest.param(r, id=r.code) for r in ROWS])
+@pytest.mark.parametrize("row", [pytest.param(r, id=f"{r.code} [{r.where}]") for r in ROWS])
 def test_readme_misuse_row(row: Row, tmp_path: Any) -> None:
     """The README row's code, run where the row says, raises exactly the exception type
     it names with the message it quotes (or returns the value it shows)."""
@@ -242,6 +342,12 @@ def test_readme_misuse_row(row: Row, tmp_path: Any) -> None:
         got = _raised_in_on_item(row)
     elif row.where == "forked":
         got = _raised_in_fork(row, tmp_path)
+    elif row.where == "loop":
+        got = _raised_on_a_loop(row, tmp_path)
+    elif row.where == "outside":
+        got = _raised_after_outside_sigterm(row, tmp_path)
+    elif row.where == "script":
+        got = _raised_in_script(row, tmp_path)
     else:
         got = _raised_in_parent(row, tmp_path)
     if row.exc is None:

@@ -364,13 +364,15 @@ class _ReduceRaises:
     [
         pytest.param(_ReduceRaises(ValueError("no")), TypeError, ValueError, id="exception"),
         pytest.param(threading.Lock(), TypeError, TypeError, id="unpicklable-lock"),
-        pytest.param(_ReduceRaises(SystemExit(5)), SystemExit, None, id="sys-exit"),
+        pytest.param(_ReduceRaises(SystemExit(5)), TypeError, SystemExit, id="sys-exit"),
+        pytest.param(_ReduceRaises(KeyboardInterrupt()), TypeError, KeyboardInterrupt,
+                     id="keyboard-interrupt"),
     ],
 )
 def test_parent_side_pickling_faults(arg: object, raised: type, cause: type | None) -> None:
     """A fault while start() pickles fn/args raises at the call (TypeError naming the
-    cause; a SystemExit passes through unchanged) and starts nothing: no process, fd,
-    thread or registered job is left (the leak fixture)."""
+    cause, even a SystemExit or KeyboardInterrupt: issue 9 §4) and starts nothing: no
+    process, fd, thread or registered job is left (the leak fixture)."""
     with pytest.raises(raised) as info:
         workstream.start(workers.return_value, arg)
     assert type(info.value) is raised

@@ -26,3 +26,30 @@ def run_code(code: str) -> object:
         "threading": threading,
     }
     return eval(code, namespace)
+
+
+def greet(name: str) -> str:
+    """A function with a parameter named like an option (``name``)."""
+    return f"hello {name}"
+
+
+def flood() -> Iterator[int]:
+    """Yield small items for ever: with nobody reading, the buffer fills up."""
+    i = 0
+    while True:
+        yield i
+        i += 1
+
+
+class ExitOnPickle:
+    """An argument whose pickling raises SystemExit."""
+
+    def __reduce__(self) -> Any:
+        raise SystemExit(3)
+
+
+class InterruptOnPickle:
+    """An argument whose pickling raises KeyboardInterrupt."""
+
+    def __reduce__(self) -> Any:
+        raise KeyboardInterrupt

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -48,13 +49,14 @@ _END: Any = object()  # the stream ended and was consumed
 
 
 def _wakeup(
-    job: Job[Any, Any], *, when_done: bool
+    job: Job[Any, Any], *, when_done: bool, or_stuck: bool = False
 ) -> tuple[asyncio.Future[None], Callable[[], None]]:
     """Return a future of the running loop, resolved when the job has news, and the
     function that removes the listener behind it.
 
-    News is any listener call (items were queued, or the job finished); with
-    ``when_done`` only the job being done. The listener schedules at most one callback
+    News is any listener call (items were queued, the buffer filled up, or the job
+    finished); with ``when_done`` only the job being done (or, with ``or_stuck``, its
+    reading paused on a full buffer). The listener schedules at most one callback
     on the loop (no flood of wake-ups under a flood of items) and never raises: a loop
     closed under it has no waiter left to wake.
     """
@@ -68,14 +70,16 @@ def _wakeup(
 
     def listener() -> None:  # on a workstream thread (or here, if the job is done)
         nonlocal scheduled
-        if scheduled or (when_done and not job.done()):
+        if scheduled:
+            return
+        if when_done and not job.done() and not (or_stuck and job._core.reader_paused):
             return
         scheduled = True
         # "Event loop is closed": nobody waits on it any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(resolve)
 
-    return fut, job.add_listener(listener)
+    return fut, job._add_listener(listener)
 
 
 async def cancel_and_reap(job: Job[Any, Any]) -> None:
@@ -106,20 +110,30 @@ async def _until_done(job: Job[Any, Any], timeout: float | None) -> bool:
     If the task is cancelled meanwhile, the job is cancelled and reaped first (see
     :func:`cancel_and_reap`) and the ``CancelledError`` goes on.
     """
-    if job.done():
-        return True
-    fut, remove = _wakeup(job, when_done=True)
-    try:
+    deadline = None if timeout is None else _monotonic() + timeout
+    while not job.done():
         if timeout is None:
-            await fut
-        else:
-            await asyncio.wait((fut,), timeout=timeout)  # does not cancel fut on timeout
-    except asyncio.CancelledError:
-        remove()
-        await cancel_and_reap(job)
-        raise
-    finally:
-        remove()
+            with job._core.lock:
+                if job._nobody_reads_locked(None):
+                    raise job._unread_error()
+        # The end, or reading paused on a full buffer, wakes us to look again.
+        fut, remove = _wakeup(job, when_done=True, or_stuck=True)
+        try:
+            if job.done():
+                break
+            if deadline is None:
+                await fut
+            else:
+                left = deadline - _monotonic()
+                if left <= 0:
+                    break
+                await asyncio.wait((fut,), timeout=left)  # does not cancel fut on timeout
+        except asyncio.CancelledError:
+            remove()
+            await cancel_and_reap(job)
+            raise
+        finally:
+            remove()
     return job.done()
 
 
@@ -157,6 +171,8 @@ def _next_nowait(job: Job[ItemT, Any]) -> ItemT:
     if job._discard_local:
         job._drop_local_batch()
     batch = job._core.take_batch(block=False)
+    job._reader = threading.current_thread()
+    job._last_take = _monotonic()
     if batch is None:
         job._cur = []
         job._pos = 0

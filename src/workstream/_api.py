@@ -7,20 +7,22 @@ thin, thread-safe facade over the shared :class:`JobCore`; it never touches the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import multiprocessing
 import os
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, NoReturn, TypeVar, cast, overload
 
 import cloudpickle
 
 from ._child._runtime import in_worker
-from ._errors import CallbackError, Cancelled
+from ._errors import UNGUARDED_MAIN_EXIT, CallbackError, Cancelled
 from ._options import Options, check_grace
 from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, JobState, Outcome
 from ._supervisor import _registry
@@ -52,7 +54,7 @@ class Job(Generic[ItemT, ResultT]):
         self._owner_pid = os.getpid()  # a forked copy of this object must not act
         try:
             payload = cloudpickle.dumps((fn, args))
-        except Exception as exc:
+        except BaseException as exc:  # a __reduce__ may even raise SystemExit
             raise TypeError(
                 f"workstream.start(): {self._name} or its arguments cannot be pickled, so they "
                 f"cannot be sent to the worker process: {type(exc).__name__}: {exc}"
@@ -66,6 +68,12 @@ class Job(Generic[ItemT, ResultT]):
         self._discard_local = False  # set by cancel(discard=True), read by the iterator
         self._aio_busy = False  # True while a task is inside AsyncItems.__anext__ (_aio.py)
         self._in_on_item = False  # True while the callback thread runs on_item
+        # Who reads the stream: the thread that took the last batch (iteration, drain(),
+        # async for, the callback thread) and when; a public listener may read it too.
+        # Lets wait()/result() tell a slow reader from nobody at all (see _nobody_reads).
+        self._reader: threading.Thread | None = None
+        self._last_take = 0.0
+        self._has_listener = False
         # Both threads exist before either starts: the runner must know whether a
         # callback thread will publish "finished" (after on_done) or it must itself.
         self._callback_thread: threading.Thread | None = None
@@ -208,16 +216,27 @@ class Job(Generic[ItemT, ResultT]):
         Raises ``TimeoutError`` after ``timeout`` seconds, leaving the job running, and
         :class:`CallbackError` if an ``on_item`` / ``on_done`` callback raised.
 
+        Without a ``timeout`` it never hangs silently on a job that nobody reads: it
+        raises ``RuntimeError`` (leaving the job running) as soon as the job's buffer is
+        full (``max_buffered_items`` / ``max_buffered_bytes``), so the worker is
+        blocked in its ``yield``, and the only thread that read the stream is this one
+        (or none did, or it has ended). Read the items (``for item in job``,
+        :meth:`drain`), start the job with ``on_item=`` or no bound, or cancel it. With
+        a ``timeout`` it waits that long (the worker may still end on its own, or be
+        cancelled by another thread) and the ``TimeoutError`` says when the worker is
+        blocked on a full buffer nobody reads.
+
         On a thread that runs an asyncio event loop, where blocking would freeze the
         loop, it does not block but returns an awaitable: ``outcome = await
         job.wait()`` is :meth:`wait_async` (cancelling the awaiting task cancels the
         job). Calling it there without ``await`` waits for nothing and Python warns
-        "coroutine ... was never awaited".
+        "coroutine ... was never awaited". In a Jupyter/IPython kernel's cell it blocks
+        as in a script, and ``await job.wait()`` still works (an outcome is awaitable).
         """
         self._check_owner()
         if timeout is not None:
             check_grace(timeout, "timeout")
-        if _on_event_loop() and threading.current_thread() is not self._callback_thread:
+        if _must_not_block() and threading.current_thread() is not self._callback_thread:
             from . import _aio
 
             # An awaitable, typed as the Outcome it gives: Outcome.__await__ makes
@@ -240,15 +259,78 @@ class Job(Generic[ItemT, ResultT]):
             event = self._core.terminal
         else:
             event = self._core.finished
-        if not event.wait(timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wait_unless_unread(deadline, timeout)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not event.wait(remaining):
             raise self._timeout_error(timeout)
         return self._outcome_now()
 
-    def _timeout_error(self, timeout: float | None) -> TimeoutError:
-        return TimeoutError(
-            f"job {self._name!r} (pid {self.pid}) is still {self.state.value} "
-            f"after {timeout} s"
+    def _wait_unless_unread(self, deadline: float | None, timeout: float | None) -> None:
+        """Wait until the job is terminal (or ``deadline``: then return, the caller
+        raises); without a deadline, raise RuntimeError at once if the job is stuck on a
+        full buffer nobody reads (it would wait for ever unless the worker died).
+
+        The runner notifies ``core.cond`` when it stops reading for a full buffer and
+        when the job ends, so this never polls.
+        """
+        core = self._core
+        me = threading.current_thread()
+        with core.cond:
+            while not core.terminal.is_set():
+                if deadline is None:
+                    if self._nobody_reads_locked(me):
+                        raise self._unread_error()
+                    core.cond.wait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    core.cond.wait(remaining)
+
+    def _nobody_reads_locked(self, waiter: threading.Thread | None) -> bool:
+        """True if the worker is blocked on a full buffer that no other thread reads:
+        the runner stopped reading (not for a cancel), no ``on_item`` or listener reads
+        it, and the last reader is ``waiter`` itself, or none, or a thread that ended.
+        ``waiter=None`` (a coroutine): only no reader, or an ended one, counts."""
+        core = self._core
+        if not core.reader_paused or core.cancel is not None or core.terminal.is_set():
+            return False
+        if self._callback_thread is not None or self._has_listener:
+            return False
+        reader = self._reader
+        return reader is None or reader is waiter or not reader.is_alive()
+
+    def _buffer_facts(self) -> str:
+        core = self._core
+        opts = self._options
+        return (
+            f"{core.buffered_items} items ({core.buffered_bytes} bytes) wait unread in its "
+            f"buffer (max_buffered_items={opts.max_buffered_items}, "
+            f"max_buffered_bytes={opts.max_buffered_bytes})"
         )
+
+    def _unread_error(self) -> RuntimeError:
+        return RuntimeError(
+            f"job {self._name!r} cannot end: its worker is blocked because "
+            f"{self._buffer_facts()} and nothing reads them while this thread waits. "
+            "Read the items ('for item in job', job.drain()) before or instead of "
+            "waiting, or start the job with on_item=..., or with max_buffered_items=None "
+            "and max_buffered_bytes=None to keep them all, or cancel it; the job is "
+            "still running"
+        )
+
+    def _timeout_error(self, timeout: float | None) -> TimeoutError:
+        text = f"job {self._name!r} (pid {self.pid}) is still {self.state.value} after {timeout} s"
+        core = self._core
+        with core.lock:
+            if core.reader_paused and core.cancel is None and not core.terminal.is_set():
+                idle = time.monotonic() - (self._last_take or self._started_at)
+                text += (
+                    f": its worker is blocked on a full buffer nobody reads: "
+                    f"{self._buffer_facts()}, and none was taken for {idle:.1f} s"
+                )
+        return TimeoutError(text)
 
     def _outcome_now(self) -> Outcome:
         """The outcome of an ended job; raises CallbackError if a callback raised."""
@@ -268,12 +350,23 @@ class Job(Generic[ItemT, ResultT]):
         Raises :class:`Cancelled` if the job was cancelled, :class:`WorkerError` if ``fn``
         raised, :class:`WorkerCrashed` if the child died, :class:`DeliveryError` if what
         it sent could not be unpickled here, ``TimeoutError`` after ``timeout``.
+        ``RuntimeError`` as :meth:`wait` (without ``timeout``) when nobody reads the items
+        of a job blocked on its full buffer. What each outcome gives:
+
+        ============  =================================================================
+        completed     ``fn``'s return value
+        cancelled     raises :class:`Cancelled` (a ``BaseException``, like asyncio's)
+        failed        raises :class:`WorkerError` or :class:`DeliveryError`
+        crashed       raises :class:`WorkerCrashed` (or :class:`ChannelBroken`)
+        ============  =================================================================
+
         On a thread running an asyncio event loop it never blocks: for a job not yet
-        done it raises ``RuntimeError`` (use ``await job.result_async()``).
+        done it raises ``RuntimeError`` (use ``await job.result_async()``); in a
+        Jupyter/IPython kernel's cell it blocks as in a script.
         """
         if timeout is not None:
             check_grace(timeout, "timeout")
-        if _on_event_loop() and not self.done():
+        if _must_not_block() and not self.done():
             raise RuntimeError(
                 f"job.result() would block the event loop until job {self._name!r} ends; "
                 "use 'await job.result_async()'"
@@ -365,13 +458,28 @@ class Job(Generic[ItemT, ResultT]):
     # -- the stream ---------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[ItemT]:
+        """Iterate the items (blocking for each one not yet here).
+
+        Raises ``RuntimeError`` for a job started with ``on_item``, and on a thread that
+        runs an asyncio event loop while the job is not done (the loop would freeze
+        until each item came): use ``async for`` there. In a Jupyter/IPython kernel's
+        cell it blocks as in a script, and an interrupt (KeyboardInterrupt) stops it.
+        """
         self._check_owner()
         if self._options.on_item is not None:
             raise RuntimeError(
                 f"job {self._name!r} delivers its items to on_item; iterate only a job "
                 "started without on_item"
             )
+        self._check_may_block("for item in job", "async for item in job")
         return self
+
+    def _check_may_block(self, call: str, instead: str) -> None:
+        if _must_not_block() and not self.done():
+            raise RuntimeError(
+                f"{call} would block the event loop until job {self._name!r} ends or "
+                f"sends; use '{instead}'"
+            )
 
     def __next__(self) -> ItemT:
         cur = self._cur
@@ -384,7 +492,10 @@ class Job(Generic[ItemT, ResultT]):
         if self._discard_local:
             self._drop_local_batch()
         self._check_owner()  # only when a new batch is needed: nothing per item
+        self._check_may_block("next(job)", "async for item in job")
+        self._reader = threading.current_thread()
         batch = self._core.take_batch()
+        self._last_take = time.monotonic()
         if batch is None:
             self._cur = []
             self._pos = 0
@@ -418,6 +529,8 @@ class Job(Generic[ItemT, ResultT]):
         out: list[Any] = self._cur[self._pos :]
         self._cur = []
         self._pos = 0
+        self._reader = threading.current_thread()
+        self._last_take = time.monotonic()
         while True:
             batch = self._core.take_batch(block=False)
             if not batch:
@@ -437,6 +550,11 @@ class Job(Generic[ItemT, ResultT]):
         """
         if not callable(fn):
             raise TypeError(f"add_listener() needs a callable, not {type(fn).__name__}")
+        self._has_listener = True  # its integration may read the stream (wait() trusts it)
+        return self._add_listener(fn)
+
+    def _add_listener(self, fn: Callable[[], object]) -> Callable[[], None]:
+        """add_listener() for our own waiters, which read nothing themselves."""
         core = self._core
         with core.lock:
             core.listeners.append(fn)
@@ -472,6 +590,7 @@ class Job(Generic[ItemT, ResultT]):
     def _run_callbacks(self) -> None:
         core = self._core
         on_item, on_done = self._options.on_item, self._options.on_done
+        self._reader = threading.current_thread()
         try:
             if on_item is not None:
                 while True:
@@ -545,13 +664,20 @@ def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any, Any]:
     ``functools.partial``.
 
     Raises ``TypeError`` if ``fn`` is not callable, is ``async``, or cannot be pickled
-    with its arguments; ``TypeError`` / ``ValueError`` for a bad option; RuntimeError
-    inside a worker; NotImplementedError on Windows. Never waits for the child: the
-    process is created by the job's own thread.
+    with its arguments (whatever the pickler raised, ``SystemExit`` and
+    ``KeyboardInterrupt`` included: it is the ``__cause__``); ``TypeError`` if an option
+    is also a required parameter of ``fn`` that ``args`` leave unfilled
+    (``start(greet, name="bob")``: pass it positionally or through
+    ``functools.partial``); ``TypeError`` / ``ValueError`` for a bad option;
+    RuntimeError inside a worker; NotImplementedError on Windows. Called while a
+    worker imports the main module (a script without ``if __name__ == "__main__":``
+    under forkserver/spawn), it ends that worker at once; the job's error says why.
+    Never waits for the child: the process is created by the job's own thread.
     """
     check_can_start("workstream.start()")
     check_fn(fn, "workstream.start()")
     opts = Options.from_kwargs(options)
+    check_options_are_not_arguments(fn, args, options, "workstream.start()")
     return Job(fn, args, opts)
 
 
@@ -561,12 +687,63 @@ def check_can_start(what: str) -> None:
         raise NotImplementedError(
             "workstream needs POSIX process groups and signals; Windows is not supported yet"
         )
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        _stop_unguarded_main(what)
     if in_worker():
         raise RuntimeError(
             f"{what} cannot be called inside a workstream worker; use "
             "multiprocessing or subprocess there (the job's process group is cleaned up "
             "with it)"
         )
+
+
+def check_options_are_not_arguments(
+    fn: Callable[..., Any], args: tuple[Any, ...], options: dict[str, Any], what: str
+) -> None:
+    """Raise TypeError if an option passed to ``what`` is also a required parameter of
+    ``fn`` that ``args`` leave unfilled: the caller meant it for ``fn`` (``start(greet,
+    name="bob")``), and the worker would fail with a missing argument."""
+    if not options:
+        return
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins): nothing to say
+        return
+    try:
+        bound = sig.bind_partial(*args)
+    except TypeError:
+        return  # too many arguments: fn's own error in the worker says it best
+    empty = inspect.Parameter.empty
+    clashing = [
+        p.name for p in sig.parameters.values()
+        if p.name in options and p.name not in bound.arguments and p.default is empty
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if clashing:
+        name = clashing[0]
+        fn_name = _describe(fn)
+        raise TypeError(
+            f"{what}: {name!r} is an option of {what} (its keyword arguments are "
+            f"options), but {fn_name}() has a required parameter {name!r} that this call "
+            f"leaves unfilled; pass {fn_name}'s argument positionally or with "
+            f"functools.partial({fn_name}, {name}=...)"
+        )
+
+
+def _stop_unguarded_main(what: str) -> NoReturn:
+    """This process is a worker still importing the application's main module
+    (multiprocessing sets ``_inheriting`` then): the script calls ``start()`` at import
+    time. Running on would run the whole script again in the worker (and start a worker
+    from it); say why on stderr and exit with the status the parent recognises."""
+    main = getattr(sys.modules.get("__mp_main__"), "__file__", None) or "the main module"
+    with contextlib.suppress(BaseException):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, (
+            f"workstream: {what} was called while a worker process imported {main}; "
+            "guard the script's top-level code with 'if __name__ == \"__main__\":'\n"
+        ).encode())
+    os._exit(UNGUARDED_MAIN_EXIT)
 
 
 def check_fn(fn: object, what: str) -> None:
@@ -579,6 +756,27 @@ def check_fn(fn: object, what: str) -> None:
             f"{what} runs plain and generator functions; {_describe(fn)} is async. "
             "Wrap it: def run(*a): return asyncio.run(fn(*a))"
         )
+
+
+def _must_not_block() -> bool:
+    """True if a blocking call here would freeze an asyncio event loop: this thread runs
+    one, and it is not the main thread of a Jupyter/IPython kernel (which runs each cell
+    on its loop, where blocking a cell is what users expect, as ``time.sleep`` does)."""
+    return _on_event_loop() and not _in_kernel_cell()
+
+
+def _in_kernel_cell() -> bool:
+    """True on the main thread of an IPython kernel (Jupyter); never imports IPython."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or "ipykernel" not in sys.modules:
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # an IPython too old or too new for this: assume a plain loop
+        return False
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _on_event_loop() -> bool:

@@ -24,6 +24,11 @@ from __future__ import annotations
 
 import signal as _signal
 
+UNGUARDED_MAIN_EXIT = 87
+"""Exit status of a worker that stopped because the main module it imported (spawn and
+forkserver import it in every worker) called ``workstream.start()`` at import time: a
+script without ``if __name__ == "__main__":``. The parent turns it into a clear error."""
+
 
 def describe_exit(exit_code: int | None) -> str:
     """Render a process exit status: ``exit code 3`` or ``SIGSEGV (-11)``."""
@@ -75,13 +80,20 @@ class WorkerCrashed(WorkstreamError):
     """The child process died without reporting an outcome.
 
     ``exit_code`` follows ``multiprocessing``: negative for a signal (``-11`` = SIGSEGV).
-    ``signal_name`` is the signal's name or None.
+    ``signal_name`` is the signal's name or None: the signal that killed it, or the one
+    sent from outside workstream that made it stop (then ``exit_code`` may be 0).
+    ``summary``, when workstream knows why the process died (a script without a
+    ``__main__`` guard, a signal from outside), replaces the generic first sentence.
     """
 
     _hint_oom = True  # a SIGKILL nobody in workstream sent is most often the OOM killer
 
-    def __init__(self, pid: int | None, exit_code: int | None, detail: str = "") -> None:
+    def __init__(
+        self, pid: int | None, exit_code: int | None, detail: str = "", *,
+        summary: str | None = None,
+    ) -> None:
         self.pid = pid
+        self.summary = summary
         self.exit_code = exit_code
         self.signal_name: str | None = None
         if exit_code is not None and exit_code < 0:
@@ -90,18 +102,30 @@ class WorkerCrashed(WorkstreamError):
             except ValueError:
                 self.signal_name = None
         self.detail = detail
-        if pid is None:
+        if summary is not None:  # workstream knows why it died: say that first
+            text = summary
+        elif pid is None:
             text = "the worker process was never started"
         else:
             text = f"worker process {pid} died without reporting ({describe_exit(exit_code)})"
-        if exit_code == -_signal.SIGKILL and self._hint_oom:
+        if exit_code == -_signal.SIGKILL and self._hint_oom and summary is None:
             text += "; SIGKILL from outside often means the out-of-memory killer"
         if detail:
             text += f": {detail}"
         super().__init__(text)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.pid, self.exit_code, self.detail))
+        return (_rebuild_crashed, (type(self), self.pid, self.exit_code, self.detail,
+                                   self.summary, self.signal_name))
+
+
+def _rebuild_crashed(
+    cls: type[WorkerCrashed], pid: int | None, exit_code: int | None, detail: str,
+    summary: str | None, signal_name: str | None,
+) -> WorkerCrashed:
+    err = cls(pid, exit_code, detail, summary=summary)
+    err.signal_name = signal_name
+    return err
 
 
 class ChannelBroken(WorkerCrashed):

@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 
 import cloudpickle
 
-from ._api import Job, _describe, check_can_start, check_fn
+from ._api import Job, _describe, check_can_start, check_fn, check_options_are_not_arguments
 from ._child._runtime import _initialize
 from ._options import Options, check_grace
 from ._supervisor._worker import WorkerSupervisor
@@ -76,7 +76,7 @@ class Worker:
         name = opts.name or (_describe(initializer) if initializer is not None else "worker")
         try:
             payload = cloudpickle.dumps((_initialize, (initializer, *initargs)))
-        except Exception as exc:
+        except BaseException as exc:  # a __reduce__ may even raise SystemExit
             raise TypeError(
                 f"workstream.Worker(): the initializer {name} or its arguments cannot be "
                 f"pickled: {type(exc).__name__}: {exc}"
@@ -180,6 +180,7 @@ class Worker:
                     "workstream.Worker(...)"
                 )
             opts = dataclasses.replace(opts, **options)
+            check_options_are_not_arguments(fn, args, options, "Worker.start()")
         return Job(fn, args, opts, worker=self)
 
     # -- closing ------------------------------------------------------------------------

@@ -32,13 +32,21 @@ import os
 import pickle
 import select
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from .._child._runtime import child_main
-from .._errors import ChannelBroken, DeliveryError, WorkerCrashed, WorkerError, WorkstreamError
+from .._errors import (
+    UNGUARDED_MAIN_EXIT,
+    ChannelBroken,
+    DeliveryError,
+    WorkerCrashed,
+    WorkerError,
+    WorkstreamError,
+)
 from .._linux import open_pidfd
 from .._options import Options
 from .._outcomes import CancelledOutcome, CancelRung, Completed, Crashed, Failed, Outcome
@@ -262,9 +270,18 @@ class JobRunner:
                         poller.register(data_r, select.POLLIN)
                     else:
                         poller.unregister(data_r)
+                        self._tell_buffer_full()
                     reading = want
         if data_open:
             self._drain(data_r)
+
+    def _tell_buffer_full(self) -> None:
+        """The buffer is full and reading paused: wake whoever waits for the job's end
+        (``Job.wait()`` raises if nobody reads the buffer; see ``Job._nobody_reads``)."""
+        core = self.core
+        with core.lock:
+            core.cond.notify_all()
+        core.notify_listeners()
 
     # -- a job on a warm worker ---------------------------------------------------------
 
@@ -304,6 +321,7 @@ class JobRunner:
                 and not self._kill_sent
                 and self._channel_error is None
                 and self._decoder.pending == 0
+                and not self._stopped_from_outside()
             )
             exit_code = None
             if not keep:
@@ -588,8 +606,13 @@ class JobRunner:
         req = self.core.cancel
         return None if req is None else time.monotonic() - req.requested_at
 
-    def _crashed(self, exit_code: int | None, detail: str) -> Crashed:
-        err = WorkerCrashed(self._pid, exit_code, detail)
+    def _crashed(
+        self, exit_code: int | None, detail: str, summary: str | None = None,
+        signal_name: str | None = None,
+    ) -> Crashed:
+        err = WorkerCrashed(self._pid, exit_code, detail, summary=summary)
+        if signal_name is not None:
+            err.signal_name = signal_name
         return Crashed(
             pid=self._pid, items_delivered=self.core.items_received, exit_code=exit_code,
             duration=time.monotonic() - self._started_at, error=err,
@@ -625,12 +648,23 @@ class JobRunner:
                     **common, rung=rung, items_discarded=core.items_discarded,
                     stop_latency=self._stop_latency(),
                 )
+        if exit_code == UNGUARDED_MAIN_EXIT and not self._ready_seen and not torn:
+            return self._crashed(exit_code, "", summary=_unguarded_main_summary(self._pid))
         detail = ""
         if torn:
             detail = f"it died in the middle of writing a frame ({torn} bytes dropped)"
         elif req is not None:
             detail = "it died on its own while being cancelled"
         return self._crashed(exit_code, detail)
+
+    def _stopped_from_outside(self) -> bool:
+        """True if the child reported a cancel that nobody in workstream requested: it
+        raised ``Cancelled`` on a SIGTERM sent from outside (``kill PID``)."""
+        final = self._final
+        return (
+            final is not None and final.kind is _framing.Kind.CANCELLED
+            and self.core.cancel is None
+        )
 
     def _outcome_from_final(self, final: _framing.Frame, common: dict[str, Any]) -> Outcome:
         core = self.core
@@ -654,6 +688,18 @@ class JobRunner:
                 f"read ({type(exc).__name__}: {exc})",
             )
             return Crashed(**common, error=broken, signal_name=broken.signal_name)
+        if self._stopped_from_outside():
+            # Nobody here asked for a cancel: the SIGTERM came from outside workstream
+            # (``kill PID``, a system shutdown). Not the user's Stop: a crash-like end.
+            return self._crashed(
+                common["exit_code"], "",
+                summary=(
+                    f"worker process {self._pid} was stopped by SIGTERM (-15) sent from "
+                    "outside workstream (nobody called job.cancel()); its fn unwound "
+                    "from Cancelled"
+                ),
+                signal_name="SIGTERM",
+            )
         if final.kind is _framing.Kind.CANCELLED:
             value = None
             if report.get("value") is not None:
@@ -669,6 +715,16 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 error.__cause__ = _loads(report["exc"])
         return Failed(**common, error=error)
+
+
+def _unguarded_main_summary(pid: int | None) -> str:
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
+    return (
+        f"worker process {pid} stopped while importing {main}: that script starts "
+        "a job at import time. forkserver and spawn import the main module in every "
+        "worker, so put the code that starts jobs under "
+        "'if __name__ == \"__main__\":' (or in a function it calls)"
+    )
 
 
 _REPORT_KEYS = {
