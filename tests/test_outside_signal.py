@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import workers_lifecycle as wl
 import workers_stream as ws
 import workstream
 from conftest import wait_until
@@ -43,13 +44,15 @@ def test_outside_sigterm_is_a_crash_not_a_cancel(tmp_path: Any) -> None:
 
 @pytest.mark.timeout(30)
 def test_cancel_still_reports_cancelled(tmp_path: Any) -> None:
-    """Workstream's own SIGTERM (the cancel ladder) still ends ``cancelled``/``sigterm``."""
-    gate = ws.make_gate(str(tmp_path))
-    job = workstream.start(ws.yield_then_block, gate)
-    assert next(iter(job)) == "first"
+    """Workstream's own SIGTERM (the cancel ladder) still ends ``cancelled``/``sigterm``.
+    The child is past its last cancellation point (it created the marker and sleeps), so
+    only the SIGTERM can stop it."""
+    marker = tmp_path / "ready"
+    job = workstream.start(wl.mark_then_sleep, str(marker), 30)
+    wait_until(marker.exists, 15, "the child to create its marker")
     job.cancel(grace=5, term_after=0)
     outcome = job.wait(timeout=20)
-    assert type(outcome) is workstream.CancelledOutcome
+    assert type(outcome) is workstream.CancelledOutcome, outcome
     assert outcome.rung == "sigterm"
 
 
