@@ -75,17 +75,21 @@ def emit_with_local(folder: str) -> None:
 
 
 def check_cancelled_with_local(folder: str) -> Iterator[str]:
-    """Yield once, then spin on check_cancelled() (Cancelled raised inside user code)."""
+    """Yield once, mark "running" (past the yield: a cancel can no longer be raised
+    there), then spin on check_cancelled(): Cancelled is raised inside user code."""
     r = Res(os.path.join(folder, "del"))  # noqa: F841
     yield "ready"
+    _mark(folder, "running")
     while True:
         workstream.check_cancelled()
 
 
 def spin_with_local(folder: str) -> Iterator[str]:
-    """Yield once, then spin with no cancellation point: only SIGTERM stops it."""
+    """Yield once, mark "running", then spin with no cancellation point: only SIGTERM
+    stops it."""
     r = Res(os.path.join(folder, "del"))  # noqa: F841
     yield "ready"
+    _mark(folder, "running")
     while True:
         pass
 
@@ -193,6 +197,11 @@ def start_grandchild_and_yield(folder: str, delay: float) -> Iterator[int]:
     yield _start_grandchild(folder, delay, False)
     while True:
         yield -1
+
+
+def start_stubborn_grandchild_yield_and_return(folder: str) -> Iterator[int]:
+    """Start a grandchild that ignores our exit, yield its pid, return."""
+    yield _start_grandchild(folder, 0.0, True)
 
 
 # -- PyTorch -------------------------------------------------------------------------------

@@ -7,9 +7,13 @@ parent gone) and exit on their own, cleaning up after themselves (a resource tra
 unlinks what was leaked); killing the group at once would cut that short. So the
 runner first waits here, bounded, and only then SIGKILLs the group.
 
-Callers wait while the group leader is still unreaped (a zombie), so the group id
-cannot have been recycled. Members are found in ``/proc``; where there is no ``/proc``
-nothing can be waited for and the group is killed at once.
+The group id stays ours while the group has a member: under fork and spawn the leader
+is our child, a zombie until we reap it after this wait; under forkserver the server
+reaps it at once, but the kernel does not hand out a pid that still names a live
+process group. Once the group is empty the caller kills it at once (as before this
+wait existed: a recycled id would need the pid counter to wrap around in between).
+Members are found in ``/proc``; where there is no ``/proc`` nothing can be waited for
+and the group is killed at once.
 """
 
 from __future__ import annotations

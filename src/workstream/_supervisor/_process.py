@@ -201,7 +201,7 @@ class WorkerProcess:
         on_wake: Callable[[], None] | None,
     ) -> None:
         """Wait (bounded) for the group if the exited child set HAS_CHILDREN; before
-        the child is reaped, so its pid (the group id) cannot have been recycled."""
+        the child is reaped (see ``_group`` on why the group id stays ours)."""
         control = self._control
         if self.pid is None or not self._options.kill_group or control is None:
             return

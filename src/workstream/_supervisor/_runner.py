@@ -136,7 +136,8 @@ class JobRunner:
             return self._crashed(None, f"{type(exc).__name__}: {str(exc).strip()}")
         self._loop()
         # Wait for, then kill, what is left of the group while the leader is still
-        # unreaped: its pid (the group id) cannot have been recycled yet.
+        # unreaped (fork, spawn; see _group for forkserver): its pid (the group id)
+        # cannot have been recycled yet.
         self._let_children_exit()
         group_signalled = self._kill_group()
         exit_code = self._reap()
