@@ -12,8 +12,9 @@ events, each step before any user code runs:
 4. unpickle ``fn`` and its arguments, run it, drive the generator; then release the
    job (close the generator, detach the tracebacks, drop every reference to it), so
    its ``finally`` blocks, ``with`` exits and finalizers have run;
-5. send exactly one final frame (RESULT / ERROR / CANCELLED), flush, note in the
-   control block whether we have child processes, ``os._exit(0)``.
+5. send exactly one final frame (RESULT / ERROR / CANCELLED), flush, run
+   multiprocessing's exit finalizers (named semaphores), note in the control block
+   whether we have child processes, ``os._exit(0)``.
 
 A warm worker (:func:`worker_main`, for ``workstream.Worker``) does steps 1-3 once, then
 loops: read a job (a u64 length and a pickle) from the parent's jobs pipe, run it, send
@@ -403,6 +404,24 @@ def _watch_lifeline(fd: int) -> None:
     os._exit(70)
 
 
+def _run_multiprocessing_finalizers() -> None:
+    """Run multiprocessing's exit finalizers of priority >= 0 before ``os._exit``.
+
+    A multiprocessing child runs them when its target returns; our workers end with
+    ``os._exit`` inside the target, which skipped them. Among them: unlinking the named
+    semaphores (``/dev/shm/sem.mp-*``) of every lock and queue created in this process
+    whose object is still alive — a queue's feeder thread, closed but not yet finished,
+    still holds two (a DataLoader has one queue per worker). Not the rest of
+    multiprocessing's exit sequence, which joins child processes without a bound.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    run = getattr(util, "_run_finalizers", None)  # private, stable since Python 2.6
+    if run is None:
+        return
+    with contextlib.suppress(BaseException):  # nothing may change how the worker ends
+        run(0)
+
+
 def _note_children(ctx: _Context) -> None:
     """Set the control block's HAS_CHILDREN byte if this process has child processes.
 
@@ -534,6 +553,13 @@ def child_main(
         ctx.sender.send_final(kind, body)
     except OSError:
         _exit_now(70)  # parent gone
+    _run_multiprocessing_finalizers()
+    _note_children(ctx)
+    _exit_now(0)
+
+
+def _exit_after_last_job(ctx: _Context) -> NoReturn:
+    _run_multiprocessing_finalizers()
     _note_children(ctx)
     _exit_now(0)
 
@@ -575,13 +601,11 @@ def worker_main(
         ctx.job_active = False
         header = _read_exact(jobs_fd, size)
         if header is None:
-            _note_children(ctx)
-            _exit_now(0)  # the parent closed the worker (or died: the lifeline acts)
+            _exit_after_last_job(ctx)  # the parent closed the worker (or died: the lifeline acts)
         (length,) = _framing.JOB_HEADER.unpack(header)
         payload = _read_exact(jobs_fd, length)
         if payload is None:
-            _note_children(ctx)
-            _exit_now(0)
+            _exit_after_last_job(ctx)
         ctx.begin_job()
         # A previous job may have changed how SIGTERM is handled (ignored it, blocked
         # it): every job starts with the ladder working as documented.
