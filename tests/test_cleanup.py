@@ -219,6 +219,22 @@ def test_close_that_raises_fails_the_job_with_that_error(tmp_path: Path, warm: b
         assert markers(tmp_path) == {"del", "finally"}
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", METHODS)
+def test_named_semaphores_of_objects_still_alive_are_unlinked_at_exit(method: str) -> None:
+    """A one-job worker unlinks the named semaphores of multiprocessing objects that are
+    still alive when it exits (a queue kept in a global; a closed queue whose feeder
+    thread has not finished), as a multiprocessing child does at exit: none is left in
+    /dev/shm when wait() returns."""
+    job = workstream.start(wc.queue_kept_alive, start_method=method)
+    semaphores = next(iter(job))
+    assert semaphores, "the queue created no named semaphore: nothing is tested"
+    job.cancel()
+    outcome = bounded_wait(job, 30, "the cancelled job")
+    assert isinstance(outcome, CancelledOutcome)
+    assert [name for name in semaphores if os.path.exists(f"/dev/shm/{name}")] == []
+
+
 # -- descendants ---------------------------------------------------------------------------
 
 

@@ -214,6 +214,24 @@ def _shm_semaphores() -> set[str]:
         return set()
 
 
+_QUEUES: list[Any] = []  # kept alive on purpose, as a module-level cache would
+
+
+def queue_kept_alive() -> Iterator[list[str]]:
+    """Create a multiprocessing queue (its lock and semaphore are named: /dev/shm/sem.*)
+    that stays referenced by a module global, yield the semaphores it created, then
+    yield forever."""
+    import multiprocessing
+
+    before = _shm_semaphores()
+    queue = multiprocessing.get_context("spawn").Queue()
+    queue.put(1)  # starts its feeder thread, which holds the queue's lock and semaphore
+    _QUEUES.append(queue)
+    yield sorted(_shm_semaphores() - before)
+    while True:
+        yield []
+
+
 def _loader_report(before: set[str]) -> tuple[list[int], list[str]]:
     import multiprocessing
 
