@@ -202,9 +202,12 @@ def subreaper() -> Iterator[list[int]]:
 
 @pytest.mark.timeout(30)
 def test_group_kill_does_not_wait_for_unreaped_zombies(subreaper: list[int]) -> None:
-    """A cooperative stop of a child that left a subprocess takes well under 0.3 s even
-    when the killed subprocess stays a zombie (its reaper is busy or absent)."""
-    job = workstream.start(wl.spawn_grandchild_then_tick)
+    """A cooperative stop of a child that left a subprocess ends within 0.3 s of the
+    grace even when the killed subprocess stays a zombie (its reaper is busy or absent).
+    The subprocess ignores the child's exit: it gets the rest of the grace to exit on its
+    own (the wait for descendants), then is killed; its zombie adds no wait."""
+    grace = 0.5
+    job = workstream.start(wl.spawn_grandchild_then_tick, grace=grace)
     it = iter(job)
     grandchild = next(it)
     assert isinstance(grandchild, int)
@@ -215,7 +218,7 @@ def test_group_kill_does_not_wait_for_unreaped_zombies(subreaper: list[int]) -> 
     assert isinstance(outcome, CancelledOutcome) and outcome.rung == "cooperative"
     assert not wl.pid_alive(grandchild)
     assert outcome.stop_latency is not None
-    assert outcome.stop_latency < 0.3, f"stop took {outcome.stop_latency:.3f} s"
+    assert outcome.stop_latency < grace + 0.3, f"stop took {outcome.stop_latency:.3f} s"
 
 
 @pytest.mark.timeout(30)

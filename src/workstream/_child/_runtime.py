@@ -9,8 +9,12 @@ events, each step before any user code runs:
    SIGTERM blocked (so the signal interrupts the *main* thread's blocking calls);
 3. send READY, then wait for the parent's "go" byte on the lifeline pipe (the parent
    sends it once our process group is registered with the guard; EOF = parent gone);
-4. unpickle ``fn`` and its arguments, run it, drive the generator;
-5. send exactly one final frame (RESULT / ERROR / CANCELLED), flush, ``os._exit(0)``.
+4. unpickle ``fn`` and its arguments, run it, drive the generator; then release the
+   job (close the generator, detach the tracebacks, drop every reference to it), so
+   its ``finally`` blocks, ``with`` exits and finalizers have run;
+5. send exactly one final frame (RESULT / ERROR / CANCELLED), flush, run
+   multiprocessing's exit finalizers (named semaphores), note in the control block
+   whether we have child processes, ``os._exit(0)``.
 
 A warm worker (:func:`worker_main`, for ``workstream.Worker``) does steps 1-3 once, then
 loops: read a job (a u64 length and a pickle) from the parent's jobs pipe, run it, send
@@ -26,6 +30,7 @@ yielded item is never half-sent.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import os
@@ -168,10 +173,22 @@ def _interrupted_user_code(frame: FrameType | None) -> bool:
 
 
 def _drive(ctx: _Context, gen: Any) -> Any:
-    """Run the generator to its end: send each yielded item, then check for a cancel."""
+    """Run the generator to its end: send each yielded item, then check for a cancel.
+
+    However it ends (return, exception, a cancel thrown in at a ``yield``, an error of
+    ours), the generator is closed when this returns or raises: its ``finally`` blocks
+    and ``with`` exits have run. ``gen.close()`` may itself raise (a ``finally`` that
+    raises, or yields again: ``RuntimeError``); that exception then propagates, chained
+    to the one it interrupted. No local here refers to the exception on its way out: a
+    cycle exception -> traceback -> this frame -> exception would keep the generator's
+    frame, and so its locals, alive until a garbage collection that a one-job worker
+    never runs (it ends with ``os._exit``).
+    """
     send = ctx.sender.send_item
     ctl = ctx.ctl
     throw: BaseException | None = None
+    pending: BaseException | None = None
+    item: Any = None
     try:
         item = next(gen)
         while True:
@@ -189,6 +206,9 @@ def _drive(ctx: _Context, gen: Any) -> Any:
                 item = gen.throw(pending)
     except StopIteration as stop:
         return stop.value
+    finally:
+        throw = pending = item = None
+        gen.close()  # a no-op unless something of ours ended the loop at a yield
 
 
 _DYNAMIC = "<dynamic-code>"
@@ -293,7 +313,20 @@ def _cancelled_body(ctx: _Context, remote_traceback: str, value: bytes | None) -
 
 
 def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
-    """Run the user's function; return the final frame to send."""
+    """Run the user's function; return the final frame to send.
+
+    By the time this returns, the job holds nothing in this process: a generator was
+    closed (:func:`_drive`), the exception that ended the job and every exception chained
+    to it have no traceback any more (their text is in the report), and nothing here
+    refers to ``fn``, its arguments or its value. So the ``finally`` blocks, ``with``
+    exits and the finalizers of the job's locals (a DataLoader's iterator, a model) have
+    run before the parent sees the final frame; only objects in reference cycles of the
+    job's own wait for Python's cyclic garbage collector, as anywhere.
+
+    An exception other than :class:`Cancelled` raised while a cancel unwinds the job (a
+    ``finally`` that raises) ends it as an ERROR whose message says so; its remote
+    traceback shows the ``Cancelled`` it interrupted.
+    """
     try:
         fn, args = pickle.loads(payload)
         with contextlib.suppress(Exception):
@@ -304,9 +337,15 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
         if isinstance(value, types.GeneratorType):
             value = _drive(ctx, value)
     except Cancelled as exc:
-        return _framing.Kind.CANCELLED, _cancelled_body(ctx, _user_traceback(exc), None)
+        body = _cancelled_body(ctx, _user_traceback(exc), None)
+        _drop_tracebacks(exc)
+        return _framing.Kind.CANCELLED, body
     except BaseException as exc:
-        return _framing.Kind.ERROR, _error_body(exc)
+        context = "raised while the job was being cancelled" if _interrupts_cancel(exc) else ""
+        body = _error_body(exc, context)
+        _drop_tracebacks(exc)
+        return _framing.Kind.ERROR, body
+    del fn, args
     if ctx.cancel_raised:  # fn caught Cancelled and returned: still a cancel, with a value
         try:
             value_bytes: bytes | None = dumps_with_fallback(value)
@@ -316,7 +355,45 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
     try:
         return _framing.Kind.RESULT, dumps_with_fallback(value)
     except BaseException as exc:  # a __reduce__ calling sys.exit() fails the job, too
-        return _framing.Kind.ERROR, _error_body(exc, "the return value of fn cannot be pickled")
+        body = _error_body(exc, "the return value of fn cannot be pickled")
+        _drop_tracebacks(exc)
+        return _framing.Kind.ERROR, body
+
+
+def _chained(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception reachable from it: causes, contexts, group members."""
+    group_type: Any = getattr(builtins, "BaseExceptionGroup", ())
+    seen: set[int] = set()
+    out: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(e)
+        todo.append(e.__cause__)
+        todo.append(e.__context__)
+        if isinstance(e, group_type):
+            todo.extend(e.exceptions)
+    return out
+
+
+def _interrupts_cancel(exc: BaseException) -> bool:
+    """True if ``exc`` was raised while a :class:`Cancelled` was propagating."""
+    return any(isinstance(e, Cancelled) for e in _chained(exc)[1:])
+
+
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Detach the tracebacks of ``exc`` and of every exception chained to it.
+
+    A traceback holds the frames it passed through, and so their locals; user code that
+    kept the exception in one of those locals (``err = e``) made a cycle that only the
+    garbage collector would break. The job is over and its report is built: nothing
+    needs the frames any more.
+    """
+    for e in _chained(exc):
+        e.__traceback__ = None
 
 
 def _initialize(initializer: Any, *args: Any) -> None:
@@ -346,6 +423,47 @@ def _watch_lifeline(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.killpg(0, signal.SIGKILL)
     os._exit(70)
+
+
+def _run_multiprocessing_finalizers() -> None:
+    """Run multiprocessing's exit finalizers of priority >= 0 before ``os._exit``.
+
+    A multiprocessing child runs them when its target returns; our workers end with
+    ``os._exit`` inside the target, which skipped them. Among them: unlinking the named
+    semaphores (``/dev/shm/sem.mp-*``) of every lock and queue created in this process
+    whose object is still alive — a queue's feeder thread, closed but not yet finished,
+    still holds two (a DataLoader has one queue per worker). Not the rest of
+    multiprocessing's exit sequence, which joins child processes without a bound.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    run = getattr(util, "_run_finalizers", None)  # private, stable since Python 2.6
+    if run is None:
+        return
+    with contextlib.suppress(BaseException):  # nothing may change how the worker ends
+        run(0)
+
+
+def _note_children(ctx: _Context) -> None:
+    """Set the control block's HAS_CHILDREN byte if this process has child processes.
+
+    Called as a worker exits after its last job: the parent then gives the process group
+    the rest of the grace to exit on its own (a DataLoader's workers, a fork server or
+    resource tracker started in the worker all notice our exit) before it kills the
+    group. Without the byte it kills the group at once, as nothing is left to wait for.
+    One ``waitid`` that reaps nothing (``WNOWAIT``); a grandchild whose parent already
+    exited is not seen (it is killed with the group).
+    """
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # not on this platform: the group is killed at once
+        return
+    try:
+        waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return  # no children at all: the common case
+    except OSError:
+        pass
+    with contextlib.suppress(Exception):
+        ctx.ctl[_fds.HAS_CHILDREN] = 1
 
 
 def _exit_now(code: int) -> NoReturn:
@@ -456,6 +574,14 @@ def child_main(
         ctx.sender.send_final(kind, body)
     except OSError:
         _exit_now(70)  # parent gone
+    _run_multiprocessing_finalizers()
+    _note_children(ctx)
+    _exit_now(0)
+
+
+def _exit_after_last_job(ctx: _Context) -> NoReturn:
+    _run_multiprocessing_finalizers()
+    _note_children(ctx)
     _exit_now(0)
 
 
@@ -496,11 +622,11 @@ def worker_main(
         ctx.job_active = False
         header = _read_exact(jobs_fd, size)
         if header is None:
-            _exit_now(0)  # the parent closed the worker (or died: the lifeline acts)
+            _exit_after_last_job(ctx)  # the parent closed the worker (or died: the lifeline acts)
         (length,) = _framing.JOB_HEADER.unpack(header)
         payload = _read_exact(jobs_fd, length)
         if payload is None:
-            _exit_now(0)
+            _exit_after_last_job(ctx)
         ctx.begin_job()
         # A previous job may have changed how SIGTERM is handled (ignored it, blocked
         # it): every job starts with the ladder working as documented.

@@ -11,7 +11,8 @@ length and a pickle), the control block's memfd and the process's own mapping of
 job maps it again for itself), and a pidfd or multiprocessing's sentinel. The child's
 ends travel as in a one-job start and are closed here right after ``Process.start()``.
 :meth:`WorkerProcess.retire` stops the child (closing ``jobs_w`` lets an idle one exit
-0; otherwise SIGKILL), kills its process group, reaps it and closes every descriptor.
+0; otherwise SIGKILL), gives its own children (if it said it had some) until a deadline
+to exit on their own, kills its process group, reaps it and closes every descriptor.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .._child._runtime import worker_main
 from .._linux import open_pidfd
 from .._options import Options
 from .._transport import _fds
-from . import _guard
+from . import _group, _guard
 from ._arrays import ArrayChannel
-from ._runner import _add_forkserver_preload, _group_has_live_members
+from ._runner import _add_forkserver_preload
 
 RETIRE_WAIT = 1.0
 """Seconds an idle child gets to exit after its jobs pipe was closed, before SIGKILL."""
@@ -145,25 +147,40 @@ class WorkerProcess:
         ready, _, _ = select.select([self.exit_fd], [], [], 0)
         return bool(ready)
 
-    def retire(self, *, graceful: bool) -> int | None:
+    def retire(
+        self,
+        *,
+        graceful: bool,
+        children_deadline: Callable[[], float] | None = None,
+        wake_fd: int | None = None,
+        on_wake: Callable[[], None] | None = None,
+    ) -> int | None:
         """Stop the child, kill its group, reap it, close every descriptor (idempotent).
 
         ``graceful``: the child is idle between jobs; closing its jobs pipe makes it exit
-        0 (SIGKILL after :data:`RETIRE_WAIT` if it does not). Returns the exit status.
-        Bounded: at most ``RETIRE_WAIT`` + 5 s (forkserver's status report) + 0.5 s.
+        0 (SIGKILL after :data:`RETIRE_WAIT` if it does not). If it exited so and said it
+        had children of its own, the group may exit on its own until
+        ``children_deadline()`` (asked again whenever ``wake_fd`` wakes us, after
+        ``on_wake()``); None: the group is killed at once. Returns the exit status.
+        Bounded: at most ``RETIRE_WAIT`` + the children's deadline + 5 s (forkserver's
+        status report) + 0.5 s.
         """
         if self._retired:
             return self.exit_code
         self._retired = True
         try:
             if self.proc is not None:
+                exited_by_itself = False
                 if graceful and not self.has_exited():
                     _fds.close_quietly(self.jobs_w)
                     self.jobs_w = None
                     assert self.exit_fd is not None
                     select.select([self.exit_fd], [], [], RETIRE_WAIT)
+                    exited_by_itself = self.has_exited()
                 if not self.has_exited():
                     self._signal(signal.SIGKILL)
+                if exited_by_itself and children_deadline is not None:
+                    self._let_children_exit(children_deadline, wake_fd, on_wake)
                 group_signalled = self._kill_group()
                 method = self._options.resolved_start_method
                 self.proc.join(5.0 if method == "forkserver" else None)
@@ -176,6 +193,20 @@ class WorkerProcess:
                 self._registered_group = False
             self._close_fds()
         return self.exit_code
+
+    def _let_children_exit(
+        self,
+        deadline: Callable[[], float],
+        wake_fd: int | None,
+        on_wake: Callable[[], None] | None,
+    ) -> None:
+        """Wait (bounded) for the group if the exited child set HAS_CHILDREN; before
+        the child is reaped (see ``_group`` on why the group id stays ours)."""
+        control = self._control
+        if self.pid is None or not self._options.kill_group or control is None:
+            return
+        if control[_fds.HAS_CHILDREN]:
+            _group.wait_until_empty(self.pid, deadline, wake_fd, on_wake)
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -198,7 +229,7 @@ class WorkerProcess:
             return
         deadline = time.monotonic() + _GROUP_EXIT_WAIT
         delay = 0.0005
-        while time.monotonic() < deadline and _group_has_live_members(self.pid):
+        while time.monotonic() < deadline and _group.has_live_members(self.pid):
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
 

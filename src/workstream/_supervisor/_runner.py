@@ -14,8 +14,10 @@ flag at once (``JobCore.request_cancel``), SIGTERM at ``term_at``, SIGKILL to th
 and its process group at ``kill_at``.
 
 When the child has exited, the runner drains what it wrote (every complete frame is
-delivered; a torn tail is dropped and reported), kills the rest of the process group,
-closes every descriptor, builds the outcome and publishes it.
+delivered; a torn tail is dropped and reported); if the child ended by itself and said
+it had children (control byte HAS_CHILDREN), gives its process group the rest of the
+grace to exit on its own (``_group.wait_until_empty``); then kills the rest of the
+group, closes every descriptor, builds the outcome and publishes it.
 
 A job of a warm ``Worker`` uses the same loop through :meth:`JobRunner.run_on`, on a
 process it does not own (``_worker.WorkerProcess``): it writes the job to the jobs pipe,
@@ -51,7 +53,7 @@ from .._linux import open_pidfd
 from .._options import Options
 from .._outcomes import CancelledOutcome, CancelRung, Completed, Crashed, Failed, Outcome
 from .._transport import _fds, _framing, _shm
-from . import _guard
+from . import _group, _guard
 from ._arrays import ArrayChannel
 from ._jobcore import JobCore
 
@@ -141,8 +143,10 @@ class JobRunner:
             self._emergency_kill()  # if the process exists, it must not outlive the failure
             return self._crashed(None, f"{type(exc).__name__}: {str(exc).strip()}")
         self._loop()
-        # Kill what is left of the group while the leader is still unreaped: its pid (the
-        # group id) cannot have been recycled yet.
+        # Wait for, then kill, what is left of the group while the leader is still
+        # unreaped (fork, spawn; see _group for forkserver): its pid (the group id)
+        # cannot have been recycled yet.
+        self._let_children_exit()
         group_signalled = self._kill_group()
         exit_code = self._reap()
         self._wait_group_gone(group_signalled)
@@ -326,8 +330,12 @@ class JobRunner:
             exit_code = None
             if not keep:
                 # A job that ended by itself (final frame) leaves an idle child: close
-                # its jobs pipe and it exits 0. Otherwise it is killed.
-                exit_code = process.retire(graceful=self._final is not None)
+                # its jobs pipe and it exits 0, and its own children get the rest of the
+                # grace to follow. Otherwise it is killed, with its group.
+                exit_code = process.retire(
+                    graceful=self._final is not None, children_deadline=self.children_deadline,
+                    wake_fd=self.core.wake_fd, on_wake=self.on_wake,
+                )
             outcome = self._build_outcome(exit_code)
         except BaseException as exc:  # a bug of ours: the process must not outlive it
             keep = False
@@ -559,6 +567,38 @@ class JobRunner:
         code: int | None = proc.exitcode
         return code
 
+    def children_deadline(self) -> float:
+        """When the child's own children must be gone after the child ended by itself:
+        the cancel's SIGKILL deadline if a cancel was requested, else ``grace`` after the
+        final frame (or after now, without one)."""
+        req = self.core.cancel
+        if req is not None:
+            return req.kill_at
+        start = self._final_at if self._final_at is not None else time.monotonic()
+        return start + self._options.grace
+
+    def _let_children_exit(self) -> None:
+        """Give the group up to :meth:`children_deadline` to exit on its own.
+
+        Only if the child exited by itself after its final frame and set HAS_CHILDREN (a
+        one-byte read otherwise: no cost when there are no descendants); never after we
+        SIGKILLed it (the ladder's end). A shorter cancel meanwhile shortens the wait.
+        """
+        control = self.core.control
+        if (
+            self._pid is None or not self._options.kill_group or self._kill_sent
+            or self._final is None or control is None
+        ):
+            return
+        try:
+            has_children = control[_fds.HAS_CHILDREN]
+        except ValueError:  # closed: the job is over already
+            return
+        if has_children:
+            _group.wait_until_empty(
+                self._pid, self.children_deadline, self.core.wake_fd, self.on_wake
+            )
+
     def _kill_group(self) -> bool:
         """SIGKILL the child's process group; True if the group existed."""
         pid = self._pid
@@ -580,7 +620,7 @@ class JobRunner:
         if pid is not None and signalled:
             deadline = time.monotonic() + _GROUP_EXIT_WAIT
             delay = 0.0005
-            while time.monotonic() < deadline and _group_has_live_members(pid):
+            while time.monotonic() < deadline and _group.has_live_members(pid):
                 time.sleep(delay)
                 delay = min(delay * 2, 0.02)
         if self._registered_group and pid is not None:
@@ -746,30 +786,6 @@ def _read_report(final: _framing.Frame) -> dict[str, Any]:
         if report.get(key) is not None and not isinstance(report[key], bytes):
             raise ValueError(f"field {key!r} is not bytes")
     return report
-
-
-def _group_has_live_members(pgid: int) -> bool:
-    """True if process group ``pgid`` has a member that is not a zombie."""
-    try:
-        os.killpg(pgid, 0)
-    except OSError:
-        return False
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return True  # no /proc: trust killpg
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
 
 
 _preload_done = False

@@ -257,7 +257,7 @@ class WorkerSupervisor:
             self.ready.set()
             return
         if kept:
-            proc.retire(graceful=True)
+            proc.retire(graceful=True, children_deadline=self._children_deadline())
         self._lose_process()
         if isinstance(outcome, CancelledOutcome):
             return  # close() interrupted the initializer
@@ -328,6 +328,19 @@ class WorkerSupervisor:
                 proc.retire(graceful=False)
                 self._lose_process()
 
+    def _children_deadline(self) -> Callable[[], float]:
+        """When an idle process's own children must be gone once it exited: the Worker's
+        grace from now, capped by ``close(grace=...)`` (read again at every wake-up)."""
+        start = time.monotonic()
+
+        def deadline() -> float:
+            with self.lock:
+                cap = self._close_grace
+            grace = self._options.grace
+            return start + (grace if cap is None else min(cap, grace))
+
+        return deadline
+
     def _lose_process(self) -> None:
         """Forget the (retired) process; the next one starts per ``_want_process``."""
         self.ready.clear()
@@ -359,7 +372,10 @@ class WorkerSupervisor:
             if not sub.core.terminal.is_set():
                 self._end_before_start(sub)
         if self._proc is not None:
-            self._proc.retire(graceful=True)
+            self._proc.retire(
+                graceful=True, children_deadline=self._children_deadline(),
+                wake_fd=self._wake_r,  # a close(grace=0) meanwhile cuts the wait short
+            )
             self._proc = None
             self.pid = None
         with self.lock:

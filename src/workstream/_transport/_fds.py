@@ -17,6 +17,7 @@ CONTROL_BLOCK_SIZE = mmap.PAGESIZE
 # Byte offsets in the control block.
 CANCEL_FLAG = 0  # 0: run; 1: cancel requested (set by the parent, or by the child on SIGTERM)
 READER_IDLE = 1  # 1 while the parent's runner waits for data with the pipe drained
+HAS_CHILDREN = 2  # set by the child as it exits: 1 if it had child processes of its own
 
 _F_SETPIPE_SZ = 1031  # Linux fcntl command; fcntl.F_SETPIPE_SZ exists only from 3.10
 
