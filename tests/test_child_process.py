@@ -10,6 +10,7 @@ import dataclasses
 import os
 import pickle
 import signal
+import sys
 from collections.abc import Iterator
 
 import cloudpickle
@@ -219,3 +220,21 @@ def test_child_settings_is_a_frozen_record_that_pickles() -> None:
         settings.batch_window = 1.0  # type: ignore[misc]
     assert pickle.loads(pickle.dumps(settings)) == settings
     assert settings.arrays is None and settings.forkserver is False
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
+def test_the_data_pipe_gets_the_buffer_pipe_bytes_asks_for() -> None:
+    """make_pipe() raises the pipe's kernel buffer to the size asked for (where the
+    system allows it), through fcntl.F_SETPIPE_SZ."""
+    import fcntl
+
+    with open("/proc/sys/fs/pipe-max-size") as f:
+        allowed = int(f.read())
+    size = min(1 << 20, allowed)
+    r, w = _fds.make_pipe(size)
+    try:
+        assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) == size
+    finally:
+        os.close(r)
+        os.close(w)
