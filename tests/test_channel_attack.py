@@ -144,9 +144,9 @@ def test_channel_fds_are_unnamed_and_private() -> None:
                 mode = os.stat(f"/proc/{pid}/fd/{fd}").st_mode
                 assert stat.S_IMODE(mode) & 0o077 == 0, (target, oct(mode))
             assert not target.startswith("/dev/shm"), target
-        runner = job._runner
-        for name in ("_data_r", "_lifeline_w"):
-            fd = getattr(runner, name)
+        child = job._runner._child  # the job's ChildProcess
+        for name in ("data_r", "lifeline_w"):
+            fd = getattr(child, name)
             assert stat.S_ISFIFO(os.fstat(fd).st_mode), name
     finally:
         job.cancel(grace=0)

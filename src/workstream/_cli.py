@@ -56,7 +56,7 @@ EXIT_INTERRUPTED = 130
 DEMO_DEPENDENCIES = ("numpy", "rich")
 INSTALL_HINT = "pip install 'workstream[demo]'"
 
-HELPER_MARKERS = ("forkserver", "resource_tracker", "-I -S -c")
+HELPER_MARKERS = ("forkserver", "resource_tracker", "_supervisor/_guard_main.py")
 """Command-line fragments of workstream's and multiprocessing's own helper processes
 (the fork server, the resource tracker, the guard): not left-overs of a job."""
 

@@ -36,7 +36,8 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent *thread* exits.
 
     Returns False where unsupported. The parent side must therefore fork from a thread
-    that outlives the child (see ``_supervisor._listener``).
+    that outlives the child: a job's runner thread, or a Worker's supervisor thread (see
+    ``_supervisor._child_process``).
     """
     libc = _get_libc()
     if libc is None:

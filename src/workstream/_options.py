@@ -7,7 +7,7 @@ import multiprocessing
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 DEFAULT_GRACE = 2.0
 """Seconds ``cancel()`` gives a job before SIGKILL.
@@ -134,6 +134,51 @@ class Options:
                 "use functools.partial(fn, name=value)"
             )
         return cls(**kwargs)
+
+
+class PassedDescriptor(Protocol):
+    """A descriptor on its way to the child (``_transport._fds.PassedFd``)."""
+
+    fd: int
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ArenaSettings:
+    """The job's shared-memory arena, as the child maps it (see ``_supervisor._arrays``)."""
+
+    fd: PassedDescriptor
+    """The arena's memfd; the child closes it once mapped."""
+    threshold: int
+    """Buffers of at least this many bytes go through the arena (``shm_threshold``)."""
+    max_in_pipe: int | None
+    """Most bytes of such buffers sent in-band while the arena is full (None: no cap)."""
+
+
+@dataclass(frozen=True)
+class ChildSettings:
+    """What the parent tells a new child process, pickled with its other arguments.
+
+    Built once per process by ``_supervisor._child_process.ChildProcess.launch`` and read
+    once, before any user code, by ``_child._runtime``'s start-up.
+    """
+
+    batch_window: float
+    """``Options.batch_window``."""
+    max_batch_bytes: int
+    """``Options.max_batch_bytes``."""
+    close_fds: tuple[int, ...] = ()
+    """fork only: the parent's descriptors the child inherited and must close first (its
+    lifeline would never reach end-of-file while it holds the write end itself)."""
+    arrays: ArenaSettings | None = None
+    """The shared-memory arena; None: every buffer travels in-band."""
+    parent_pid: int | None = None
+    """fork and spawn: the pid the child must see as its parent; another one means the
+    parent died before PR_SET_PDEATHSIG was armed. None under forkserver (the parent
+    is the fork server)."""
+    forkserver: bool = False
+    """Started by the fork server: drop the inherited end of its "alive" pipe."""
 
 
 def _check_count(name: str, value: object, what: str) -> None:

@@ -45,6 +45,7 @@ from typing import Any, NoReturn
 
 from .._errors import Cancelled, NotInWorkerError
 from .._linux import set_parent_death_signal
+from .._options import ChildSettings
 from .._transport import _fds, _framing
 from .._transport._shm import BlockPool
 from ._arrays import ArrayPickler
@@ -495,37 +496,36 @@ def _drop_forkserver_alive_fd() -> None:
         return
 
 
-def _arrays_from_settings(settings: dict[str, Any], ctl: Any) -> ArrayPickler | None:
+def _arrays_from_settings(settings: ChildSettings, ctl: Any) -> ArrayPickler | None:
     """Map the job's shared-memory arena if the parent passed one (see ``_arrays``)."""
-    passed = settings.get("arrays")
+    passed = settings.arrays
     if passed is None:
         return None
-    conn, threshold, max_in_pipe = passed
     try:
-        return ArrayPickler(BlockPool(conn.fd), threshold, max_in_pipe, ctl)
+        return ArrayPickler(BlockPool(passed.fd.fd), passed.threshold, passed.max_in_pipe, ctl)
     except (OSError, ValueError):
         return None  # large buffers then travel in-band: correct, slower
     finally:
-        conn.close()
+        passed.fd.close()
 
 
 def _boot(
     data_conn: _fds.PassedFd,
     lifeline_conn: _fds.PassedFd,
     control_conn: _fds.PassedFd,
-    settings: dict[str, Any],
+    settings: ChildSettings,
 ) -> _Context:
     """Steps 1-3 of the module docstring; returns once the parent said "go"."""
     global _current
     data_fd, lifeline_fd, control_fd = data_conn.fd, lifeline_conn.fd, control_conn.fd
-    for fd in settings.get("close_fds", ()):
+    for fd in settings.close_fds:
         _fds.close_quietly(fd)
-    if settings.get("forkserver"):
+    if settings.forkserver:
         _drop_forkserver_alive_fd()
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     set_parent_death_signal(signal.SIGKILL)
-    expected_parent = settings.get("parent_pid")
+    expected_parent = settings.parent_pid
     if expected_parent is not None and os.getppid() != expected_parent:
         _exit_now(70)  # the parent died before PR_SET_PDEATHSIG was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -533,9 +533,7 @@ def _boot(
     os.close(control_fd)
 
     arrays = _arrays_from_settings(settings, ctl)
-    sender = Sender(
-        data_fd, settings["batch_window"], settings["max_batch_bytes"], ctl, arrays
-    )
+    sender = Sender(data_fd, settings.batch_window, settings.max_batch_bytes, ctl, arrays)
     ctx = _Context(ctl, sender)
     _current = ctx
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -565,7 +563,7 @@ def child_main(
     data_conn: _fds.PassedFd,
     lifeline_conn: _fds.PassedFd,
     control_conn: _fds.PassedFd,
-    settings: dict[str, Any],
+    settings: ChildSettings,
 ) -> None:
     """The ``multiprocessing`` target of a one-job worker. Never returns (``os._exit``)."""
     ctx = _boot(data_conn, lifeline_conn, control_conn, settings)
@@ -606,7 +604,7 @@ def worker_main(
     lifeline_conn: _fds.PassedFd,
     control_conn: _fds.PassedFd,
     jobs_conn: _fds.PassedFd,
-    settings: dict[str, Any],
+    settings: ChildSettings,
 ) -> None:
     """The ``multiprocessing`` target of a warm worker: run jobs until the jobs pipe closes.
 

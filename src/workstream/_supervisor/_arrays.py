@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-from .._options import Options
+from .._options import ArenaSettings, Options
 from .._transport import _fds, _shm
 
 _loads = pickle.loads
@@ -44,10 +44,10 @@ class ArrayChannel:
         except OSError:
             return None
 
-    def child_settings(self, max_in_pipe: int | None) -> tuple[_fds.PassedFd, int, int | None]:
+    def child_settings(self, max_in_pipe: int | None) -> ArenaSettings:
         """What the child needs (the arena fd travels like the control block's)."""
         assert self._fd is not None
-        return _fds.PassedFd(self._fd), self._threshold, max_in_pipe
+        return ArenaSettings(_fds.PassedFd(self._fd), self._threshold, max_in_pipe)
 
     def close_fd(self) -> None:
         """Close the parent's fd of the arena (the mapping does not need it)."""

@@ -3,9 +3,10 @@
 Why a separate process: PR_SET_PDEATHSIG kills the worker itself but not the children it
 started (data loaders, ``subprocess`` calls), and a watchdog thread inside the worker
 cannot run while user code holds the GIL in a long C call. The guard is a tiny Python
-process (``python -I -S -c``) that never runs user code. It reads ``+PGID`` / ``-PGID``
-lines from a pipe; when the pipe reaches end-of-file (the application exited or was
-SIGKILLed: the kernel closes our end) it sends SIGKILL to every registered group and exits.
+process (``python -I -S .../_guard_main.py``: a module of its own, checked like the rest)
+that never runs user code. It reads ``+PGID`` / ``-PGID`` lines from a pipe; when the
+pipe reaches end-of-file (the application exited or was SIGKILLed: the kernel closes our
+end) it sends SIGKILL to every registered group and exits.
 
 It is started lazily by the first job that asks for it, in its own session (so a
 terminal's Ctrl-C does not reach it), with no inherited descriptors but its stdin.
@@ -20,32 +21,14 @@ import subprocess
 import sys
 import threading
 
-_GUARD_SOURCE = r"""
-import os, signal
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-groups = set()
-buf = b""
-while True:
-    try:
-        chunk = os.read(0, 4096)
-    except InterruptedError:
-        continue
-    except OSError:
-        chunk = b""
-    if not chunk:
-        break
-    buf += chunk
-    *lines, buf = buf.split(b"\n")
-    for line in lines:
-        if len(line) > 1 and line[1:].isdigit():
-            (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-for pgid in groups:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-"""
+from . import _guard_main
+
+
+def guard_command() -> list[str]:
+    """The guard's command line: this interpreter, isolated (``-I``: no environment
+    variables, user site or current directory; ``-S``: no site packages), running
+    ``_guard_main``'s file, which needs nothing but the standard library."""
+    return [sys.executable, "-I", "-S", os.path.abspath(_guard_main.__file__)]
 
 
 class _Guard:
@@ -60,7 +43,7 @@ class _Guard:
         if proc is not None and self._owner_pid == os.getpid() and proc.poll() is None:
             return proc
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _GUARD_SOURCE],
+            guard_command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

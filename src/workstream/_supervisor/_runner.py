@@ -19,17 +19,18 @@ it had children (control byte HAS_CHILDREN), gives its process group the rest of
 grace to exit on its own (``_group.wait_until_empty``); then kills the rest of the
 group, closes every descriptor, builds the outcome and publishes it.
 
-A job of a warm ``Worker`` uses the same loop through :meth:`JobRunner.run_on`, on a
-process it does not own (``_worker.WorkerProcess``): it writes the job to the jobs pipe,
-ends at the job's final frame, and retires the process only if the job needed a signal,
-crashed or left the channel unclean.
+The process itself (launch, handshake, signals, reaping, its descriptors) is a
+``_child_process.ChildProcess``: the runner owns one per one-job ``start()``. A job of a
+warm ``Worker`` uses the same loop through :meth:`JobRunner.run_on`, on a process it does
+not own (``_process.WorkerProcess``): it writes the job to the jobs pipe, ends at the
+job's final frame, and retires the process only if the job needed a signal, crashed or
+left the channel unclean.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import multiprocessing
 import os
 import pickle
 import select
@@ -40,7 +41,6 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .._child._runtime import child_main
 from .._errors import (
     UNGUARDED_MAIN_EXIT,
     ChannelBroken,
@@ -49,23 +49,22 @@ from .._errors import (
     WorkerError,
     WorkstreamError,
 )
-from .._linux import open_pidfd
 from .._options import Options
 from .._outcomes import CancelledOutcome, CancelRung, Completed, Crashed, Failed, Outcome
 from .._transport import _fds, _framing, _shm
-from . import _group, _guard
 from ._arrays import ArrayChannel
+from ._child_process import ChildProcess
 from ._jobcore import JobCore
+from ._process import WorkerProcess
 
 _READ_CHUNK = 1 << 20
-_GROUP_EXIT_WAIT = 0.5  # seconds to wait for a killed process group to disappear
 _TERM_REPEAT = 0.1  # seconds between SIGTERMs while waiting for SIGKILL (see _escalate)
 
 _loads = pickle.loads
 
 
 class JobRunner:
-    """Owns the child process and every parent-side descriptor of one job."""
+    """Runs one job: owns its child process (a one-job start) or borrows a warm one."""
 
     def __init__(
         self,
@@ -82,12 +81,10 @@ class JobRunner:
         self._options = options
         self._name = name
         self._started_at = started_at
-        self._proc: Any = None
+        # The job's process: owned (start()) or borrowed from a Worker (run_on, then
+        # None again once it returns). Created by the runner thread, which forks it.
+        self._child: ChildProcess | None = None
         self._pid: int | None = None
-        self._exit_fd: int | None = None
-        self._pidfd: int | None = None
-        self._data_r: int | None = None
-        self._lifeline_w: int | None = None
         self._decoder = _framing.FrameDecoder()
         self._final: _framing.Frame | None = None
         self._term_sent = False  # True once a SIGTERM was sent
@@ -96,7 +93,6 @@ class JobRunner:
         self._exited = False
         self._channel_error: ChannelBroken | None = None
         self._delivery_error: DeliveryError | None = None
-        self._registered_group = False
         self._arrays: ArrayChannel | None = None  # large buffers in shared memory
         # Warm workers only (run_on): the job's bytes still to write to the jobs pipe,
         # and a hook called when the wake pipe fires (the Worker's own requests).
@@ -117,14 +113,9 @@ class JobRunner:
             detail = "internal error in workstream's runner: " + "".join(
                 traceback.format_exception_only(type(exc), exc)
             ).strip()
-            exit_code = None
-            with contextlib.suppress(Exception):
-                exit_code = self._proc.exitcode if self._proc is not None else None
+            exit_code = None if self._child is None else self._child.exit_code
             outcome = self._crashed(exit_code, detail)
         finally:
-            if self._registered_group and self._pid is not None:
-                with contextlib.suppress(Exception):
-                    _guard.unregister(self._pid)
             self._close_fds()
         self.core.finish(outcome)
 
@@ -147,86 +138,36 @@ class JobRunner:
         # unreaped (fork, spawn; see _group for forkserver): its pid (the group id)
         # cannot have been recycled yet.
         self._let_children_exit()
-        group_signalled = self._kill_group()
-        exit_code = self._reap()
-        self._wait_group_gone(group_signalled)
+        assert self._child is not None
+        exit_code = self._child.reap_with_group()
         return self._build_outcome(exit_code)
 
     # -- launch -------------------------------------------------------------------------
 
     def _launch(self) -> None:
-        opts = self._options
-        method = opts.resolved_start_method
-        ctx: Any = multiprocessing.get_context(method)
-        if method == "forkserver":
-            _add_forkserver_preload()
-        data_r, data_w = _fds.make_pipe(opts.pipe_bytes)
-        self._data_r = data_r
-        life_r, life_w = os.pipe()
-        self._lifeline_w = life_w
-        settings: dict[str, Any] = {
-            "batch_window": opts.batch_window,
-            "max_batch_bytes": opts.max_batch_bytes,
-        }
-        if method == "fork":
-            # A forked child inherits every fd: it must not hold the parent's ends of its
-            # own pipes (its lifeline would never reach EOF). The guard's pipe is closed
-            # in the child by _guard's at-fork handler (closing it here again could close
-            # an unrelated fd that reused its number).
-            parent_ends = (life_w, data_r, *self.core.wake_fds)
-            settings["close_fds"] = [fd for fd in parent_ends if fd is not None]
-        self._arrays = ArrayChannel.for_options(opts)
-        if self._arrays is not None:
-            settings["arrays"] = self._arrays.child_settings(opts.max_buffered_bytes)
-        if method in ("fork", "spawn"):
-            settings["parent_pid"] = os.getpid()
-        else:
-            settings["forkserver"] = True
+        """Start the job's process (from this thread: see the module docstring)."""
+        child = self._child = ChildProcess(self._options, f"workstream:{self._name}")
         assert self._control_fd is not None
-        conns = [_fds.PassedFd(data_w), _fds.PassedFd(life_r), _fds.PassedFd(self._control_fd)]
-        self._control_fd = None  # owned by its Connection now
-        try:
-            proc = ctx.Process(
-                target=child_main,
-                args=(self._payload, *conns, settings),
-                name=f"workstream:{self._name}",
-                daemon=False,
-            )
-            proc.start()
-        finally:
-            for conn in conns:
-                conn.close()
-            if self._arrays is not None:
-                self._arrays.close_fd()  # the child has its copy; our mapping needs none
-        self._payload = b""
-        self._proc = proc
-        # We reap our children ourselves; multiprocessing's own reaping (active_children(),
-        # the next Process.start()) must not race with us for the exit status.
-        with contextlib.suppress(AttributeError, KeyError):
-            multiprocessing.process._children.discard(proc)  # type: ignore[attr-defined]
-        pid = proc.pid
-        assert pid is not None
-        self._pid = pid
-        self._pidfd = open_pidfd(pid)
-        self._exit_fd = self._pidfd if self._pidfd is not None else proc.sentinel
-        if opts.kill_group:
-            _guard.register(pid)
-            self._registered_group = True
-        # Let the child run user code only now that its group is registered.
-        with contextlib.suppress(OSError):
-            os.write(life_w, b"g")
+        control = _fds.PassedFd(self._control_fd)
+        self._control_fd = None  # the child process's now
+        payload, self._payload = self._payload, b""
+        child.launch(control, payload=payload, close_in_child=self.core.wake_fds)
+        self._arrays = child.arrays
+        self._pid = child.pid
         with self.core.lock:
-            self.core.pid = pid
+            self.core.pid = child.pid
 
     # -- the poll loop ------------------------------------------------------------------
 
     def _loop(self) -> None:
         core = self.core
-        data_r = self._data_r
-        assert data_r is not None and self._exit_fd is not None
+        assert self._child is not None
+        data_r = self._child.data_r
+        exit_fd = self._child.exit_fd
+        assert data_r is not None and exit_fd is not None
         poller = select.poll()
         poller.register(core.wake_fd, select.POLLIN)
-        poller.register(self._exit_fd, select.POLLIN)
+        poller.register(exit_fd, select.POLLIN)
         poller.register(data_r, select.POLLIN)
         if self._outbox is not None and self._out_fd is not None:
             poller.register(self._out_fd, select.POLLOUT)
@@ -253,7 +194,7 @@ class JobRunner:
                     if not self._read_available(data_r):
                         data_open = False
                         poller.unregister(data_r)
-                elif fd == self._exit_fd:
+                elif fd == exit_fd:
                     self._exited = True
                 elif fd == self._out_fd:
                     if self._write_outbox():
@@ -289,7 +230,7 @@ class JobRunner:
 
     # -- a job on a warm worker ---------------------------------------------------------
 
-    def run_on(self, process: Any, job_frame: bytes) -> tuple[Outcome, bool]:
+    def run_on(self, process: WorkerProcess, job_frame: bytes) -> tuple[Outcome, bool]:
         """Run this job on the warm ``process``; return ``(outcome, process_kept)``.
 
         Does not publish the outcome (the Worker does) and never closes the process's
@@ -300,14 +241,11 @@ class JobRunner:
         self._warm = True
         # READY comes once per process (in its first job, the initializer's stream).
         self._ready_seen = process.said_ready
-        self._proc = process.proc
-        self._pid = process.pid
-        self._pidfd = process.pidfd
-        self._exit_fd = process.exit_fd
-        self._data_r = process.data_r
-        self._out_fd = process.jobs_w
+        self._child = process.child
+        self._pid = process.child.pid
+        self._out_fd = process.child.jobs_w
         self._outbox = memoryview(job_frame)
-        self._arrays = process.arrays  # the process's; never closed by this job
+        self._arrays = process.child.arrays  # the process's; never closed by this job
         if self._arrays is not None:
             self._arrays.copy = self._options.shm_copy
         keep = False
@@ -346,9 +284,8 @@ class JobRunner:
             ).strip()
             outcome = self._crashed(self._pid, detail)
         finally:
-            self._data_r = self._pidfd = None  # the process's, not ours
+            self._child = None  # the Worker's, not ours
             self._arrays = None
-            self._proc = None
         return outcome, keep
 
     def _write_outbox(self) -> bool:
@@ -510,10 +447,7 @@ class JobRunner:
             self._signal(signal.SIGTERM)
         if not self._kill_sent and now >= req.kill_at:
             self._kill_sent = True
-            self._signal(signal.SIGKILL)
-            if self._options.kill_group and self._pid is not None:
-                with contextlib.suppress(OSError):
-                    os.killpg(self._pid, signal.SIGKILL)
+            self._kill_child_and_group()
         if self._kill_sent:
             return None
         next_rung = req.kill_at
@@ -532,40 +466,25 @@ class JobRunner:
         if now < due:
             return max(1, math.ceil((due - now) * 1000))
         self._kill_sent = True
-        self._signal(signal.SIGKILL)
-        if self._options.kill_group and self._pid is not None:
-            with contextlib.suppress(OSError):
-                os.killpg(self._pid, signal.SIGKILL)
+        self._kill_child_and_group()
         return None
 
     def _signal(self, sig: int) -> None:
-        if self._pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError, OSError):
-            if self._pidfd is not None:
-                signal.pidfd_send_signal(self._pidfd, sig)
-            else:
-                os.kill(self._pid, sig)
+        """Send ``sig`` to the job's process (not its group), if it has one."""
+        if self._child is not None:
+            self._child.signal(sig)
+
+    def _kill_child_and_group(self) -> None:
+        """SIGKILL the job's process, then the rest of its process group."""
+        if self._child is not None:
+            self._child.kill_child_and_group()
 
     def _emergency_kill(self) -> None:
         """SIGKILL the child and its group and reap it (bounded): after a failure of ours."""
-        if self._pid is not None and not self._exited:
-            self._signal(signal.SIGKILL)
-            if self._options.kill_group:
-                with contextlib.suppress(OSError):
-                    os.killpg(self._pid, signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                self._proc.join(5.0)
+        if self._child is not None:
+            self._child.kill_and_reap()
 
     # -- the end ------------------------------------------------------------------------
-
-    def _reap(self) -> int | None:
-        proc = self._proc
-        # The child has exited (pidfd/sentinel): for fork/spawn waitpid returns at once;
-        # under forkserver the server reports the status over its socket.
-        proc.join(5.0 if self._options.resolved_start_method == "forkserver" else None)
-        code: int | None = proc.exitcode
-        return code
 
     def children_deadline(self) -> float:
         """When the child's own children must be gone after the child ended by itself:
@@ -584,48 +503,12 @@ class JobRunner:
         one-byte read otherwise: no cost when there are no descendants); never after we
         SIGKILLed it (the ladder's end). A shorter cancel meanwhile shortens the wait.
         """
-        control = self.core.control
-        if (
-            self._pid is None or not self._options.kill_group or self._kill_sent
-            or self._final is None or control is None
-        ):
+        child = self._child
+        if child is None or self._kill_sent or self._final is None:
             return
-        try:
-            has_children = control[_fds.HAS_CHILDREN]
-        except ValueError:  # closed: the job is over already
-            return
-        if has_children:
-            _group.wait_until_empty(
-                self._pid, self.children_deadline, self.core.wake_fd, self.on_wake
-            )
-
-    def _kill_group(self) -> bool:
-        """SIGKILL the child's process group; True if the group existed."""
-        pid = self._pid
-        if pid is None or not self._options.kill_group:
-            return False
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            return False  # no such group: the child never made one, or nothing is left
-        return True
-
-    def _wait_group_gone(self, signalled: bool) -> None:
-        """Wait (bounded) until the killed group has no live members, then unregister it.
-
-        Zombies do not count: killed descendants are reaped by whoever adopted them
-        (init, or a subreaper that may never do it), not by us.
-        """
-        pid = self._pid
-        if pid is not None and signalled:
-            deadline = time.monotonic() + _GROUP_EXIT_WAIT
-            delay = 0.0005
-            while time.monotonic() < deadline and _group.has_live_members(pid):
-                time.sleep(delay)
-                delay = min(delay * 2, 0.02)
-        if self._registered_group and pid is not None:
-            _guard.unregister(pid)
-            self._registered_group = False
+        child.let_children_exit(
+            self.core.control, self.children_deadline, self.core.wake_fd, self.on_wake
+        )
 
     def release_unstarted(self) -> None:
         """Free everything when the runner thread could not even be started."""
@@ -633,14 +516,12 @@ class JobRunner:
         self.core.release()
 
     def _close_fds(self) -> None:
-        for name in ("_data_r", "_lifeline_w", "_pidfd", "_control_fd"):
-            _fds.close_quietly(getattr(self, name))
-            setattr(self, name, None)
-        if self._arrays is not None:
-            self._arrays.close()  # arrays the user still holds stay valid
-        if self._proc is not None:
-            with contextlib.suppress(Exception):
-                self._proc.close()
+        """Close what a one-job runner owns: the control fd if never handed to a child,
+        and the child process's descriptors (arrays the user still holds stay valid)."""
+        _fds.close_quietly(self._control_fd)
+        self._control_fd = None
+        if self._child is not None and not self._warm:
+            self._child.close()
 
     def _stop_latency(self) -> float | None:
         req = self.core.cancel
@@ -786,28 +667,3 @@ def _read_report(final: _framing.Frame) -> dict[str, Any]:
         if report.get(key) is not None and not isinstance(report[key], bytes):
             raise ValueError(f"field {key!r} is not bytes")
     return report
-
-
-_preload_done = False
-
-
-def _add_forkserver_preload() -> None:
-    """Have the fork server import our child runtime once, so each child need not.
-
-    Keeps whatever preload list the application set; has no effect once the server runs.
-    """
-    global _preload_done
-    if _preload_done:
-        return
-    _preload_done = True
-    try:
-        from multiprocessing import forkserver
-
-        server = forkserver._forkserver  # type: ignore[attr-defined]
-        if getattr(server, "_forkserver_pid", None) is not None:
-            return
-        current = list(getattr(server, "_preload_modules", ["__main__"]))
-        if "workstream._child._runtime" not in current:
-            server.set_forkserver_preload([*current, "workstream._child._runtime"])
-    except Exception:  # a private detail changed: preloading is only an optimisation
-        return

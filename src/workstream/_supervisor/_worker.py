@@ -240,7 +240,7 @@ class WorkerSupervisor:
             return
         self.processes_started += 1
         self._proc = proc
-        self.pid = proc.pid
+        self.pid = proc.child.pid
         core = JobCore(None, None, None, wake=self.wake_fds)
         core.attach_control(proc.map_control())
         with self.lock:
@@ -315,9 +315,10 @@ class WorkerSupervisor:
         poller.register(self._wake_r, select.POLLIN)
         proc = self._proc
         if proc is not None:
-            assert proc.exit_fd is not None and proc.data_r is not None
-            poller.register(proc.exit_fd, select.POLLIN)
-            poller.register(proc.data_r, select.POLLIN)
+            child = proc.child
+            assert child.exit_fd is not None and child.data_r is not None
+            poller.register(child.exit_fd, select.POLLIN)
+            poller.register(child.data_r, select.POLLIN)
         for fd, _event in poller.poll():
             if fd == self._wake_r:
                 with contextlib.suppress(OSError):

@@ -19,8 +19,6 @@ CANCEL_FLAG = 0  # 0: run; 1: cancel requested (set by the parent, or by the chi
 READER_IDLE = 1  # 1 while the parent's runner waits for data with the pipe drained
 HAS_CHILDREN = 2  # set by the child as it exits: 1 if it had child processes of its own
 
-_F_SETPIPE_SZ = 1031  # Linux fcntl command; fcntl.F_SETPIPE_SZ exists only from 3.10
-
 
 def make_pipe(size_bytes: int | None = None) -> tuple[int, int]:
     """Return ``(read_fd, write_fd)``, both close-on-exec and blocking.
@@ -34,7 +32,7 @@ def make_pipe(size_bytes: int | None = None) -> tuple[int, int]:
         import fcntl
 
         with contextlib.suppress(OSError):
-            fcntl.fcntl(w, _F_SETPIPE_SZ, size_bytes)
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size_bytes)
     return r, w
 
 
