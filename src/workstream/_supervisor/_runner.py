@@ -92,11 +92,12 @@ class JobRunner:
         self._decoder = _framing.FrameDecoder()
         # What this runner saw (turned into the outcome by _core._rules.decide; _facts):
         self._final: Final | None = None  # the final report, once it arrived
+        self._final_at: float | None = None  # when it arrived
+        self._ready_seen = False  # True once the child's READY frame was decoded
         self._ladder = Ladder()  # the steps of the cancel ladder taken so far
         self._exited = False  # True once the child's exit was seen (pidfd / sentinel)
         self._channel_error: str | None = None  # why the channel is not our protocol
-        self._delivery_error: DeliveryError | None = None
-        self._start_error: str | None = None  # why the process could not be started
+        self._delivery_error: DeliveryError | None = None  # an item not unpicklable here
         self._registered_group = False
         self._arrays: ArrayChannel | None = None  # large buffers in shared memory
         # Warm workers only (run_on): the job's bytes still to write to the jobs pipe,
@@ -105,8 +106,6 @@ class JobRunner:
         self._out_fd: int | None = None
         self._outbox: memoryview | None = None
         self.on_wake: Callable[[], None] | None = None
-        self._final_at: float | None = None  # when the final frame arrived
-        self._ready_seen = False  # True once the child's READY frame was decoded
 
     # -- thread entry -------------------------------------------------------------------
 
@@ -484,6 +483,8 @@ class JobRunner:
         ``grace`` after its final report) is ``_core._ladder.Ladder``'s; this runner
         only carries the steps out, as a ``_core._seam.Transport``.
         """
+        if self.core.cancel is None and self._final_at is None:
+            return None  # the common case, per chunk read: Ladder.due would say so too
         now = time.monotonic()
         due = self._ladder.due(
             self.core.cancel, now, gone=self.gone(), final_at=self._final_at,
