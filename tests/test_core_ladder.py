@@ -251,3 +251,24 @@ def test_a_cancel_before_start_takes_no_step() -> None:
     assert isinstance(outcome, CancelledOutcome)
     assert outcome.rung is CancelRung.BEFORE_START
     assert (outcome.pid, outcome.exit_code, outcome.stop_latency) == (None, None, 0.15)
+
+
+@pytest.mark.timeout(5)
+def test_grace_zero_after_a_cooperative_request_ends_sigkill() -> None:
+    """End to end: cancel(grace=10) that the worker ignores, then cancel(grace=0) three
+    seconds later: the next wake-up kills (no SIGTERM in between), and the outcome is
+    cancelled by SIGKILL, 3 s after the first request."""
+    worker = FakeWorker(obeys=None)
+    ladder = Ladder()
+    request = Request.at(0.0, grace=10.0, term_delay=5.0)
+    take_steps(ladder.due(request, 0.0, gone=worker.gone()), worker)
+    request.tighten(3.0, grace=0.0, term_delay=0.0)  # JobCore.request_cancel wakes the runner
+    due = ladder.due(request, 3.0, gone=worker.gone())
+    take_steps(due, worker)
+    assert worker.log == ["ask", "kill"] and due.next_at is None
+    outcome = decide(Facts(
+        started_at=0.0, now=3.0, pid=7, exit_code=worker.exit_code, cancel_requested_at=0.0,
+        interrupted=ladder.interrupted, killed=ladder.killed,
+    ))
+    assert isinstance(outcome, CancelledOutcome) and outcome.rung is CancelRung.SIGKILL
+    assert outcome.stop_latency == 3.0
