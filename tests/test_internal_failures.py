@@ -77,3 +77,27 @@ def test_cancel_from_a_signal_handler_inside_the_cores_lock() -> None:
     rest = list(it)
     assert rest[-1] == "finally"
     assert rest[:-1] == list(range(1, len(rest)))
+
+
+@pytest.mark.timeout(30)
+def test_runner_bug_on_a_worker_reports_the_exit_status_not_the_pid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression test (issue 10): a job on a Worker whose runner hits an internal error
+    ends crashed with the retired process's exit status (SIGKILL), never its pid."""
+    from workstream._supervisor import _runner
+
+    def broken_loop(self: object) -> None:
+        raise RuntimeError("injected runner bug")
+
+    with workstream.Worker() as worker:
+        worker.wait_ready(timeout=20)  # the initializer's job ran with the real loop
+        monkeypatch.setattr(_runner.JobRunner, "_loop", broken_loop)
+        outcome = worker.start(workers.forever).wait(timeout=20)
+    assert isinstance(outcome, workstream.Crashed)
+    assert "internal error in workstream's runner" in str(outcome.error)
+    assert "injected runner bug" in str(outcome.error)
+    assert outcome.kept_warm is False
+    assert outcome.pid is not None and outcome.exit_code != outcome.pid
+    assert outcome.exit_code == -signal.SIGKILL
+    assert outcome.error.exit_code == -signal.SIGKILL

@@ -74,9 +74,26 @@ def check_transition(old: JobState, new: JobState) -> None:
         raise IllegalTransition(f"job state {old.value} -> {new.value} is not allowed")
 
 
-CancelRung = Literal["before-start", "cooperative", "sigterm", "sigkill"]
-"""How a cancel ended: before the process existed, at a cancellation point, by SIGTERM
-(``Cancelled`` raised at the next bytecode, or the default action), or by SIGKILL."""
+class CancelRung(str, enum.Enum):
+    """How a cancel ended. Compares (and hashes) equal to its string value, so
+    ``outcome.rung == "sigterm"`` and dicts keyed by the strings keep working."""
+
+    BEFORE_START = "before-start"
+    """Before the process existed (or before a Worker's process took the job)."""
+    COOPERATIVE = "cooperative"
+    """At a cancellation point (``yield``, ``emit()``, ``check_cancelled()``)."""
+    SIGTERM = "sigterm"
+    """By SIGTERM: ``Cancelled`` raised at the next bytecode, or the default action."""
+    SIGKILL = "sigkill"
+    """By SIGKILL (the grace ran out)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    __hash__ = str.__hash__
 
 
 _O = TypeVar("_O", bound="_Common")

@@ -109,7 +109,7 @@ class Worker:
     def closed(self) -> bool:
         """True once :meth:`close` was called (the process may still be stopping)."""
         with self._sup.lock:
-            return self._sup._closing
+            return self._sup.close_requested
 
     def wait_ready(self, timeout: float | None = None) -> int:
         """Block until the initializer has run in a worker process; return its pid.

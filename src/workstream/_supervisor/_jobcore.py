@@ -16,20 +16,12 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from .._outcomes import JobState, Outcome, check_transition
+from .._core._states import CancelRequest, JobMachine
+from .._outcomes import JobState, Outcome
 from .._transport._fds import CANCEL_FLAG, close_quietly
 
 _REENTRY_WAIT = 0.05  # s; see JobCore.request_cancel
-
-
-@dataclass
-class CancelRequest:
-    requested_at: float
-    term_at: float
-    kill_at: float
-    discard: bool
 
 
 class JobCore:
@@ -45,9 +37,8 @@ class JobCore:
         by default the core makes and closes its own."""
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
-        self.state = JobState.STARTING
+        self._life = JobMachine()  # observed state and requested cancel (see state, cancel)
         self.pid: int | None = None
-        self.cancel: CancelRequest | None = None
         self.outcome: Outcome | None = None
         self.terminal = threading.Event()  # set with the outcome
         self.finished = threading.Event()  # set after on_done ran (or at once without it)
@@ -74,6 +65,16 @@ class JobCore:
         # queued and once the job is finished; see Job.add_listener.
         self.listeners: list[Callable[[], object]] = []
         self.listener_error: BaseException | None = None
+
+    @property
+    def state(self) -> JobState:
+        """Observed: where the job is (moved only by ``_core._states.JobMachine``)."""
+        return self._life.state
+
+    @property
+    def cancel(self) -> CancelRequest | None:
+        """Requested: the cancel so far (None: none); only :meth:`request_cancel` sets it."""
+        return self._life.cancel
 
     @property
     def control(self) -> mmap.mmap | None:
@@ -138,14 +139,7 @@ class JobCore:
                 return False
             if self._control is not None:  # first, so the child can see it at once
                 self._control[CANCEL_FLAG] = 1
-            req = self.cancel
-            if req is None:
-                self.cancel = CancelRequest(now, now + term_delay, now + grace, discard)
-                self._set_state_locked(JobState.CANCELLING)
-            else:
-                req.term_at = min(req.term_at, now + term_delay)
-                req.kill_at = min(req.kill_at, now + grace)
-                req.discard = req.discard or discard
+            self._life.request_cancel(now, grace, term_delay, discard)
             if discard:
                 self._discard_buffered_locked()
             self._wake_locked()
@@ -174,21 +168,10 @@ class JobCore:
 
     # -- the runner's side --------------------------------------------------------------
 
-    def set_state(self, new: JobState) -> None:
-        with self.lock:
-            self._set_state_locked(new)
-
-    def _set_state_locked(self, new: JobState) -> None:
-        if new is self.state:
-            return
-        check_transition(self.state, new)
-        self.state = new
-
     def mark_running(self, pid: int) -> None:
         with self.lock:
             self.pid = pid
-            if self.state is JobState.STARTING:
-                self._set_state_locked(JobState.RUNNING)
+            self._life.started()
 
     def discarding(self) -> bool:
         req = self.cancel
@@ -267,7 +250,7 @@ class JobCore:
     def finish(self, outcome: Outcome) -> None:
         """Publish the outcome: terminal state, end of stream, control block released."""
         with self.lock:
-            self._set_state_locked(JobState(outcome.kind))
+            self._life.end(JobState(outcome.kind))
             self.outcome = outcome
             self.stream_ended = True
             self._release_locked()

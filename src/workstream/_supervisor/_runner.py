@@ -9,9 +9,11 @@ exits, fires only when the application dies) and waits in one ``poll()`` on:
 * the child's exit (a pidfd on Linux, else multiprocessing's sentinel),
 * the wake pipe (cancel requests, a consumer that caught up),
 
-with a timeout equal to the next rung of the cancel ladder. The ladder: set the cancel
-flag at once (``JobCore.request_cancel``), SIGTERM at ``term_at``, SIGKILL to the child
-and its process group at ``kill_at``.
+with a timeout equal to the next step of the cancel ladder. The policy is pure code in
+``_core``: ``_core._ladder.Ladder`` says which step is due (ask: the cancel flag, which
+``JobCore.request_cancel`` also sets at once; interrupt: SIGTERM at ``term_at``; kill:
+SIGKILL to the child and its process group at ``kill_at``) and ``_core._rules.decide``
+turns what this runner saw (``_facts``) into the outcome. This module does the I/O.
 
 When the child has exited, the runner drains what it wrote (every complete frame is
 delivered; a torn tail is dropped and reported); if the child ended by itself and said
@@ -30,7 +32,6 @@ left the channel unclean.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import pickle
 import select
@@ -39,18 +40,13 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
 
-from .._errors import (
-    UNGUARDED_MAIN_EXIT,
-    ChannelBroken,
-    DeliveryError,
-    WorkerCrashed,
-    WorkerError,
-    WorkstreamError,
-)
+from .._core._ladder import Ladder
+from .._core._rules import Facts, Final, FinalKind, decide, keeps_worker
+from .._core._seam import take_steps
+from .._errors import DeliveryError
 from .._options import Options
-from .._outcomes import CancelledOutcome, CancelRung, Completed, Crashed, Failed, Outcome
+from .._outcomes import Outcome
 from .._transport import _fds, _framing, _shm
 from ._arrays import ArrayChannel
 from ._child_process import ChildProcess
@@ -58,7 +54,11 @@ from ._jobcore import JobCore
 from ._process import WorkerProcess
 
 _READ_CHUNK = 1 << 20
-_TERM_REPEAT = 0.1  # seconds between SIGTERMs while waiting for SIGKILL (see _escalate)
+_FINAL_KINDS = {
+    _framing.Kind.RESULT: FinalKind.RESULT,
+    _framing.Kind.ERROR: FinalKind.ERROR,
+    _framing.Kind.CANCELLED: FinalKind.CANCELLED,
+}
 
 _loads = pickle.loads
 
@@ -86,13 +86,14 @@ class JobRunner:
         self._child: ChildProcess | None = None
         self._pid: int | None = None
         self._decoder = _framing.FrameDecoder()
-        self._final: _framing.Frame | None = None
-        self._term_sent = False  # True once a SIGTERM was sent
-        self._next_term = 0.0  # when SIGTERM may be sent (again)
-        self._kill_sent = False
-        self._exited = False
-        self._channel_error: ChannelBroken | None = None
-        self._delivery_error: DeliveryError | None = None
+        # What this runner saw (turned into the outcome by _core._rules.decide; _facts):
+        self._final: Final | None = None  # the final report, once it arrived
+        self._final_at: float | None = None  # when it arrived
+        self._ready_seen = False  # True once the child's READY frame was decoded
+        self._ladder = Ladder()  # the steps of the cancel ladder taken so far
+        self._exited = False  # True once the child's exit was seen (pidfd / sentinel)
+        self._channel_error: str | None = None  # why the channel is not our protocol
+        self._delivery_error: DeliveryError | None = None  # an item not unpicklable here
         self._arrays: ArrayChannel | None = None  # large buffers in shared memory
         # Warm workers only (run_on): the job's bytes still to write to the jobs pipe,
         # and a hook called when the wake pipe fires (the Worker's own requests).
@@ -100,8 +101,6 @@ class JobRunner:
         self._out_fd: int | None = None
         self._outbox: memoryview | None = None
         self.on_wake: Callable[[], None] | None = None
-        self._final_at: float | None = None  # when the final frame arrived
-        self._ready_seen = False  # True once the child's READY frame was decoded
 
     # -- thread entry -------------------------------------------------------------------
 
@@ -110,11 +109,8 @@ class JobRunner:
             outcome = self._run()
         except BaseException as exc:  # a bug of ours: never leave the job hanging
             self._emergency_kill()
-            detail = "internal error in workstream's runner: " + "".join(
-                traceback.format_exception_only(type(exc), exc)
-            ).strip()
             exit_code = None if self._child is None else self._child.exit_code
-            outcome = self._crashed(exit_code, detail)
+            outcome = decide(self._facts(exit_code, internal_error=_describe(exc)))
         finally:
             self._close_fds()
         self.core.finish(outcome)
@@ -123,16 +119,14 @@ class JobRunner:
         with self.core.lock:
             cancelled_early = self.core.cancel is not None
         if cancelled_early:
-            return CancelledOutcome(
-                pid=None, items_delivered=0, exit_code=None,
-                duration=time.monotonic() - self._started_at,
-                rung="before-start", stop_latency=self._stop_latency(),
-            )
+            return decide(self._facts(None, launched=False))
         try:
             self._launch()
         except Exception as exc:
             self._emergency_kill()  # if the process exists, it must not outlive the failure
-            return self._crashed(None, f"{type(exc).__name__}: {str(exc).strip()}")
+            return decide(self._facts(
+                None, launched=False, start_error=f"{type(exc).__name__}: {str(exc).strip()}"
+            ))
         self._loop()
         # Wait for, then kill, what is left of the group while the leader is still
         # unreaped (fork, spawn; see _group for forkserver): its pid (the group id)
@@ -177,10 +171,6 @@ class JobRunner:
         assert control is not None
         while True:
             timeout_ms = self._escalate()
-            if self._final_at is not None:
-                after_final = self._kill_after_final()
-                if after_final is not None:
-                    timeout_ms = after_final if timeout_ms is None else min(timeout_ms, after_final)
             # Tell the child we are waiting: it then writes each item at once instead of
             # batching (lowest latency; and nothing waits in its buffer for a crash to lose).
             idle = reading and data_open
@@ -255,15 +245,8 @@ class JobRunner:
             self._write_outbox()
             self._loop()
             process.said_ready = self._ready_seen
-            keep = (
-                not self._exited
-                and self._final is not None
-                and self._outbox is None
-                and not self._term_sent
-                and not self._kill_sent
-                and self._channel_error is None
-                and self._decoder.pending == 0
-                and not self._stopped_from_outside()
+            keep = keeps_worker(
+                self._facts(None), gone=self._exited, job_written=self._outbox is None
             )
             exit_code = None
             if not keep:
@@ -274,15 +257,15 @@ class JobRunner:
                     graceful=self._final is not None, children_deadline=self.children_deadline,
                     wake_fd=self.core.wake_fd, on_wake=self.on_wake,
                 )
-            outcome = self._build_outcome(exit_code)
+            outcome = decide(self._facts(exit_code, kept_warm=keep))
         except BaseException as exc:  # a bug of ours: the process must not outlive it
             keep = False
+            exit_code = None
             with contextlib.suppress(Exception):
-                process.retire(graceful=False)
-            detail = "internal error in workstream's runner: " + "".join(
-                traceback.format_exception_only(type(exc), exc)
-            ).strip()
-            outcome = self._crashed(self._pid, detail)
+                exit_code = process.retire(graceful=False)
+            outcome = decide(self._facts(
+                exit_code, internal_error=_describe(exc), kept_warm=False
+            ))
         finally:
             self._child = None  # the Worker's, not ours
             self._arrays = None
@@ -363,7 +346,7 @@ class JobRunner:
                 self._ready_seen = True
                 core.mark_running(self._pid)
             else:
-                self._final = frame
+                self._final = Final(_FINAL_KINDS[kind], frame.body)
                 self._final_at = time.monotonic()
         if self._arrays is not None:  # shared-memory bytes count for backpressure too
             nbytes += self._arrays.take_new_bytes()
@@ -376,7 +359,7 @@ class JobRunner:
         """Record a malformed channel (once) and kill the child at once."""
         if self._channel_error is None:
             detail = f"malformed data channel: {detail}"
-            self._channel_error = ChannelBroken(self._pid, None, detail)
+            self._channel_error = detail
             self._request_internal_cancel(grace=0.0)
 
     def _frame_number(self, frames: list[_framing.Frame], index: int) -> int:
@@ -429,45 +412,44 @@ class JobRunner:
     # -- the ladder ---------------------------------------------------------------------
 
     def _escalate(self) -> int | None:
-        """Send the signals that are due; return ms until the next rung (None = none).
+        """Take the steps of the cancel ladder that are due; return ms until the next
+        one (None: nothing is due without a new request or report).
 
-        SIGTERM is repeated every ``_TERM_REPEAT`` seconds until SIGKILL: CPython runs a
-        Python signal handler only between bytecodes, so a SIGTERM that lands just
-        before the main thread enters a blocking call (``read()``, a lock) is noticed
-        only when that call returns. The next SIGTERM interrupts the call. The child's
-        handler raises ``Cancelled`` once; later SIGTERMs only set the flag.
+        The policy (when to ask, interrupt, kill; the kill of a child still alive
+        ``grace`` after its final report) is ``_core._ladder.Ladder``'s; this runner
+        only carries the steps out, as a ``_core._seam.Transport``.
         """
-        req = self.core.cancel
-        if req is None or self._exited:
-            return None
+        if self.core.cancel is None and self._final_at is None:
+            return None  # the common case, per chunk read: Ladder.due would say so too
         now = time.monotonic()
-        if now < req.kill_at and now >= max(req.term_at, self._next_term):
-            self._term_sent = True
-            self._next_term = now + _TERM_REPEAT
-            self._signal(signal.SIGTERM)
-        if not self._kill_sent and now >= req.kill_at:
-            self._kill_sent = True
-            self._kill_child_and_group()
-        if self._kill_sent:
-            return None
-        next_rung = req.kill_at
-        if now < req.kill_at:
-            next_rung = min(next_rung, max(req.term_at, self._next_term))
-        return max(0, math.ceil((next_rung - now) * 1000))
+        due = self._ladder.due(
+            self.core.cancel, now, gone=self.gone(), final_at=self._final_at,
+            grace=self._options.grace,
+        )
+        take_steps(due, self)
+        return due.timeout_ms(now)
 
-    def _kill_after_final(self) -> int | None:
-        """SIGKILL a child that is still alive ``grace`` s after its final frame arrived
-        (stuck in a flush of a replaced ``sys.stdout``, say): it has nothing left to say,
-        and the job must end. Return ms until that is due (None once done)."""
-        if self._kill_sent or self._exited or self._final_at is None:
-            return None
-        now = time.monotonic()
-        due = self._final_at + self._options.grace
-        if now < due:
-            return max(1, math.ceil((due - now) * 1000))
-        self._kill_sent = True
+    # -- the seam: what this runner offers the core (_core._seam.Transport) -------------
+
+    def ask(self) -> None:
+        """Set the cooperative cancel flag (``JobCore.request_cancel`` set it already,
+        at once, from the cancelling thread: this only makes sure)."""
+        control = self.core.control
+        if control is not None:
+            with contextlib.suppress(ValueError):  # closed: the job is over
+                control[_fds.CANCEL_FLAG] = 1
+
+    def interrupt(self) -> None:
+        """SIGTERM the child (not its group: its own children keep the grace)."""
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the child and its process group."""
         self._kill_child_and_group()
-        return None
+
+    def gone(self) -> bool:
+        """True once the child's exit was seen (pidfd or sentinel readable)."""
+        return self._exited
 
     def _signal(self, sig: int) -> None:
         """Send ``sig`` to the job's process (not its group), if it has one."""
@@ -504,7 +486,7 @@ class JobRunner:
         SIGKILLed it (the ladder's end). A shorter cancel meanwhile shortens the wait.
         """
         child = self._child
-        if child is None or self._kill_sent or self._final is None:
+        if child is None or self._ladder.killed or self._final is None:
             return
         child.let_children_exit(
             self.core.control, self.children_deadline, self.core.wake_fd, self.on_wake
@@ -523,147 +505,36 @@ class JobRunner:
         if self._child is not None and not self._warm:
             self._child.close()
 
-    def _stop_latency(self) -> float | None:
-        req = self.core.cancel
-        return None if req is None else time.monotonic() - req.requested_at
-
-    def _crashed(
-        self, exit_code: int | None, detail: str, summary: str | None = None,
-        signal_name: str | None = None,
-    ) -> Crashed:
-        err = WorkerCrashed(self._pid, exit_code, detail, summary=summary)
-        if signal_name is not None:
-            err.signal_name = signal_name
-        return Crashed(
-            pid=self._pid, items_delivered=self.core.items_received, exit_code=exit_code,
-            duration=time.monotonic() - self._started_at, error=err,
-            signal_name=err.signal_name,
+    def _facts(
+        self, exit_code: int | None, *, launched: bool = True,
+        start_error: str | None = None, internal_error: str | None = None,
+        kept_warm: bool | None = None,
+    ) -> Facts:
+        """What this runner saw, for ``_core._rules.decide`` (measured to now)."""
+        core = self.core
+        req = core.cancel
+        return Facts(
+            started_at=self._started_at, now=time.monotonic(), pid=self._pid,
+            exit_code=exit_code, items_delivered=core.items_received,
+            items_discarded=core.items_discarded,
+            cancel_requested_at=None if req is None else req.requested_at,
+            launched=launched, start_error=start_error, internal_error=internal_error,
+            channel_error=self._channel_error, delivery_error=self._delivery_error,
+            final=self._final, interrupted=self._ladder.interrupted,
+            killed=self._ladder.killed, torn_bytes=self._decoder.pending,
+            ready_seen=self._ready_seen, main_file=_main_file(), kept_warm=kept_warm,
         )
 
     def _build_outcome(self, exit_code: int | None) -> Outcome:
-        core = self.core
-        common: dict[str, Any] = {
-            "pid": self._pid,
-            "items_delivered": core.items_received,
-            "exit_code": exit_code,
-            "duration": time.monotonic() - self._started_at,
-        }
-        torn = self._decoder.pending
-        if self._channel_error is not None:
-            err = ChannelBroken(self._pid, exit_code, self._channel_error.detail)
-            return Crashed(**common, error=err, signal_name=err.signal_name)
-        if self._delivery_error is not None:
-            return Failed(**common, error=self._delivery_error)
-        final = self._final
-        if final is not None:
-            return self._outcome_from_final(final, common)
-        req = core.cancel
-        if req is not None:
-            rung: CancelRung | None = None
-            if self._term_sent and exit_code == -signal.SIGTERM:
-                rung = "sigterm"
-            elif self._kill_sent:
-                rung = "sigkill"
-            if rung is not None:
-                return CancelledOutcome(
-                    **common, rung=rung, items_discarded=core.items_discarded,
-                    stop_latency=self._stop_latency(),
-                )
-        if exit_code == UNGUARDED_MAIN_EXIT and not self._ready_seen and not torn:
-            return self._crashed(exit_code, "", summary=_unguarded_main_summary(self._pid))
-        detail = ""
-        if torn:
-            detail = f"it died in the middle of writing a frame ({torn} bytes dropped)"
-        elif req is not None:
-            detail = "it died on its own while being cancelled"
-        return self._crashed(exit_code, detail)
-
-    def _stopped_from_outside(self) -> bool:
-        """True if the child reported a cancel that nobody in workstream requested: it
-        raised ``Cancelled`` on a SIGTERM sent from outside (``kill PID``)."""
-        final = self._final
-        return (
-            final is not None and final.kind is _framing.Kind.CANCELLED
-            and self.core.cancel is None
-        )
-
-    def _outcome_from_final(self, final: _framing.Frame, common: dict[str, Any]) -> Outcome:
-        core = self.core
-        if final.kind is _framing.Kind.RESULT:
-            try:
-                value = _loads(final.body)
-            except BaseException as exc:  # as in _decode_items
-                err = DeliveryError(
-                    f"the final value could not be unpickled in the parent "
-                    f"({type(exc).__name__}: {exc})"
-                )
-                err.__cause__ = exc
-                return Failed(**common, error=err)
-            return Completed(**common, value=value)
-        try:
-            report = _read_report(final)
-        except BaseException as exc:  # not what our child writes: the channel is corrupt
-            broken = ChannelBroken(
-                self._pid, common["exit_code"],
-                f"malformed data channel: the {final.kind.name} frame's report cannot be "
-                f"read ({type(exc).__name__}: {exc})",
-            )
-            return Crashed(**common, error=broken, signal_name=broken.signal_name)
-        if self._stopped_from_outside():
-            # Nobody here asked for a cancel: the SIGTERM came from outside workstream
-            # (``kill PID``, a system shutdown). Not the user's Stop: a crash-like end.
-            return self._crashed(
-                common["exit_code"], "",
-                summary=(
-                    f"worker process {self._pid} was stopped by SIGTERM (-15) sent from "
-                    "outside workstream (nobody called job.cancel()); its fn unwound "
-                    "from Cancelled"
-                ),
-                signal_name="SIGTERM",
-            )
-        if final.kind is _framing.Kind.CANCELLED:
-            value = None
-            if report.get("value") is not None:
-                with contextlib.suppress(Exception):
-                    value = _loads(report["value"])
-            rung: CancelRung = "sigterm" if report["by"] == "sigterm" else "cooperative"
-            return CancelledOutcome(
-                **common, rung=rung, value=value, items_discarded=core.items_discarded,
-                stop_latency=self._stop_latency(), remote_traceback=report["traceback"],
-            )
-        error: WorkstreamError = WorkerError(report["type"], report["message"], report["traceback"])
-        if report.get("exc") is not None:
-            with contextlib.suppress(Exception):
-                error.__cause__ = _loads(report["exc"])
-        return Failed(**common, error=error)
+        return decide(self._facts(exit_code))
 
 
-def _unguarded_main_summary(pid: int | None) -> str:
-    main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
-    return (
-        f"worker process {pid} stopped while importing {main}: that script starts "
-        "a job at import time. forkserver and spawn import the main module in every "
-        "worker, so put the code that starts jobs under "
-        "'if __name__ == \"__main__\":' (or in a function it calls)"
-    )
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line."""
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-_REPORT_KEYS = {
-    _framing.Kind.ERROR: {"type": str, "message": str, "traceback": str},
-    _framing.Kind.CANCELLED: {"by": str, "traceback": str},
-}
-
-
-def _read_report(final: _framing.Frame) -> dict[str, Any]:
-    """Unpickle the report of an ERROR / CANCELLED frame; ValueError unless it has the
-    fields our child writes, with the right types."""
-    report = _loads(final.body)
-    if not isinstance(report, dict):
-        raise ValueError(f"a {type(report).__name__}, not a dict")
-    for key, kind in _REPORT_KEYS[final.kind].items():
-        if not isinstance(report.get(key), kind):
-            raise ValueError(f"field {key!r} missing or not a {kind.__name__}")
-    for key in ("exc", "value"):
-        if report.get(key) is not None and not isinstance(report[key], bytes):
-            raise ValueError(f"field {key!r} is not bytes")
-    return report
+def _main_file() -> str | None:
+    main = sys.modules.get("__main__")
+    file = getattr(main, "__file__", None)
+    return file if isinstance(file, str) else None

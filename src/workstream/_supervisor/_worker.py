@@ -8,7 +8,9 @@ dies), and it runs every job's poll loop (``JobRunner.run_on``). User threads on
 ``close``; each request writes a byte to the Worker's wake pipe, which every loop of
 this thread polls (all the Worker's JobCores share that pipe).
 
-States of the Worker (``_main``)::
+States of the Worker (``_main``; ``_core._states.WorkerState``, moved only through
+``WorkerMachine.move``, which checks the table; ``close()`` is a *request* recorded
+apart, ``WorkerMachine.close_requested``)::
 
     no process ──boot──► booting (launch + initializer job) ──► idle ◄──► running a job
         ▲                    │ initializer failed: broken           │
@@ -23,7 +25,6 @@ submitted meanwhile waits for it (and ends "before-start" if cancelled while wai
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import select
 import threading
@@ -31,9 +32,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .._core._rules import Facts, decide
+from .._core._states import WorkerMachine, WorkerState
 from .._errors import WorkerCrashed, WorkstreamError
 from .._options import Options
-from .._outcomes import CancelledOutcome, Completed, Failed, Outcome
+from .._outcomes import CancelledOutcome, Completed, Outcome
 from .._transport import _fds, _framing
 from . import _registry
 from ._jobcore import JobCore
@@ -69,8 +72,9 @@ class WorkerSupervisor:
         self._next: Submission | None = None  # submitted, not yet taken by the thread
         self._current: Submission | None = None  # taken: waiting for a process, or running
         self._init_core: JobCore | None = None  # the running initializer job, if any
-        self._closing = False
-        self._close_grace: float | None = None  # close(grace=...): caps every job's grace
+        # Requested (close(); guarded by lock) apart from observed (the supervisor
+        # thread's state, moved by it alone).
+        self._machine = WorkerMachine()
         self._want_process = prestart  # start one when there is none (prestart, wait_ready)
         self.init_error: WorkstreamError | None = None
         self.processes_started = 0
@@ -92,6 +96,16 @@ class WorkerSupervisor:
     # -- requests from user threads -----------------------------------------------------
 
     @property
+    def close_requested(self) -> bool:
+        """True once ``close()`` was called (read it under ``lock``)."""
+        return self._machine.close_requested
+
+    @property
+    def state(self) -> WorkerState:
+        """Where the Worker is, as its thread last observed it (for ``repr``, tests)."""
+        return self._machine.state
+
+    @property
     def wake_fds(self) -> tuple[int, int]:
         return self._wake_r, self._wake_w
 
@@ -107,7 +121,7 @@ class WorkerSupervisor:
     def submit(self, sub: Submission) -> None:
         """Queue ``sub`` as the next job; raise if closed, broken or busy (never blocks)."""
         with self.lock:
-            if self._closing:
+            if self._machine.close_requested:
                 raise RuntimeError(
                     f"workstream.Worker {self._name!r} is closed; create a new Worker"
                 )
@@ -126,7 +140,8 @@ class WorkerSupervisor:
         """Have a process started (and initialized) if there is none; never blocks."""
         with self.lock:
             if (
-                self._closing or self.init_error is not None or self._proc is not None
+                self._machine.close_requested or self.init_error is not None
+                or self._proc is not None
                 or self._want_process
             ):
                 return
@@ -142,10 +157,7 @@ class WorkerSupervisor:
         process is reaped: at most the job's grace + ``RETIRE_WAIT`` + reaping.
         """
         with self.lock:
-            self._closing = True
-            if grace is not None:
-                old = self._close_grace
-                self._close_grace = grace if old is None else min(old, grace)
+            self._machine.request_close(grace)
             self._wake_locked()
         if wait and threading.current_thread() is not self._thread:
             self._thread.join()
@@ -183,7 +195,7 @@ class WorkerSupervisor:
         try:
             while True:
                 with self.lock:
-                    closing = self._closing
+                    closing = self._machine.close_requested
                     sub = self._next
                     if sub is not None and not closing:
                         self._next = None
@@ -205,8 +217,8 @@ class WorkerSupervisor:
     def _react(self) -> None:
         """On every wake-up inside a loop: apply close(), settle a waiting job's cancel."""
         with self.lock:
-            closing = self._closing
-            cap = self._close_grace
+            closing = self._machine.close_requested
+            cap = self._machine.close_grace
             init_core = self._init_core
             current = self._current
             waiting = [s for s in (self._next, current) if s is not None]
@@ -231,11 +243,13 @@ class WorkerSupervisor:
     def _boot(self) -> None:
         """Start a process and run its initializer; on failure record ``init_error``."""
         self.ready.clear()
+        self._machine.move(WorkerState.BOOTING)
         proc = WorkerProcess(self._options, self._name)
         try:
             proc.launch(parent_only_fds=(self._wake_r, self._wake_w))
         except Exception as exc:
             proc.retire(graceful=False)
+            self._lose_process(WorkerState.BROKEN)
             self._set_init_error(WorkerCrashed(None, None, f"{type(exc).__name__}: {exc}"))
             return
         self.processes_started += 1
@@ -254,13 +268,15 @@ class WorkerSupervisor:
         core.finish(outcome)  # nobody reads it: items emitted by the initializer are dropped
         if kept and isinstance(outcome, Completed):
             proc.reset_control()
+            self._machine.move(WorkerState.IDLE)
             self.ready.set()
             return
         if kept:
             proc.retire(graceful=True, children_deadline=self._children_deadline())
-        self._lose_process()
         if isinstance(outcome, CancelledOutcome):
+            self._lose_process()
             return  # close() interrupted the initializer
+        self._lose_process(WorkerState.BROKEN)
         error: WorkstreamError
         if isinstance(outcome, Completed):
             error = WorkerCrashed(
@@ -277,20 +293,20 @@ class WorkerSupervisor:
         self.ready.set()
 
     def _run_job(self, sub: Submission) -> None:
-        if self._proc is None and self.init_error is None and not self._closing:
+        closing = self._machine.close_requested
+        if self._proc is None and self.init_error is None and not closing:
             self._boot()
         core = sub.core
         if core.terminal.is_set():
             return  # cancelled while it waited for the initializer
         if self.init_error is not None:
-            self._publish(sub, Failed(
-                pid=None, items_delivered=0, exit_code=None,
-                duration=time.monotonic() - sub.started_at, error=self.init_error,
-                kept_warm=False,
-            ))
+            self._publish(sub, decide(Facts(
+                started_at=sub.started_at, now=time.monotonic(), launched=False,
+                refused=self.init_error, kept_warm=False,
+            )))
             return
         proc = self._proc
-        if proc is None or self._closing:
+        if proc is None or self._machine.close_requested:
             self._end_before_start(sub)
             return
         mapping = proc.map_control()
@@ -302,10 +318,13 @@ class WorkerSupervisor:
         runner.on_wake = self._react
         frame = _framing.JOB_HEADER.pack(len(sub.payload)) + sub.payload
         sub.payload = b""
-        outcome, kept = runner.run_on(proc, frame)
-        if not kept:
+        self._machine.move(WorkerState.RUNNING)
+        outcome, kept = runner.run_on(proc, frame)  # kept_warm is set: it says ``kept``
+        if kept:
+            self._machine.move(WorkerState.IDLE)
+        else:
             self._lose_process()
-        self._publish(sub, dataclasses.replace(outcome, kept_warm=kept))
+        self._publish(sub, outcome)
         if kept:
             proc.reset_control()  # the job's mapping is closed: no late cancel can land
 
@@ -336,26 +355,24 @@ class WorkerSupervisor:
 
         def deadline() -> float:
             with self.lock:
-                cap = self._close_grace
-            grace = self._options.grace
-            return start + (grace if cap is None else min(cap, grace))
+                return start + self._machine.job_grace(self._options.grace)
 
         return deadline
 
-    def _lose_process(self) -> None:
-        """Forget the (retired) process; the next one starts per ``_want_process``."""
+    def _lose_process(self, state: WorkerState = WorkerState.NO_PROCESS) -> None:
+        """Forget the (retired) process; the next one starts per ``_want_process``
+        (``state`` BROKEN: never, the initializer failed)."""
+        self._machine.move(state)
         self.ready.clear()
         self._proc = None
         self.pid = None
 
     def _end_before_start(self, sub: Submission) -> None:
         req = sub.core.cancel
-        self._publish(sub, CancelledOutcome(
-            pid=None, items_delivered=0, exit_code=None,
-            duration=time.monotonic() - sub.started_at, rung="before-start",
-            stop_latency=None if req is None else time.monotonic() - req.requested_at,
-            kept_warm=False,
-        ))
+        self._publish(sub, decide(Facts(
+            started_at=sub.started_at, now=time.monotonic(), launched=False,
+            cancel_requested_at=None if req is None else req.requested_at, kept_warm=False,
+        )))
 
     def _publish(self, sub: Submission, outcome: Outcome) -> None:
         with self.lock:
@@ -365,8 +382,9 @@ class WorkerSupervisor:
         sub.on_end()
 
     def _shutdown(self) -> None:
+        self._machine.move(WorkerState.CLOSING)  # allowed from every state before it
         with self.lock:
-            self._closing = True
+            self._machine.request_close(None)
             waiting = [s for s in (self._next, self._current) if s is not None]
             self._next = None
         for sub in waiting:
@@ -383,6 +401,7 @@ class WorkerSupervisor:
             _fds.close_quietly(self._wake_r)
             _fds.close_quietly(self._wake_w)
             self._wake_r = self._wake_w = -1
+        self._machine.move(WorkerState.CLOSED)
         self.ready.set()
         self.closed.set()
         _registry.remove(self)
