@@ -421,3 +421,25 @@ def test_rung_words_take_a_string_or_a_string_enum() -> None:
     unpressed = demo_report.StopPresses(grace=2.0, term_after=1.0, kill_label="Kill now")
     assert demo_report.describe_stop(_cancelled(_EnumRung.SIGTERM, 1.0),  # type: ignore[arg-type]
                                      unpressed) == demo_report.RUNG_WORDS["sigterm"]
+
+
+class _FakeProcess:
+    def __init__(self, *cmdline: str) -> None:
+        self._cmdline = list(cmdline)
+
+    def cmdline(self) -> list[str]:
+        return self._cmdline
+
+
+@pytest.mark.parametrize(("cmdline", "helper"), [
+    (("/usr/bin/python3", "-I", "-S", "-c", "import sys"), True),  # the guard, as source
+    (("/usr/bin/python3", "-I", "-S", "-m", "workstream._supervisor._guard"), True),
+    (("/usr/bin/python3", "-I", "-S", "/site/workstream/_supervisor/_guard_main.py"), True),
+    (("/usr/bin/python3", "-c", "from multiprocessing.forkserver import main; main()"), True),
+    (("/usr/bin/python3", "-c", "import sys; sys.stdin.read()"), False),
+    (("/usr/bin/python3", "-m", "workstream", "demo"), False),
+])
+def test_the_guard_is_a_helper_however_it_is_run(cmdline: tuple[str, ...], helper: bool) -> None:
+    """The left-over check skips workstream's guard whether it runs as ``-c`` source, a
+    module or a file (its command line starts ``python -I -S``), and nothing else."""
+    assert demo_report._is_helper(_FakeProcess(*cmdline)) is helper

@@ -102,7 +102,13 @@ def _is_type_checking(test: ast.expr) -> bool:
 def imports_of(name: str) -> list[Import]:
     """Every import in module ``name``, resolved to the module it loads."""
     path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    return parse_imports(path.read_text(), name, is_package=path.name == "__init__.py")
+
+
+def parse_imports(source: str, name: str, *, is_package: bool = False) -> list[Import]:
+    """Every import in ``source``, the text of module ``name``, resolved to the module it
+    loads (one of ours when it names one)."""
+    package = name if is_package else name.rpartition(".")[0]
     found: list[Import] = []
 
     def add(target: str, kind: str, line: int) -> None:
@@ -139,7 +145,7 @@ def imports_of(name: str) -> list[Import]:
                 add(sub if sub in MODULES else module, kind, node.lineno)
         visit(node, kind)
 
-    visit(ast.parse(path.read_text(), str(path)), "runtime")
+    visit(ast.parse(source, name), "runtime")
     return found
 
 
@@ -256,14 +262,36 @@ def test_the_cycle_check_finds_a_lazy_cycle() -> None:
     assert any("workstream._api" in c and "workstream._errors" in c for c in _cycles(graph))
 
 
+_SAMPLE = """
+import os
+from typing import TYPE_CHECKING
+from .. import _errors, Job
+from .._supervisor import _runner
+from ._ladder import Ladder
+
+if TYPE_CHECKING:
+    from .._api import Job as _Job
+
+def later():
+    from .. import _aio
+    import numpy
+"""
+
+
 @pytest.mark.timeout(10)
-def test_lazy_and_type_only_imports_are_told_apart() -> None:
-    """The parser sees ``_api``'s lazy import of ``_aio`` and ``_aio``'s type-only
-    import of ``_api`` (which is why they are no cycle)."""
-    api = {(i.target, i.kind) for i in imports_of("workstream._api")}
-    assert ("workstream._aio", "lazy") in api
-    aio = {(i.target, i.kind) for i in imports_of("workstream._aio")}
-    assert ("workstream._api", "typing") in aio
+def test_imports_are_resolved_and_told_apart() -> None:
+    """The parser resolves relative imports to our modules (a name that is not a module
+    counts as its package) and tells module-level, lazy and type-only imports apart."""
+    seen = {(i.target, i.kind) for i in parse_imports(_SAMPLE, "workstream._core._probe")}
+    assert seen == {
+        ("os", "runtime"), ("typing", "runtime"), ("workstream._errors", "runtime"),
+        ("workstream", "runtime"), ("workstream._supervisor._runner", "runtime"),
+        ("workstream._core._ladder", "runtime"), ("workstream._api", "typing"),
+        ("workstream._aio", "lazy"), ("numpy", "lazy"),
+    }
+    in_init = {i.target for i in parse_imports("from . import Job, _api", "workstream",
+                                                is_package=True)}
+    assert in_init == {"workstream", "workstream._api"}
 
 
 def _top_level_entries() -> set[str]:

@@ -30,9 +30,10 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 """Ctrl-C outside the live view (before the job started)."""
 
-HELPER_MARKERS = ("forkserver", "resource_tracker", "-I -S -c", "-I -S -m")
+HELPER_MARKERS = ("forkserver", "resource_tracker", " -I -S ")
 """Command-line fragments of workstream's and multiprocessing's own helper processes
-(the fork server, the resource tracker, the guard): not left-overs of a job."""
+(the fork server, the resource tracker, the guard: ``python -I -S ...``, whether it runs
+``-c SOURCE``, ``-m MODULE`` or a file): not left-overs of a job."""
 
 RUNG_WORDS: Mapping[str, str] = {
     "before-start": "stopped before the worker process had started",
