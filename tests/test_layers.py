@@ -374,3 +374,19 @@ def test_public_classes_show_their_public_module() -> None:
     assert pickle.loads(pickle.dumps(workstream.JobState.RUNNING)) is workstream.JobState.RUNNING
     outcome = workstream.Completed(pid=1, items_delivered=0, exit_code=0, duration=0.0, value=3)
     assert pickle.loads(pickle.dumps(outcome)) == outcome
+
+
+@pytest.mark.timeout(10)
+def test_the_demo_modules_import_only_those_below_them() -> None:
+    """``workstream.demo``'s map is true: each module imports only modules listed below it
+    (lazy imports included), and every module of the demo is listed."""
+    import workstream.demo
+
+    doc = workstream.demo.__doc__
+    assert doc is not None
+    listed = [f"workstream.demo.{m}" for m in re.findall(r"^\s+(\w+)\.py\s", doc, re.MULTILINE)]
+    assert sorted(listed) == sorted(n for n in MODULES if n.startswith("workstream.demo."))
+    for position, name in enumerate(listed):
+        above = set(listed[: position + 1])
+        bad = {i.target for i in imports_of(name) if i.target in above and i.target != name}
+        assert not bad, f"{name} imports {bad}, listed above it"
