@@ -62,8 +62,9 @@ def wheel_problems(path: pathlib.Path) -> list[str]:
             problems.append(f"cache file in the wheel: {name}")
         elif "/tests/" in name or "/test_" in name or "conftest" in name:
             problems.append(f"test file in the wheel: {name}")
-    for needed in (f"{PACKAGE}/__init__.py", f"{PACKAGE}/py.typed", f"{PACKAGE}/_cli.py",
-                   f"{PACKAGE}/_child/__init__.py"):
+    for needed in (f"{PACKAGE}/__init__.py", f"{PACKAGE}/py.typed", f"{PACKAGE}/__main__.py",
+                   f"{PACKAGE}/_child/__init__.py", f"{PACKAGE}/demo/__init__.py",
+                   f"{PACKAGE}/demo/model.py"):
         if needed not in names:
             problems.append(f"missing from the wheel: {needed}")
     if metadata["Name"] != PACKAGE:
@@ -75,7 +76,7 @@ def wheel_problems(path: pathlib.Path) -> list[str]:
         problems.append(f"cloudpickle is not a runtime dependency: {requires}")
     extras = metadata.get_all("Provides-Extra") or []
     problems += [f"extra {e!r} is not provided" for e in EXTRAS if e not in extras]
-    if "workstream = workstream._cli:main" not in entry_points:
+    if "workstream = workstream.__main__:main" not in entry_points:
         problems.append("the `workstream` command is not declared in entry_points.txt")
     if metadata["Description-Content-Type"] != "text/markdown" or not str(
         metadata.get_payload()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from workstream import _cli
+from workstream import __main__ as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ["throughput", "large_arrays", "latency", "cancel_check", "cancel_latency",
@@ -133,15 +133,15 @@ def test_cancel_and_startup_benchmarks_report_ratios(tmp_path: Path) -> None:
 def test_workstream_bench_runs_the_suite_of_this_checkout(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    assert _cli.find_bench_root(cwd="/") == str(ROOT)  # the checkout this package is in
-    assert _cli.main(["bench", "--list"]) == 0
+    assert cli.find_bench_root(cwd="/") == str(ROOT)  # the checkout this package is in
+    assert cli.main(["bench", "--list"]) == 0
     assert capfd.readouterr().out.split()[0] == "throughput"
 
 
 def test_workstream_bench_outside_a_checkout_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(_cli, "find_bench_root", lambda cwd=None: None)
-    assert _cli.main(["bench", "--quick"]) == _cli.EXIT_USAGE
+    monkeypatch.setattr(cli, "find_bench_root", lambda cwd=None: None)
+    assert cli.main(["bench", "--quick"]) == cli.EXIT_USAGE
     assert "python -m bench" in capsys.readouterr().err
     assert os.path.isdir(ROOT / "bench")

@@ -7,6 +7,7 @@ is a real SIGINT sent once the demo printed the line that says the moment has co
 
 from __future__ import annotations
 
+import enum
 import os
 import signal
 import subprocess
@@ -16,11 +17,16 @@ from collections.abc import Iterator
 
 import pytest
 
+import workstream
+
 pytest.importorskip("numpy")
 pytest.importorskip("rich")
 
-from workstream import CancelledOutcome, _cli, _demo
-from workstream._cli import StopButton
+from workstream import CancelledOutcome
+from workstream.__main__ import main
+from workstream.demo import model
+from workstream.demo import report as demo_report
+from workstream.demo.terminal import StopButton, consume
 
 DEMO = [sys.executable, "-m", "workstream", "demo"]
 ENV = {**os.environ, "COLUMNS": "200", "PYTHONIOENCODING": "utf-8", "NO_COLOR": "1"}
@@ -79,7 +85,7 @@ def test_stop_after_stops_cooperatively() -> None:
     assert "asking the worker to stop at its next yield; SIGTERM after 1 s, SIGKILL after 2 s"\
         in proc.stdout
     assert rows["stopped by"] == "--stop-after 0.5 s"
-    assert 0 < int(rows["items received"]) < _demo.DEFAULT_STEPS
+    assert 0 < int(rows["items received"]) < model.DEFAULT_STEPS
     assert latency_ms(rows) < 1000  # a yield comes every few ms
 
 
@@ -107,7 +113,7 @@ def test_failure_exits_nonzero_with_the_remote_traceback() -> None:
     assert rows["outcome"] == "failed"
     assert "InjectedFailure" in rows["error"]
     assert "Traceback (most recent call last)" in proc.stdout
-    assert "_demo.py" in proc.stdout  # the remote traceback points at the worker's code
+    assert "demo/model.py" in proc.stdout  # the remote traceback points at the worker's code
     assert rows["processes left"].startswith("0 ")
 
 
@@ -171,7 +177,7 @@ def test_second_ctrl_c_kills_a_stuck_worker_at_once() -> None:
 @pytest.mark.timeout(60)
 def test_training_steps_reduce_the_loss() -> None:
     """The worker's generator, called in-process: the loss falls, the summary is right."""
-    gen = _demo.train(80, seed=3)
+    gen = model.train(80, seed=3)
     items = []
     while True:
         try:
@@ -187,7 +193,7 @@ def test_training_steps_reduce_the_loss() -> None:
 
 @pytest.mark.timeout(60)
 def test_stuck_mode_announces_the_long_call_in_process() -> None:
-    items = list(_demo.train(3, stuck=True, stuck_seconds=0.05))
+    items = list(model.train(3, stuck=True, stuck_seconds=0.05))
     assert [("stuck" in i) for i in items] == [False, False, True]
     assert "np.einsum" in items[-1]["stuck"]
 
@@ -195,12 +201,12 @@ def test_stuck_mode_announces_the_long_call_in_process() -> None:
 @pytest.mark.timeout(60)
 def test_one_step_follows_the_gradient() -> None:
     """A small plain gradient step along the hand-written gradients lowers the loss."""
-    x, y = _demo.make_spirals(200, noise=0.05, seed=1)
-    model = _demo.MLP.init(16, seed=2)
-    loss, _, grads = _demo.loss_and_grads(model, x, y)
-    for p, g in zip(model.params(), grads, strict=True):
+    x, y = model.make_spirals(200, noise=0.05, seed=1)
+    mlp = model.MLP.init(16, seed=2)
+    loss, _, grads = model.loss_and_grads(mlp, x, y)
+    for p, g in zip(mlp.params(), grads, strict=True):
         p -= 0.1 * g
-    assert _demo.loss_and_grads(model, x, y)[0] < loss
+    assert model.loss_and_grads(mlp, x, y)[0] < loss
 
 
 @pytest.mark.timeout(60)
@@ -208,7 +214,7 @@ def test_missing_dependency_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(sys.modules, "rich", None)  # makes `import rich` fail
-    assert _cli.main(["demo", "--steps", "5"]) == 2
+    assert main(["demo", "--steps", "5"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'workstream[demo]'" in err
     assert "rich" in err
@@ -217,25 +223,27 @@ def test_missing_dependency_says_how_to_install(
 @pytest.mark.timeout(60)
 def test_leftover_check_ignores_helpers_and_sees_a_live_child() -> None:
     # The session fixture started the guard, the fork server and the resource tracker.
-    assert _cli.leftover_processes(None).count == 0
+    assert demo_report.leftover_processes(None).count == 0
     child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                              stdin=subprocess.PIPE)
     try:
-        left = _cli.leftover_processes(child.pid)
+        left = demo_report.leftover_processes(child.pid)
         assert left.count == 1, left
         assert f"worker {child.pid}" in left.detail
     finally:
         assert child.stdin is not None
         child.stdin.close()
         child.wait(timeout=10)
-    assert not _cli.pid_exists(child.pid)
+    assert not demo_report.pid_exists(child.pid)
 
 
 @pytest.mark.timeout(60)
 def test_exit_status_rendering() -> None:
-    assert _cli.describe_exit(0) == "exit code 0"
-    assert _cli.describe_exit(-signal.SIGKILL) == "SIGKILL (-9)"
-    assert _cli.describe_exit(None) == "exit status unknown"
+    """The demo words exit statuses as the library does (one wording, public)."""
+    assert demo_report.describe_exit is workstream.describe_exit
+    assert workstream.describe_exit(0) == "exit code 0"
+    assert workstream.describe_exit(-signal.SIGKILL) == "SIGKILL (-9)"
+    assert workstream.describe_exit(None) == "unknown exit status"
 
 
 # -- the demo's words, with stand-ins for the job (no process, no timing) ----------------
@@ -291,11 +299,11 @@ def _pressed(grace: float = 2.0, *, second_after: float | None = None) -> StopBu
     """A StopButton pressed once (at a fixed time), and again ``second_after`` s later."""
     stop = StopButton(FakeJob([], 0), FakeView().announce, None, grace)  # type: ignore[arg-type]
     stop.interrupt()
-    assert stop.pressed_at is not None
-    stop.pressed_at = 1000.0
+    assert stop.presses.at is not None
+    stop.presses.at = 1000.0
     if second_after is not None:
         stop.interrupt()
-        stop.kill_pressed_at = 1000.0 + second_after
+        stop.presses.kill_at = 1000.0 + second_after
     return stop
 
 
@@ -303,8 +311,9 @@ def test_the_pid_is_said_once_it_is_known_never_as_none() -> None:
     """Regression (issue 9): the demo printed "worker pid None" just after start."""
     job, view = FakeJob(_steps(5), pid_from=2), FakeView()
     stop = StopButton(job, view.announce, None, 2.0)  # type: ignore[arg-type]
-    tally = _cli.consume(job, view, stop)  # type: ignore[arg-type]
-    assert tally.items == 5
+    received = consume(job, view, stop)  # type: ignore[arg-type]
+    assert received.items == 5
+    assert received.last == _steps(5)[-1]
     assert view.lines == ["worker pid 4242 is training."]
 
 
@@ -332,7 +341,7 @@ def test_report_says_how_it_stopped_in_plain_words(
 ) -> None:
     """The report's "how it stopped" row: no jargon, and the SIGTERM attempt when made."""
     stop = _pressed(second_after=second_after)
-    assert _cli.describe_stop(_cancelled(rung, latency), stop) == words
+    assert demo_report.describe_stop(_cancelled(rung, latency), stop.presses) == words
 
 
 def test_second_ctrl_c_after_the_worker_stopped_does_not_claim_a_kill() -> None:
@@ -344,10 +353,10 @@ def test_second_ctrl_c_after_the_worker_stopped_does_not_claim_a_kill() -> None:
     stop.interrupt()  # the job is still running as far as cancel() knows
     assert job.cancels == [None, 0.0]
     assert not any("kill" in line for line in view.lines[1:]), view.lines
-    said = _cli.describe_second_press(_cancelled("cooperative", 0.01), stop)
-    assert said == ("The worker had already stopped (at a yield) when Ctrl-C was pressed "
-                    "again: nothing was killed.")
-    assert _cli.describe_second_press(_cancelled("sigkill", 0.01), stop) == (
+    said = demo_report.describe_kill_press(_cancelled("cooperative", 0.01), stop.presses)
+    assert said == ("The worker had already stopped at a yield when the second Ctrl-C came: "
+                    "nothing was killed.")
+    assert demo_report.describe_kill_press(_cancelled("sigkill", 0.01), stop.presses) == (
         "The second Ctrl-C killed the worker (SIGKILL).")
 
 
@@ -359,5 +368,78 @@ def test_second_ctrl_c_after_the_job_ended_says_so() -> None:
     job.ended = True
     stop.interrupt()
     assert view.lines[-1] == "Ctrl-C again: the worker has already stopped."
-    assert stop.kill_pressed_at is None
-    assert _cli.describe_second_press(_cancelled("cooperative", 0.01), stop) is None
+    assert stop.presses.kill_at is None
+    assert demo_report.describe_kill_press(_cancelled("cooperative", 0.01), stop.presses) is None
+
+
+class _EnumRung(str, enum.Enum):
+    """A rung as a string-valued enum (how the library may give it)."""
+
+    SIGTERM = "sigterm"
+
+
+def test_one_report_for_both_front_ends() -> None:
+    """The terminal and the window print the same rows, from one builder: for a cancelled
+    job who stopped it, the rung, the latency with the grace, how it stopped, and the
+    child's exit in the library's words."""
+    presses = demo_report.StopPresses(grace=2.0, term_after=1.0, kill_label="Kill now")
+    presses.press("the Stop button", 1000.0)
+    received = demo_report.Received()
+    received.add([{"step": 6, "loss": 0.5, "accuracy": 0.75}])
+    outcome = _cancelled("cooperative", 0.012)
+    left = demo_report.Leftovers(0, "worker pid checked")
+    rows = dict(demo_report.report_rows(outcome, received, presses, left))
+    assert rows == {
+        "outcome": "cancelled",
+        "items received": "1",
+        "last loss": "0.5000 at step 6 (accuracy 75.0%)",
+        "stopped by": "the Stop button",
+        "rung": "cooperative",
+        "stop latency": "12 ms (grace 2 s)",
+        "how it stopped": "stopped at a yield 12 ms after Stop",
+        "child": f"pid 4242, {workstream.describe_exit(0)}",
+        "duration": "1.00 s",
+        "processes left": "0 (worker pid checked)",
+    }
+    never = CancelledOutcome(pid=None, items_delivered=0, exit_code=None, duration=0.0,
+                             rung="before-start")
+    rows = dict(demo_report.report_rows(never, demo_report.Received(), presses, left))
+    assert rows["child"] == "never started, unknown exit status"
+    assert rows["how it stopped"] == "stopped before the worker process had started"
+
+
+def test_rung_words_take_a_string_or_a_string_enum() -> None:
+    """One wording table, whichever way the outcome spells its rung."""
+    presses = demo_report.StopPresses(grace=2.0, term_after=1.0, kill_label="Kill now")
+    presses.press("Ctrl-C", 1000.0)
+    for rung in ("sigterm", _EnumRung.SIGTERM):
+        outcome = _cancelled(rung, 1.04)  # type: ignore[arg-type]
+        assert demo_report.describe_stop(outcome, presses) == (
+            "did not stop within 1 s, so it was sent SIGTERM, and stopped 40 ms later")
+        assert dict(demo_report.report_rows(outcome, demo_report.Received(), presses,
+                                            demo_report.Leftovers(0, "")))["rung"] == "sigterm"
+    unpressed = demo_report.StopPresses(grace=2.0, term_after=1.0, kill_label="Kill now")
+    assert demo_report.describe_stop(_cancelled(_EnumRung.SIGTERM, 1.0),  # type: ignore[arg-type]
+                                     unpressed) == demo_report.RUNG_WORDS["sigterm"]
+
+
+class _FakeProcess:
+    def __init__(self, *cmdline: str) -> None:
+        self._cmdline = list(cmdline)
+
+    def cmdline(self) -> list[str]:
+        return self._cmdline
+
+
+@pytest.mark.parametrize(("cmdline", "helper"), [
+    (("/usr/bin/python3", "-I", "-S", "-c", "import sys"), True),  # the guard, as source
+    (("/usr/bin/python3", "-I", "-S", "-m", "workstream._supervisor._guard"), True),
+    (("/usr/bin/python3", "-I", "-S", "/site/workstream/_supervisor/_guard_main.py"), True),
+    (("/usr/bin/python3", "-c", "from multiprocessing.forkserver import main; main()"), True),
+    (("/usr/bin/python3", "-c", "import sys; sys.stdin.read()"), False),
+    (("/usr/bin/python3", "-m", "workstream", "demo"), False),
+])
+def test_the_guard_is_a_helper_however_it_is_run(cmdline: tuple[str, ...], helper: bool) -> None:
+    """The left-over check skips workstream's guard whether it runs as ``-c`` source, a
+    module or a file (its command line starts ``python -I -S``), and nothing else."""
+    assert demo_report._is_helper(_FakeProcess(*cmdline)) is helper

@@ -1,13 +1,24 @@
 """workstream: run heavy work in a child process, stream its results, stop it cleanly.
 
-Layers (each may import only the ones below it; ``tests/test_layers.py`` checks this)::
+Layers, top to bottom; each imports only the layers below it, and nothing in the library
+imports the demo or the GUI bridges (``tests/test_layers.py`` checks this and that there
+is no import cycle; ``docs/design.md`` draws the same map with one line per module)::
 
-    workstream (this file)   re-exports the public names
-    _api, _cli               start(), Job; the demo
-    _supervisor              parent side: runner thread, ladder, reaping, guard, registry
-    _child                   runs only in the worker process
-    _transport               frames (pure) and fds
-    _errors, _outcomes, _options, _linux   leaf modules
+    __main__                  the ``workstream`` command: dispatches to the demo / bench
+    demo/                     the demo: an application of the public API only (+ qt)
+    qt, tk, _pacing, _qt_compat   GUI bridges: the public API and their toolkit
+    workstream (this file)    re-exports the public names (the public API)
+    _worker                   Worker: warm processes
+    _api, _checks, _jobview   start(), Job: caller-side checks, a Job's stream and waiting
+    _aio                      asyncio for Job (imported on first use)
+    _supervisor/              parent side: runner thread, ladder, reaping, guard, registry
+    _child/                   runs only in the worker process
+    _transport/               frames (pure) and fds; imports nothing of ours
+    _core/                    job policy as pure code: no I/O, no clock, no threads
+    _errors, _outcomes, _options, _linux   leaf modules (stdlib only)
+
+The public classes and functions below show this module as theirs (``workstream.Job``,
+not the private module that defines it).
 """
 
 from ._api import Job, start
@@ -21,6 +32,7 @@ from ._errors import (
     WorkerCrashed,
     WorkerError,
     WorkstreamError,
+    describe_exit,
 )
 from ._options import DEFAULT_GRACE, Options
 from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, JobState, Outcome
@@ -50,8 +62,33 @@ __all__ = [
     "__version__",
     "cancelled",
     "check_cancelled",
+    "describe_exit",
     "emit",
     "in_worker",
     "start",
     "worker_state",
 ]
+
+
+def _present_as_public(names: list[str]) -> None:
+    """Make the public classes and functions in ``names`` show ``workstream`` as their
+    module (in reprs, tracebacks, pickles and docs). A class's own annotations are
+    resolved first, where they were written, so that ``typing.get_type_hints`` still
+    finds the names they use."""
+    import inspect
+    import types
+    import typing
+
+    for name in names:
+        obj = globals()[name]
+        if isinstance(obj, type):
+            own = inspect.get_annotations(obj)
+            if own:
+                hints = typing.get_type_hints(obj, include_extras=True)
+                obj.__annotations__ = {key: hints[key] for key in own}
+        elif not isinstance(obj, types.FunctionType):
+            continue
+        obj.__module__ = __name__
+
+
+_present_as_public(__all__)

@@ -2,43 +2,61 @@
 
 A window with Start and Stop buttons, a live loss/accuracy curve (a small QPainter
 widget), a progress bar and a status line (running / cancelling / the outcome and the
-stop latency). The worker is the terminal demo's (:func:`workstream._demo.train`), bridged
-to the GUI thread by :class:`workstream.qt.QtJob`; the GUI thread never waits for it.
+stop latency). The worker is the terminal demo's (:func:`workstream.demo.model.train`),
+bridged to the GUI thread by :class:`workstream.qt.QtJob`; the GUI thread never waits for
+it.
 Stop asks the worker to stop (grace from ``--grace``); pressed again it kills at once.
 Closing the window cancels a running job and returns at once.
 
-Headless: ``--stop-after S`` presses Stop S seconds after the first step and closes the
-window when the job has ended; ``--screenshot PATH`` saves the window as a PNG just
-before it closes (on a display, the screen's pixels; offscreen, Qt's rendering); with
-``QT_QPA_PLATFORM=offscreen`` no display is needed. Exit status as
-the terminal demo: 0 after completion or a clean stop, 1 failed/crashed/left a process,
-2 missing dependencies or no display.
+After the window closed it prints the demo's report (:mod:`workstream.demo.report`) as
+``label: value`` lines. Headless: ``--stop-after S`` presses Stop S seconds after the
+first step and closes the window when the job has ended; ``--screenshot PATH`` saves the
+window as a PNG just before it closes (on a display, the screen's pixels; offscreen, Qt's
+rendering); with ``QT_QPA_PLATFORM=offscreen`` no display is needed. Exit status as the
+terminal demo: 0 after completion or a clean stop, 1 failed/crashed/left a process, 2
+missing dependencies or no display.
 
-Imported only when ``--gui`` is given (``_cli`` turns an ImportError here into an
-install hint); imports Qt through :mod:`workstream._qt_compat`.
+Imported only when ``--gui`` is given (:mod:`workstream.demo.cli` turns an ImportError
+here into an install hint). Imports only workstream's public API: Qt comes from the
+binding :mod:`workstream.qt` chose (``workstream.qt.QT_BINDING``).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
-from . import CancelledOutcome, Completed, Crashed, Failed, Outcome, _demo
-from ._cli import (
+from workstream import (
+    CancelledOutcome,
+    Completed,
+    Crashed,
+    Failed,
+    Options,
+    Outcome,
+    describe_exit,
+)
+from workstream.qt import QT_BINDING, QtJob
+
+from . import model
+from .report import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
-    DemoSettings,
-    describe_exit,
+    Received,
+    StopPresses,
+    describe_stop,
     exit_status,
+    first_paragraph,
     leftover_processes,
+    report_rows,
 )
-from ._qt_compat import load
-from .qt import QtJob
+from .settings import DemoSettings
 
 if TYPE_CHECKING:
     from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, qInstallMessageHandler
@@ -62,25 +80,20 @@ if TYPE_CHECKING:
         QWidget,
     )
 else:
-    _qt = load()
+    _QtCore, _QtGui, _QtWidgets = (importlib.import_module(f"{QT_BINDING}.{m}")
+                                   for m in ("QtCore", "QtGui", "QtWidgets"))
     QPointF, QRectF, Qt, QTimer, qInstallMessageHandler = (
-        getattr(_qt.QtCore, n) for n in
+        getattr(_QtCore, n) for n in
         ("QPointF", "QRectF", "Qt", "QTimer", "qInstallMessageHandler"))
     QCloseEvent, QColor, QFont, QGuiApplication, QPainter, QPaintEvent, QPen, QPolygonF = (
-        getattr(_qt.QtGui, n) for n in
+        getattr(_QtGui, n) for n in
         ("QCloseEvent", "QColor", "QFont", "QGuiApplication", "QPainter", "QPaintEvent",
          "QPen", "QPolygonF"))
     QApplication, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget = (
-        getattr(_qt.QtWidgets, n) for n in
+        getattr(_QtWidgets, n) for n in
         ("QApplication", "QHBoxLayout", "QLabel", "QProgressBar", "QPushButton",
          "QVBoxLayout", "QWidget"))
 
-RUNG_MEANING = {
-    "before-start": "before the worker started",
-    "cooperative": "the worker stopped at a yield",
-    "sigterm": "SIGTERM raised Cancelled in the worker",
-    "sigkill": "the worker was killed at the end of the grace",
-}
 ENDED_STATES = frozenset({"completed", "cancelled", "failed", "crashed"})
 """``state_changed`` values that mean the worker process is gone (reaped)."""
 _AUTO_CLOSE_MS = 150  # after the job ended, with --stop-after: let the last frame paint
@@ -120,37 +133,15 @@ def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
         print("outcome: none (no job was started)")
         return EXIT_OK
     left = leftover_processes(outcome.pid)
-    rows = report_lines(outcome, window.items_received, left.count, screenshot,
-                        window.stopped_by, display=_describe_display(),
-                        screenshot_source=window.screenshot_source)
+    rows = report_rows(outcome, window.received, window.presses, left)
+    rows.append(("display", _describe_display()))
+    if screenshot is not None:
+        rows.append(("screenshot", screenshot))
+        if window.screenshot_source is not None:
+            rows.append(("screenshot taken from", window.screenshot_source))
     for label, value in rows:
         print(f"{label}: {value}")
     return exit_status(outcome, left) if not window.screenshot_error else EXIT_FAILED
-
-
-def report_lines(
-    outcome: Outcome, items: int, left: int, screenshot: str | None,
-    stopped_by: str | None = None, *, display: str | None = None,
-    screenshot_source: str | None = None,
-) -> list[tuple[str, str]]:
-    """The short report printed after the window closed, as (label, value) pairs."""
-    rows = [("outcome", outcome.kind), ("items received", str(items))]
-    if isinstance(outcome, CancelledOutcome):
-        rows.append(("stopped by", stopped_by or "closing the window"))
-        rows.append(("rung", outcome.rung))
-        if outcome.stop_latency is not None:
-            rows.append(("stop latency", f"{outcome.stop_latency * 1000:.0f} ms"))
-    if isinstance(outcome, (Failed, Crashed)):
-        rows.append(("error", str(outcome.error).split("\n\n", 1)[0]))
-    rows.append(("child", f"pid {outcome.pid}, {describe_exit(outcome.exit_code)}"))
-    rows.append(("processes left", str(left)))
-    if display is not None:
-        rows.append(("display", display))
-    if screenshot is not None:
-        rows.append(("screenshot", screenshot))
-        if screenshot_source is not None:
-            rows.append(("screenshot taken from", screenshot_source))
-    return rows
 
 
 def _describe_display() -> str:
@@ -263,20 +254,22 @@ class DemoWindow(QWidget):
         self.screenshot_error = False
         self.screenshot_source: str | None = None  # how the screenshot was taken, once saved
         self.qjob: QtJob | None = None
-        self.items_received = 0
+        self.received = Received()
+        """What the window received of the last job's stream."""
+        self.presses = self._new_presses()
+        """Who pressed Stop on the last job, and when."""
         self._stop_presses = 0
         self._auto_stop_armed = False
-        self.stopped_by: str | None = None
         self._closing = False
         self._worker_gone = False  # True from the job's final state until a new start
         self.setWindowTitle("workstream demo")
         title = QLabel(
-            f"<b>workstream demo</b>: a 2-{_demo.HIDDEN}-1 tanh MLP (numpy) learns two "
-            f"spirals ({_demo.POINTS} points) in a worker process", self)
+            f"<b>workstream demo</b>: a 2-{model.HIDDEN}-1 tanh MLP (numpy) learns two "
+            f"spirals ({model.POINTS} points) in a worker process", self)
         title.setWordWrap(True)
-        method = settings.start_method or "forkserver"
+        method = settings.resolved_start_method
         extra = " · <b>--stuck</b>: the worker enters a long C call at step " \
-            f"{_demo.STUCK_AT_STEP}" if settings.stuck else ""
+            f"{model.STUCK_AT_STEP}" if settings.stuck else ""
         self.details = QLabel(f"start method {method} · grace {settings.grace:g} s{extra}",
                               self)
         self.plot = LossPlot(settings.steps, self)
@@ -311,11 +304,11 @@ class DemoWindow(QWidget):
         if self.qjob is not None and not self.qjob.ended():
             return
         s = self.settings
-        fn = functools.partial(_demo.train, s.steps, seed=s.seed, stuck=s.stuck,
+        fn = functools.partial(model.train, s.steps, seed=s.seed, stuck=s.stuck,
                                fail_at=s.fail_at)
-        self.items_received = 0
+        self.received = Received()
+        self.presses = self._new_presses()
         self._stop_presses = 0
-        self.stopped_by = None
         self._worker_gone = False
         self.plot.clear(s.steps)
         self.progress.setValue(0)
@@ -338,13 +331,25 @@ class DemoWindow(QWidget):
         if self.qjob is None or self.qjob.ended() or self._worker_gone:
             return
         self._stop_presses += 1
+        now = time.monotonic()
         if self._stop_presses == 1:
-            self.stopped_by = by
+            self.presses.press(by, now)
             self.qjob.cancel()
             self.stop_button.setText("Kill now")
         else:
-            self.stopped_by = "Kill now"
-            self.qjob.kill()
+            self.presses.press("Kill now", now, kill=True)
+            if self.qjob.kill():
+                self.presses.kill_reached(now)
+
+    @property
+    def items_received(self) -> int:
+        """Items the window received of the last job's stream."""
+        return self.received.items
+
+    def _new_presses(self) -> StopPresses:
+        grace = self.settings.grace
+        return StopPresses(grace=grace, term_after=Options().term_delay(grace),
+                           kill_label="Kill now")
 
     def _auto_stop(self) -> None:
         if self.qjob is not None and not self.qjob.ended():
@@ -360,7 +365,7 @@ class DemoWindow(QWidget):
             if self.settings.stop_after is not None and not self._auto_stop_armed:
                 self._auto_stop_armed = True
                 QTimer.singleShot(round(self.settings.stop_after * 1000), self._auto_stop)
-        self.items_received += len(items)
+        self.received.add(items)
         self.plot.add(items)
         last = items[-1]
         self.progress.setValue(last["step"] + 1)
@@ -390,7 +395,7 @@ class DemoWindow(QWidget):
 
     def _on_finished(self, outcome: Outcome) -> None:
         self._set_running(False)
-        self.status.setText(describe_outcome(outcome, self.items_received, self.stopped_by))
+        self.status.setText(describe_outcome(outcome, self.received, self.presses))
         if self.settings.stop_after is not None:
             QTimer.singleShot(_AUTO_CLOSE_MS, self.close)
 
@@ -436,8 +441,8 @@ class DemoWindow(QWidget):
 
     def close_by(self, reason: str) -> None:
         """Close the window (which cancels a running job); ``reason`` is reported."""
-        if self.qjob is not None and not self.qjob.ended() and self.stopped_by is None:
-            self.stopped_by = reason
+        if self.qjob is not None and not self.qjob.ended():
+            self.presses.press(reason, time.monotonic())
         self.close()
 
     def closeEvent(self, event: QCloseEvent) -> None:
@@ -446,14 +451,15 @@ class DemoWindow(QWidget):
         if self.screenshot is not None:
             self.save_screenshot(self.screenshot)
         if self.qjob is not None and not self.qjob.ended():
-            if self.stopped_by is None:
-                self.stopped_by = "closing the window"
+            self.presses.press("closing the window", time.monotonic())
             self.qjob.cancel()
         event.accept()
 
 
-def describe_outcome(outcome: Outcome, items: int, stopped_by: str | None = None) -> str:
-    """The status line for an ended job (``stopped_by``: who pressed Stop)."""
+def describe_outcome(outcome: Outcome, received: Received, presses: StopPresses) -> str:
+    """The status line for an ended job: the outcome, and for a cancelled one who pressed
+    Stop and how it stopped (worded as in the report)."""
+    items = received.items
     if isinstance(outcome, Completed):
         value = outcome.value if isinstance(outcome.value, dict) else {}
         return (f"completed · {items} steps · final loss {value.get('final_loss', math.nan):.4f}"
@@ -462,11 +468,9 @@ def describe_outcome(outcome: Outcome, items: int, stopped_by: str | None = None
     if isinstance(outcome, CancelledOutcome):
         latency = ("?" if outcome.stop_latency is None
                    else f"{outcome.stop_latency * 1000:.0f} ms")
-        how = RUNG_MEANING.get(outcome.rung, outcome.rung)
-        by = f" by {stopped_by}" if stopped_by else ""
-        return (f"cancelled{by}: {how} · stop latency {latency} · {items} steps received"
-                f" · child {describe_exit(outcome.exit_code)}")
+        by = f" by {presses.by}" if presses.by else ""
+        return (f"cancelled{by}: {describe_stop(outcome, presses)} · stop latency {latency} · "
+                f"{items} steps received · child {describe_exit(outcome.exit_code)}")
     if isinstance(outcome, (Failed, Crashed)):
-        first = str(outcome.error).split("\n\n", 1)[0]
-        return f"{outcome.kind}: {first}"
+        return f"{outcome.kind}: {first_paragraph(outcome.error)}"
     return outcome.kind

@@ -3,6 +3,7 @@
 :func:`train` is what ``workstream demo`` runs in the child process (it lives here, in an
 importable module, so the worker receives it by reference). It is an ordinary generator:
 call it directly to train in-process (the tests do), or hand it to ``workstream.start``.
+This module imports numpy and nothing of workstream.
 
 The model is a 2 -> 64 (tanh) -> 1 perceptron with a logistic output, trained full-batch
 on 2000 points of two interleaved spirals with hand-written gradients and Adam. One step
