@@ -20,9 +20,8 @@ exhaustive. Exceptions are raised only when someone asks for the value (``Job.re
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from ._errors import Cancelled, WorkerCrashed, WorkstreamError
 
@@ -79,9 +78,6 @@ CancelRung = Literal["before-start", "cooperative", "sigterm", "sigkill"]
 (``Cancelled`` raised at the next bytecode, or the default action), or by SIGKILL."""
 
 
-_O = TypeVar("_O", bound="_Common")
-
-
 @dataclass(frozen=True)
 class _Common:
     pid: int | None
@@ -98,16 +94,6 @@ class _Common:
     process survived the job and runs the next one; False if the job cost the process
     (it needed SIGTERM/SIGKILL, crashed, or left the channel unclean) and the Worker
     replaces it."""
-
-    def __await__(self: _O) -> Generator[Any, None, _O]:
-        """``await outcome`` is the outcome itself, at once.
-
-        ``Job.wait()`` returns an awaitable instead of blocking when called on a thread
-        that runs an asyncio loop; this makes ``outcome = await job.wait()`` type as an
-        :data:`Outcome` (and work on an outcome already in hand).
-        """
-        yield from ()
-        return self
 
 
 @dataclass(frozen=True)
