@@ -90,8 +90,8 @@ class Job(Generic[ItemT, ResultT]):
         callbacks = None
         if options.on_item is not None or options.on_done is not None:
             callbacks = threading.Thread(
-                target=self._run_callbacks, name=f"workstream-callbacks:{self._name}",
-                daemon=True,
+                target=view.run_callbacks, args=(self._unregister,),
+                name=f"workstream-callbacks:{self._name}", daemon=True,
             )
         view.callback_thread = callbacks
         if host is not None:
@@ -120,6 +120,9 @@ class Job(Generic[ItemT, ResultT]):
         callback thread will (after on_done)."""
         if self._view.callback_thread is None:
             self._core.set_finished()
+
+    def _unregister(self) -> None:
+        _registry.remove(self)
 
     def _check_owner(self) -> None:
         """Raise RuntimeError in a forked copy of the process that started the job.
@@ -403,49 +406,6 @@ class Job(Generic[ItemT, ResultT]):
             self._view.wait_blocking(None)
         else:  # do not mask the exception that is leaving the block
             self._wait_quietly(None)
-
-    # -- callbacks ----------------------------------------------------------------------
-
-    def _run_callbacks(self) -> None:
-        core = self._core
-        view = self._view
-        on_item, on_done = self._options.on_item, self._options.on_done
-        view.reader = threading.current_thread()
-        try:
-            if on_item is not None:
-                while True:
-                    batch = core.take_batch()
-                    if batch is None:
-                        break
-                    if core.callback_error is not None:
-                        continue
-                    for i, item in enumerate(batch):
-                        batch[i] = None  # forgotten as the iterator forgets it
-                        view.in_on_item = True
-                        try:
-                            on_item(item)
-                        except BaseException as exc:
-                            self._callback_failed(exc)
-                            break
-                        finally:
-                            view.in_on_item = False
-                            del item
-            core.terminal.wait()
-            if on_done is not None:
-                try:
-                    on_done(core.outcome)
-                except BaseException as exc:
-                    self._callback_failed(exc)
-        finally:
-            if core.terminal.is_set():  # (the runner removes it too, maybe later)
-                _registry.remove(self)
-            core.set_finished()
-
-    def _callback_failed(self, exc: BaseException) -> None:
-        with self._core.lock:
-            if self._core.callback_error is None:
-                self._core.callback_error = exc
-        self.cancel(discard=True)
 
     # -- internals used by the registry -------------------------------------------------
 

@@ -133,6 +133,52 @@ class JobView:
             self.cursor.discard()
         return self.core.request_cancel(g, t, discard)
 
+    # -- the callback thread ---------------------------------------------------------------
+
+    def run_callbacks(self, unregister: Callable[[], None]) -> None:
+        """The callback thread: feed ``on_item`` (forgetting each item once passed), then
+        ``on_done``; a callback that raises cancels the job (``discard=True``) and is
+        kept for ``wait()`` to raise. ``unregister`` takes the job out of the registry
+        once it ended; "finished" is published last, whatever happened."""
+        core = self.core
+        on_item, on_done = self.options.on_item, self.options.on_done
+        self.reader = threading.current_thread()
+        try:
+            if on_item is not None:
+                while True:
+                    batch = core.take_batch()
+                    if batch is None:
+                        break
+                    if core.callback_error is not None:
+                        continue
+                    for i, item in enumerate(batch):
+                        batch[i] = None
+                        self.in_on_item = True
+                        try:
+                            on_item(item)
+                        except BaseException as exc:
+                            self._callback_failed(exc)
+                            break
+                        finally:
+                            self.in_on_item = False
+                            del item
+            core.terminal.wait()
+            if on_done is not None:
+                try:
+                    on_done(core.outcome)
+                except BaseException as exc:
+                    self._callback_failed(exc)
+        finally:
+            if core.terminal.is_set():  # (the runner removes it too, maybe later)
+                unregister()
+            core.set_finished()
+
+    def _callback_failed(self, exc: BaseException) -> None:
+        with self.core.lock:
+            if self.core.callback_error is None:
+                self.core.callback_error = exc
+        self.request_cancel(discard=True)
+
     # -- waiting ------------------------------------------------------------------------
 
     def check_may_block(self, call: str, instead: str) -> None:
