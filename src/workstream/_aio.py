@@ -44,8 +44,10 @@ class AioJob(Protocol):
     name: str
     aio_busy: bool
 
-    def next_buffered(self) -> object:
-        """The next item of the batch at hand, or EMPTY; never blocks, no bookkeeping."""
+    @property
+    def next_buffered(self) -> Callable[[], object]:
+        """The next item of the batch at hand, or EMPTY; never blocks, no bookkeeping
+        (a bound method the iterator keeps: its fast path is one call)."""
         ...
 
     def next_nowait(self) -> object:
@@ -202,10 +204,12 @@ class AsyncItems(Generic[ItemT]):
     between items: breaking out of ``async for`` needs no clean-up.
     """
 
-    __slots__ = ("_job", "_ran_since")
+    __slots__ = ("_empty", "_job", "_next_buffered", "_ran_since")
 
     def __init__(self, job: AioJob) -> None:
         self._job = job
+        self._next_buffered = job.next_buffered
+        self._empty = job.EMPTY
         self._ran_since = _monotonic()
 
     def __aiter__(self) -> AsyncItems[ItemT]:
@@ -221,9 +225,9 @@ class AsyncItems(Generic[ItemT]):
         # The fast path (an item of the batch at hand, time slice not used up) does not
         # suspend, so it needs no busy flag; it is __next__'s, plus one clock read.
         if _monotonic() - self._ran_since <= _SLICE:
-            item = job.next_buffered()
-            if item is not job.EMPTY:
-                return cast(ItemT, item)
+            item = self._next_buffered()
+            if item is not self._empty:
+                return item  # type: ignore[return-value]
         return await self._next_slow()
 
     async def _next_slow(self) -> ItemT:

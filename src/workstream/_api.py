@@ -9,7 +9,6 @@ never touches the process.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
@@ -19,7 +18,6 @@ from typing import Any, Generic, Protocol, TypeVar, cast, overload
 import cloudpickle
 
 from ._checks import check_can_start, check_fn, check_options_are_not_arguments, describe
-from ._core._stream import EMPTY, END
 from ._jobview import JobView
 from ._options import Options, check_grace
 from ._outcomes import JobState, Outcome
@@ -64,7 +62,6 @@ class Job(Generic[ItemT, ResultT]):
         runs)."""
         self._options = options
         self._name = options.name or describe(fn)
-        self._owner_pid = os.getpid()  # a forked copy of this object must not act
         try:
             payload = cloudpickle.dumps((fn, args))
         except BaseException as exc:  # a __reduce__ may even raise SystemExit
@@ -84,7 +81,6 @@ class Job(Generic[ItemT, ResultT]):
             )
         self._core = core
         self._view = view = JobView(core, options, self._name, started_at)
-        self._cursor = view.cursor  # the iterator's fast path reads it directly
         # Both threads exist before either starts: the runner must know whether a
         # callback thread will publish "finished" (after on_done) or it must itself.
         callbacks = None
@@ -125,18 +121,8 @@ class Job(Generic[ItemT, ResultT]):
         _registry.remove(self)
 
     def _check_owner(self) -> None:
-        """Raise RuntimeError in a forked copy of the process that started the job.
-
-        Its runner thread does not exist there (``wait()`` would block forever) and its
-        control block is shared with the real one (``cancel()`` would cancel the job of
-        the parent).
-        """
-        if os.getpid() != self._owner_pid:
-            raise RuntimeError(
-                f"job {self._name!r} belongs to process {self._owner_pid}; this process "
-                f"({os.getpid()}) is a forked copy of it: a workstream.Job can be used only "
-                "in the process that started it"
-            )
+        """Raise RuntimeError in a forked copy of the process that started the job."""
+        self._view.check_owner()
 
     def _run(self) -> None:
         try:
@@ -344,7 +330,8 @@ class Job(Generic[ItemT, ResultT]):
         self._check_owner()
         self._check_no_on_item()
         self._view.check_may_block("for item in job", "async for item in job")
-        return self
+        # The job's cursor iterates: one Python call per item (``__next__`` is two).
+        return cast("Iterator[ItemT]", self._view)
 
     def _check_no_on_item(self) -> None:
         if self._options.on_item is not None:
@@ -354,14 +341,11 @@ class Job(Generic[ItemT, ResultT]):
             )
 
     def __next__(self) -> ItemT:
-        item = self._cursor.next()  # the item is forgotten there (shared memory is freed)
-        if item is EMPTY:
-            self._check_owner()  # only when a new batch is needed: nothing per item
-            self._view.check_may_block("next(job)", "async for item in job")
-            item = self._view.take(block=True)
-            if item is END:
-                raise StopIteration
-        return cast(ItemT, item)
+        """The next item, as ``for item in job`` gives it (``StopIteration`` at the end).
+
+        The item is forgotten by the job as it is handed out (a shared-memory array is
+        then freed as soon as the caller drops it)."""
+        return next(self._view)  # type: ignore[return-value]
 
     def drain(self) -> list[ItemT]:
         """Return every item received so far without blocking ([] if none yet).

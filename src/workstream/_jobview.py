@@ -7,6 +7,7 @@ The facade validates what the user passed and delegates here; nothing in here is
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -21,12 +22,14 @@ from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, Outcome
 from ._supervisor._jobcore import JobCore
 
 
-class JobView:
+class JobView(ItemCursor):
     """One job's stream and waiting, for the facade, ``_aio`` and the callback thread.
 
-    The stream has one consumer at a time (iteration, ``drain()``, ``async for`` or the
-    callback thread): the cursor is theirs, without a lock. Everything else is
-    thread-safe (``core``'s lock guards what is shared with the runner).
+    It is the job's item cursor (``for item in job`` iterates it: one Python call per
+    item), which takes its next batch from ``core``. The stream has one consumer at a
+    time (iteration, ``drain()``, ``async for`` or the callback thread): the cursor is
+    theirs, without a lock. Everything else is thread-safe (``core``'s lock guards what
+    is shared with the runner).
     """
 
     EMPTY: ClassVar[object] = _stream.EMPTY
@@ -37,11 +40,12 @@ class JobView:
     def __init__(
         self, core: JobCore, options: Options, name: str, started_at: float
     ) -> None:
+        super().__init__()
         self.core = core
         self.options = options
         self.name = name
         self.started_at = started_at
-        self.cursor = ItemCursor()
+        self.owner_pid = os.getpid()  # a forked copy of the job must not act
         # The callback thread (on_item / on_done), if any: set by the Job before it starts.
         self.callback_thread: threading.Thread | None = None
         self.in_on_item = False  # True while the callback thread runs on_item
@@ -55,35 +59,52 @@ class JobView:
 
     # -- the stream (one consumer at a time) ----------------------------------------------
 
-    def next_buffered(self) -> object:
-        """The next item of the batch at hand, or :attr:`EMPTY` (then :meth:`take`)."""
-        return self.cursor.next()
+    next_buffered = ItemCursor.next
+    """The next item of the batch at hand, or :attr:`EMPTY` (then :meth:`take`)."""
+
+    def _refill(self) -> object:
+        """``for item in job`` used up the batch at hand: wait for the next one."""
+        self.check_owner()  # only when a new batch is needed: nothing per item
+        self.check_may_block("next(job)", "async for item in job")
+        return self.take(block=True)
+
+    def check_owner(self) -> None:
+        """Raise RuntimeError in a forked copy of the process that started the job.
+
+        Its runner thread does not exist there (``wait()`` would block forever) and its
+        control block is shared with the real one (``cancel()`` would cancel the job of
+        the parent).
+        """
+        if os.getpid() != self.owner_pid:
+            raise RuntimeError(
+                f"job {self.name!r} belongs to process {self.owner_pid}; this process "
+                f"({os.getpid()}) is a forked copy of it: a workstream.Job can be used only "
+                "in the process that started it"
+            )
 
     def take(self, block: bool) -> object:
         """Take the next batch (waiting for one if ``block``) and return its first item:
         :attr:`END` once the stream ended, :attr:`EMPTY` if nothing came (not ``block``).
         Drops the rest of the batch at hand first after a ``cancel(discard=True)``."""
-        cursor = self.cursor
-        if cursor.discarded:
-            self.core.count_taken_but_discarded(cursor.drop_discarded())
+        if self.discarded:
+            self.core.count_taken_but_discarded(self.drop_discarded())
         self.reader = threading.current_thread()
         batch = self.core.take_batch(block)
         self.last_take = time.monotonic()
-        return cursor.load(batch)
+        return self.load(batch)
 
     def next_nowait(self) -> object:
         """The next item without blocking, :attr:`EMPTY` or :attr:`END`."""
-        item = self.cursor.next()
+        item = self.next()
         if item is _stream.EMPTY:
             item = self.take(block=False)
         return item
 
     def drain(self) -> list[Any]:
         """Every item received so far, without blocking (the cursor's rest first)."""
-        cursor = self.cursor
-        if cursor.discarded:
-            self.core.count_taken_but_discarded(cursor.drop_discarded())
-        out = cursor.take_rest()
+        if self.discarded:
+            self.core.count_taken_but_discarded(self.drop_discarded())
+        out = self.take_rest()
         self.reader = threading.current_thread()
         self.last_take = time.monotonic()
         while True:
@@ -130,7 +151,7 @@ class JobView:
         g = self.options.grace if grace is None else grace
         t = self.options.term_delay(g) if term_after is None else min(term_after, g)
         if discard:
-            self.cursor.discard()
+            self.discard()
         return self.core.request_cancel(g, t, discard)
 
     # -- the callback thread ---------------------------------------------------------------

@@ -150,59 +150,74 @@ class StreamBuffer:
 class ItemCursor:
     """The consumer's place in the batch it took: hands out one item at a time.
 
-    Owned by one consumer at a time (its owner makes sure), so it has no lock. The slot
-    of every item handed out is cleared, so the cursor never keeps an item alive.
-    After :meth:`discard` (``cancel(discard=True)``, from any thread: it only sets a
-    flag) the consumer's next call drops the rest of the batch.
+    Owned by one consumer at a time (its owner makes sure), so it has no lock. The batch
+    at hand is kept reversed and handed out with ``list.pop()``, so the cursor holds no
+    item it handed out (and an item costs one C call). After :meth:`discard`
+    (``cancel(discard=True)``, from any thread: it only sets a flag) the consumer's next
+    call drops the rest of the batch.
+
+    It is an iterator too: ``__next__`` hands out the batch at hand and, at its end,
+    asks :meth:`_refill` (which a subclass defines: take and :meth:`load` the next batch,
+    blocking if need be) for what comes next. So ``for item in cursor`` costs one
+    Python call per item, the loop's own.
     """
 
-    __slots__ = ("_batch", "_discard", "_pos")
+    __slots__ = ("_discard", "_rest")
 
     def __init__(self) -> None:
-        self._batch: list[object] = []
-        self._pos = 0
+        self._rest: list[object] = []  # the batch at hand, last item first
         self._discard = False
+
+    def __iter__(self) -> ItemCursor:
+        return self
+
+    def __next__(self) -> object:
+        rest = self._rest
+        if rest and not self._discard:
+            return rest.pop()
+        item = self._refill()
+        if item is END:
+            raise StopIteration
+        return item
+
+    def _refill(self) -> object:
+        """The first item of the next batch, or :data:`END`; called by ``__next__``
+        once the batch at hand is used up (or discarded). This base has no source."""
+        return END
 
     def next(self) -> object:
         """The next item of the batch at hand, or :data:`EMPTY` (take a new batch, then
         :meth:`load` it; first call :meth:`drop_discarded` if :attr:`discarded`)."""
-        batch = self._batch
-        i = self._pos
-        if i < len(batch) and not self._discard:
-            self._pos = i + 1
-            item = batch[i]
-            batch[i] = None  # the consumer alone holds it now
-            return item
+        rest = self._rest
+        if rest and not self._discard:
+            return rest.pop()
         return EMPTY
 
     def load(self, batch: list[object] | None) -> object:
-        """Make ``batch`` (as taken from the buffer) the one at hand and return its first
-        item; :data:`END` for None (the stream ended), :data:`EMPTY` for ``[]``."""
+        """Make ``batch`` (as taken from the buffer; the cursor owns it now) the one at
+        hand and return its first item; :data:`END` for None (the stream ended),
+        :data:`EMPTY` for ``[]``."""
         if batch is None:
-            self._batch = []
-            self._pos = 0
+            self._rest = []
             return END
         if not batch:
             return EMPTY
-        self._batch = batch
-        self._pos = 1
-        item = batch[0]
-        batch[0] = None
-        return item
+        batch.reverse()
+        self._rest = batch
+        return batch.pop()
 
     def take_rest(self) -> list[object]:
-        """Hand out every item left in the batch at hand (``drain()``)."""
-        batch = self._batch
-        rest = batch[self._pos :]
-        batch.clear()  # another holder of the list (a traceback's frame) keeps no item
-        self._batch = []
-        self._pos = 0
-        return rest
+        """Hand out every item left in the batch at hand, in order (``drain()``)."""
+        rest = self._rest
+        self._rest = []
+        out = rest[::-1]
+        rest.clear()  # another holder of the list (a traceback's frame) keeps no item
+        return out
 
     @property
     def left(self) -> int:
         """How many items of the batch at hand are not handed out yet."""
-        return len(self._batch) - self._pos
+        return len(self._rest)
 
     def discard(self) -> None:
         """Drop the rest of the batch at the consumer's next call (safe from any thread:
@@ -215,8 +230,7 @@ class ItemCursor:
 
     def drop_discarded(self) -> int:
         """Drop the rest of the batch after :meth:`discard`; return how many items."""
-        n = self.left
-        self._batch.clear()
-        self._batch = []
-        self._pos = 0
+        n = len(self._rest)
+        self._rest.clear()
+        self._rest = []
         return n
