@@ -13,7 +13,7 @@ thread; the GUI bridges read through ``drain()``), so it needs no lock at all.
               (over_limit: pause        (counts items,         (hands out one item
                reading the pipe)         bytes, discards)       and forgets it)
 
-The cursor forgets every item it hands out (its slot is set to None): a zero-copy
+The cursor forgets every item it hands out (it pops it off the batch): a zero-copy
 shared-memory block is reused as soon as the consumer drops its array, so nothing here
 may keep a reference to an item the consumer already has.
 """
