@@ -57,6 +57,9 @@ class JobView(ItemCursor):
         self.last_take = 0.0
         self.has_listener = False
 
+    def __repr__(self) -> str:
+        return f"<items of workstream.Job {self.name!r}>"
+
     # -- the stream (one consumer at a time) ----------------------------------------------
 
     next_buffered = ItemCursor.next
