@@ -1,4 +1,4 @@
-"""asyncio: ``async for``, ``await job.wait()``, ``async with``, and structured
+"""asyncio: ``async for``, ``await job.wait_async()``, ``async with``, and structured
 cancellation (cancelling the awaiting task cancels the job and returns only once the
 child was reaped), timeouts, many concurrent jobs, and a loop that never blocks.
 
@@ -9,7 +9,6 @@ items, marker files and job state, never on sleeps.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import pathlib
 import subprocess
@@ -60,14 +59,14 @@ def gone(job: workstream.Job[Any, Any]) -> bool:
 
 @pytest.mark.timeout(30)
 def test_async_for_yields_every_item_in_order() -> None:
-    """``async for`` gets 0..999 in order, then ``await job.wait()`` the Completed
+    """``async for`` gets 0..999 in order, then ``await job.wait_async()`` the Completed
     outcome and ``await job.result_async()`` the return value."""
 
     async def main() -> None:
         job = workstream.start(workers.count, 1000)
         items = [item async for item in job]
         assert items == list(range(1000))
-        outcome = await job.wait()
+        outcome = await job.wait_async()
         assert isinstance(outcome, Completed)
         assert outcome.value == 1000
         assert outcome.items_delivered == 1000
@@ -84,7 +83,7 @@ def test_aiter_shares_the_stream_with_drain() -> None:
 
     async def main() -> None:
         job = workstream.start(workers.count, 100)
-        await job.wait()  # everything is buffered now
+        await job.wait_async()  # everything is buffered now
         it = job.aiter()
         first = [await anext(it), await anext(it)]
         drained = job.drain()
@@ -120,14 +119,14 @@ def test_iteration_resumes_in_a_second_event_loop() -> None:
 @pytest.mark.timeout(30)
 def test_result_async_raises_worker_error() -> None:
     """A failing job: the items before the error arrive, ``result_async`` raises
-    WorkerError with the remote traceback, ``await job.wait()`` gives Failed."""
+    WorkerError with the remote traceback, ``await job.wait_async()`` gives Failed."""
 
     async def main() -> None:
         job = workstream.start(workers.raise_after, 3)
         assert [item async for item in job] == [0, 1, 2]
         with pytest.raises(WorkerError, match="boom after 3"):
             await job.result_async()
-        outcome = await job.wait()
+        outcome = await job.wait_async()
         assert isinstance(outcome, Failed)
         assert "raise_after" in outcome.remote_traceback
 
@@ -135,15 +134,51 @@ def test_result_async_raises_worker_error() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_outcome_is_awaitable_as_itself() -> None:
-    """``await outcome`` gives the outcome at once (what makes ``await job.wait()`` type
-    as an Outcome)."""
+def test_wait_returns_the_outcome_itself_on_the_loop_thread() -> None:
+    """``job.wait()`` has one return type: on the loop's thread, for a job already done,
+    it is the Outcome (not an awaitable), and an outcome is not awaitable."""
 
     async def main() -> None:
-        outcome = workstream.start(workers.count, 1).wait()
-        outcome = await outcome
-        assert isinstance(outcome, Completed)
-        assert await outcome is outcome
+        job = workstream.start(workers.count, 1)
+        awaited = await job.wait_async()
+        outcome = job.wait()
+        assert isinstance(outcome, Completed) and outcome is awaited
+        assert not hasattr(outcome, "__await__")
+
+    asyncio.run(main())
+
+
+_REFUSED_ON_THE_LOOP: dict[str, tuple[Callable[[Any], object], str]] = {
+    "wait": (lambda job: job.wait(), "job.wait() would block the event loop until job "
+             "'ready_then_idle' ends; use 'await job.wait_async()'"),
+    "result": (lambda job: job.result(), "job.result() would block the event loop until "
+               "job 'ready_then_idle' ends; use 'await job.result_async()'"),
+    "iter": (lambda job: list(job), "for item in job would block the event loop until "
+             "job 'ready_then_idle' ends; use 'async for item in job'"),
+    "next": (lambda job: next(job), "next(job) would block the event loop until "
+             "job 'ready_then_idle' ends; use 'async for item in job'"),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("call", sorted(_REFUSED_ON_THE_LOOP))
+def test_blocking_calls_on_the_loop_thread_are_refused_alike(call: str) -> None:
+    """On a thread running an asyncio loop, ``wait()``, ``result()`` and sync iteration
+    of a running job all raise the same RuntimeError (naming the await form) at once,
+    leaving the job running, with or without a timeout."""
+    fn, message = _REFUSED_ON_THE_LOOP[call]
+
+    async def main() -> None:
+        job = workstream.start(wa.ready_then_idle)
+        with pytest.raises(RuntimeError) as info:
+            fn(job)
+        assert str(info.value) == message
+        if call in ("wait", "result"):
+            with pytest.raises(RuntimeError, match="would block the event loop"):
+                getattr(job, call)(timeout=5)
+        assert not job.done() and not job.cancel_requested
+        job.cancel()
+        await job.wait_async()
 
     asyncio.run(main())
 
@@ -161,7 +196,7 @@ def test_discard_stops_async_iteration_mid_batch() -> None:
         assert [await anext(it), await anext(it)] == [0, 1]
         assert job.cancel(discard=True) is True
         rest = [item async for item in it]
-        outcome = await job.wait(timeout=10)
+        outcome = await job.wait_async(timeout=10)
         assert rest == []
         assert isinstance(outcome, CancelledOutcome)
         assert outcome.items_delivered == 2
@@ -175,13 +210,13 @@ def _broken_on_done(outcome: object) -> None:
 
 @pytest.mark.timeout(30)
 def test_a_raising_callback_surfaces_in_await_and_async_with() -> None:
-    """As the synchronous calls: ``await job.wait()`` and leaving ``async with``
+    """As the synchronous calls: ``await job.wait_async()`` and leaving ``async with``
     normally raise CallbackError from the callback's exception."""
 
     async def main() -> None:
         job = workstream.start(workers.count, 3, on_done=_broken_on_done)
         with pytest.raises(workstream.CallbackError, match="on_done bug"):
-            await job.wait()
+            await job.wait_async()
         with pytest.raises(workstream.CallbackError, match="on_done bug"):
             async with workstream.start(workers.count, 3, on_done=_broken_on_done) as job2:
                 assert [item async for item in job2] == [0, 1, 2]
@@ -218,9 +253,9 @@ def test_cancelling_the_iterating_task_reaps_the_child() -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("how", ["wait", "wait_async", "result_async"])
+@pytest.mark.parametrize("how", ["wait_async", "result_async"])
 def test_cancelling_the_waiting_task_reaps_the_child(how: str) -> None:
-    """A task in ``await job.wait()`` / ``wait_async()`` / ``result_async()`` is
+    """A task in ``await job.wait_async()`` / ``await job.result_async()`` is
     cancelled: the job is cancelled and reaped before the CancelledError goes on."""
 
     async def main() -> None:
@@ -247,7 +282,7 @@ def test_cancelling_a_task_waiting_on_a_child_stuck_in_c(tmp_path: pathlib.Path)
         marker = tmp_path / "ready"
         job = workstream.start(wl.mark_then_sleep_in_c, str(marker), 60, grace=0.5)
         await until(marker.exists, 15, "the child to enter its C call")
-        task = asyncio.ensure_future(job.wait())
+        task = asyncio.ensure_future(job.wait_async())
         await yield_to_loop()
         t0 = time.monotonic()
         task.cancel()
@@ -363,7 +398,7 @@ def test_async_with_cancels_and_reaps_on_exit() -> None:
 
 @pytest.mark.timeout(30)
 def test_timeout_argument_leaves_the_job_running() -> None:
-    """``wait_async(timeout=)`` / ``await job.wait(timeout=)`` raise TimeoutError and,
+    """``wait_async(timeout=)`` / ``await job.wait_async(timeout=)`` raise TimeoutError and,
     as the synchronous wait, leave the job running."""
 
     async def main() -> None:
@@ -371,13 +406,13 @@ def test_timeout_argument_leaves_the_job_running() -> None:
         with pytest.raises(TimeoutError, match="still"):
             await job.wait_async(timeout=0.05)
         with pytest.raises(TimeoutError):
-            await job.wait(timeout=0)
+            await job.wait_async(timeout=0)
         with pytest.raises(TimeoutError):
             await job.result_async(timeout=0.01)
         assert not job.cancel_requested
         assert job.pid is not None and wl.pid_alive(job.pid)
         job.cancel()
-        assert isinstance(await job.wait(timeout=10), CancelledOutcome)
+        assert isinstance(await job.wait_async(timeout=10), CancelledOutcome)
 
     asyncio.run(main())
 
@@ -427,7 +462,7 @@ def test_bad_timeout_raises_at_the_call() -> None:
             job.wait(timeout=float("nan"))
         with pytest.raises(TypeError):
             job.result_async(timeout="1")  # type: ignore[arg-type]
-        await job.wait()
+        await job.wait_async()
 
     asyncio.run(main())
 
@@ -531,7 +566,7 @@ def test_awaiting_adds_no_thread(tmp_path: pathlib.Path) -> None:
             return got[i]
 
         tasks = [asyncio.ensure_future(consume(i)) for i in range(20)]
-        tasks += [asyncio.ensure_future(job.wait()) for job in jobs]
+        tasks += [asyncio.ensure_future(job.wait_async()) for job in jobs]
         tasks += [asyncio.ensure_future(job.wait_async(timeout=60)) for job in jobs]
         await until(lambda: all(g == ["ready"] for g in got), 30, "every job's first item")
         for _ in range(5):
@@ -558,7 +593,7 @@ def test_async_for_over_a_buffered_flood_lets_the_loop_run() -> None:
         job = workstream.start(
             workers.count, n, max_buffered_items=None, max_buffered_bytes=None
         )
-        await job.wait(timeout=30)  # all items are buffered: async for never has to wait
+        await job.wait_async(timeout=30)  # all items are buffered: async for never has to wait
         ticks: list[float] = []
         stop = False
 
@@ -637,7 +672,7 @@ def test_waiting_never_blocks_the_loop() -> None:
                     await asyncio.sleep(0.001)  # ok: sleep (the ticker's period)
 
             t0 = time.monotonic()
-            waiter = asyncio.ensure_future(job.wait())
+            waiter = asyncio.ensure_future(job.wait_async())
             consumer = asyncio.ensure_future(job.aiter().__anext__())
             tick_task = asyncio.ensure_future(ticker())
             await until(lambda: ticks >= 100, 15, "100 ticks")
@@ -681,7 +716,7 @@ def test_two_tasks_iterating_one_job_is_an_error() -> None:
         job.cancel()
         with pytest.raises(StopAsyncIteration):
             await first
-        await job.wait()
+        await job.wait_async()
 
     asyncio.run(main())
 
@@ -697,7 +732,7 @@ def test_async_iteration_of_an_on_item_job_is_an_error() -> None:
         with pytest.raises(RuntimeError, match="on_item"):
             async for _ in job:
                 pass
-        await job.wait()
+        await job.wait_async()
 
     asyncio.run(main())
 
@@ -712,7 +747,7 @@ def test_result_on_the_loop_thread_never_blocks() -> None:
         with pytest.raises(RuntimeError, match="result_async"):
             job.result()
         job.cancel()
-        await job.wait()
+        await job.wait_async()
         with pytest.raises(workstream.Cancelled):
             job.result()
 
@@ -729,22 +764,6 @@ def test_plain_with_in_a_coroutine_still_waits() -> None:
             assert job.aiter() is not None
         assert gone(job)
         assert isinstance(job.outcome, CancelledOutcome)
-
-    asyncio.run(main())
-
-
-@pytest.mark.timeout(30)
-def test_wait_without_await_warns() -> None:
-    """``job.wait()`` in a coroutine without ``await`` waits for nothing and Python warns
-    that the coroutine was never awaited."""
-
-    async def main() -> None:
-        job = workstream.start(workers.count, 1)
-        with pytest.warns(RuntimeWarning, match="never awaited"):
-            pending = job.wait()
-            del pending
-            gc.collect()
-        await job.wait()
 
     asyncio.run(main())
 
@@ -790,18 +809,18 @@ async def main() -> None:
     job = workstream.start(gen, 3)
     async for item in job:
         reveal_type(item)  # L14
-    reveal_type(await job.wait())  # L15
+    reveal_type(await job.wait_async())  # L15
     reveal_type(await job.wait_async())  # L16
     reveal_type(await job.result_async())  # L17
     async with job as j:
         reveal_type(j)  # L19
-    wrong: int = await job.wait()  # L20
+    wrong: int = await job.wait_async()  # L20
 '''
 
 
 @pytest.mark.timeout(120)
 def test_types_seen_by_mypy(tmp_path: pathlib.Path) -> None:
-    """Under ``mypy --strict``, ``await job.wait()`` is an Outcome (not a coroutine),
+    """Under ``mypy --strict``, ``await job.wait_async()`` is an Outcome (not a coroutine),
     ``async for`` items and ``result_async()`` carry the job's types, and assigning the
     outcome to an ``int`` is an error."""
     pytest.importorskip("mypy")

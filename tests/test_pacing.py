@@ -242,3 +242,39 @@ def test_done_is_read_before_the_drain() -> None:
     assert got == ["last"]
     assert p.turn(got.extend, None) is None
     assert got == ["last", "last"]
+
+
+class Item:
+    """An item that a weak reference can watch."""
+
+
+@pytest.mark.timeout(10)
+def test_the_per_item_backlog_keeps_no_item_it_handed_out() -> None:
+    """While a slow per-item consumer works through its backlog over several turns, the
+    items already handed to it are not kept by the pacer (a zero-copy shared-memory array
+    is freed as soon as the slot drops it), and the list consumer's lists are left
+    untouched."""
+    import weakref
+
+    clock = FakeClock()
+    job = FakeJob()
+    p = pacer(job, clock, slice_ms=10.0)
+    refs: list[weakref.ref[Item]] = []
+    lists: list[list[Item]] = []
+
+    def slow(chunk: list[Item]) -> None:
+        refs.extend(weakref.ref(x) for x in chunk)
+        clock.advance(0.002 * len(chunk))
+
+    job.queued = [Item() for _ in range(100)]
+    assert p.turn(lists.append, slow) == 0.0
+    handed = len(refs)
+    assert 0 < handed < 100
+    held_by_lists = lists.pop()
+    assert len(held_by_lists) == 100 and all(isinstance(x, Item) for x in held_by_lists)
+    del held_by_lists
+    assert [r() for r in refs] == [None] * handed, "the pacer keeps items it handed out"
+    job.finished = True
+    while p.turn(None, slow) is not None:
+        pass
+    assert len(refs) == 100 and all(r() is None for r in refs)

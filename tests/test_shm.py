@@ -4,11 +4,13 @@ arrays on SIGKILL, and nothing left behind (fd, mapping, /dev/shm) after any out
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import random
 import signal
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -211,6 +213,47 @@ def test_blocks_are_reused_when_the_consumer_drops_each_array() -> None:
     assert n == 1000
     # In flight at most: 1 MiB in the pipe + 1 MiB queued + one chunk + the item held.
     assert blocks_seen(job) <= 40, blocks_seen(job)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["for", "async for", "drain"])
+def test_the_stream_keeps_no_array_it_handed_out(how: str) -> None:
+    """Under ``async for`` as under ``for`` and ``drain()``, an array handed out lives only
+    as long as the consumer holds it: the stream keeps no reference to it (nor to the
+    first of a batch), although the rest of its batch is still at hand, so its
+    shared-memory block can be reused at once."""
+    n = 20
+    job = workstream.start(
+        wa.numbered_arrays, n, 100 * KIB, max_buffered_items=None, max_buffered_bytes=None
+    )
+    refs: list[weakref.ref[np.ndarray]] = []
+
+    def check(a: np.ndarray) -> None:
+        assert in_shared_memory(a) and a[0] == len(refs)
+        refs.append(weakref.ref(a))
+
+    async def read_async() -> None:
+        await job.wait_async()  # every item is buffered now, in a few batches
+        async for a in job:
+            check(a)
+            del a
+            assert all(r() is None for r in refs), f"item {len(refs) - 1} is still held"
+
+    if how == "async for":
+        asyncio.run(read_async())
+    else:
+        job.wait(timeout=30)
+        if how == "for":
+            for a in job:
+                check(a)
+                del a
+                assert all(r() is None for r in refs), f"item {len(refs) - 1} is still held"
+        else:
+            for a in job.drain():
+                check(a)
+                del a
+    assert len(refs) == n and all(r() is None for r in refs)
+    assert isinstance(job.outcome, workstream.Completed)
 
 
 @pytest.mark.timeout(60)

@@ -170,7 +170,7 @@ def test_unbounded_buffer_lets_the_child_finish(tmp_path) -> None:  # type: igno
         outcome = job.wait(timeout=30)
         assert type(outcome) is workstream.Completed
         assert next(progress) == n - 1
-        assert job._core.buffered_items + len(job._cur) - job._pos == n - 1  # first batch taken
+        assert job._core.buffered_items + job._view.left == n - 1  # first batch taken
         assert [i for i, _ in it] == list(range(1, n))
         assert outcome.value == n
     finally:

@@ -148,14 +148,14 @@ def test_on_item_counts_as_a_reader() -> None:
 
 @pytest.mark.timeout(30)
 def test_await_wait_with_nobody_reading() -> None:
-    """await job.wait() on a job nobody reads raises the same RuntimeError instead of
+    """await job.wait_async() on a job nobody reads raises the same RuntimeError instead of
     waiting for ever."""
 
     async def main() -> None:
         job = _full_job()
         try:
             with pytest.raises(RuntimeError, match="its worker is blocked because"):
-                await job.wait()
+                await job.wait_async()
         finally:
             job.cancel(discard=True)
             await job.wait_async(timeout=20)

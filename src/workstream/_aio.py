@@ -15,25 +15,62 @@ cancellation escalates to ``cancel(grace=0)``: SIGKILL at once), and only then l
 ``CancelledError`` go on. A TaskGroup, ``asyncio.timeout()`` or ``wait_for()`` around
 such a task therefore exits only after the child was reaped.
 
-Must not import Qt, Tk or the supervisor; it uses the Job's stream fields exactly as
-``Job.__next__`` does (one consumer at a time).
+Must not import Qt, Tk or the supervisor. It sees a job only through :class:`AioJob`,
+the interface it names below (implemented by ``_jobview.JobView``), and reads the stream
+through the same cursor as ``Job.__next__`` (one consumer at a time), which forgets each
+item it hands out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from ._outcomes import Outcome
 
-if TYPE_CHECKING:
-    from ._api import Job
-
 ItemT = TypeVar("ItemT")
+
+
+class AioJob(Protocol):
+    """What asyncio support needs of a job: its stream, its facts, cancelling and the
+    errors of waiting. Every method is thread-safe except the stream's two, which the
+    one consumer calls (``aio_busy`` keeps a second task out while one waits)."""
+
+    EMPTY: ClassVar[object]  # from next_buffered / next_nowait: no item at hand
+    END: ClassVar[object]  # from next_nowait: the stream ended
+    name: str
+    aio_busy: bool
+
+    @property
+    def next_buffered(self) -> Callable[[], object]:
+        """The next item of the batch at hand, or EMPTY; never blocks, no bookkeeping
+        (a bound method the iterator keeps: its fast path is one call)."""
+        ...
+
+    def next_nowait(self) -> object:
+        """The next item, EMPTY or END; takes a new batch if needed, never blocks."""
+        ...
+
+    def done(self) -> bool: ...
+    def ended(self) -> bool: ...
+    def reading_paused(self) -> bool: ...
+
+    def listen(self, fn: Callable[[], object]) -> Callable[[], None]:
+        """Call ``fn`` (on any thread) on news of the job; return its remover."""
+        ...
+
+    def request_cancel(
+        self, grace: float | None = None, term_after: float | None = None,
+        discard: bool = False,
+    ) -> bool: ...
+
+    def raise_if_unread(self) -> None: ...
+    def timeout_error(self, timeout: float | None) -> TimeoutError: ...
+    def outcome_now(self) -> Outcome: ...
+    def value_of(self, outcome: Outcome) -> Any: ...
 
 _SLICE = 0.002
 """Seconds ``async for`` may run on already-buffered items before it hands the loop to
@@ -44,12 +81,10 @@ task waits up to two slices: 2 ms keeps that well inside a 16 ms frame, and cost
 measurable throughput (one ``sleep(0)`` per ~thousands of items)."""
 
 _monotonic = time.monotonic
-_EMPTY: Any = object()  # nothing buffered yet
-_END: Any = object()  # the stream ended and was consumed
 
 
 def _wakeup(
-    job: Job[Any, Any], *, when_done: bool, or_stuck: bool = False
+    job: AioJob, *, when_done: bool, or_stuck: bool = False
 ) -> tuple[asyncio.Future[None], Callable[[], None]]:
     """Return a future of the running loop, resolved when the job has news, and the
     function that removes the listener behind it.
@@ -72,17 +107,17 @@ def _wakeup(
         nonlocal scheduled
         if scheduled:
             return
-        if when_done and not job.done() and not (or_stuck and job._core.reader_paused):
+        if when_done and not job.done() and not (or_stuck and job.reading_paused()):
             return
         scheduled = True
         # "Event loop is closed": nobody waits on it any more.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(resolve)
 
-    return fut, job._add_listener(listener)
+    return fut, job.listen(listener)
 
 
-async def cancel_and_reap(job: Job[Any, Any]) -> None:
+async def cancel_and_reap(job: AioJob) -> None:
     """The awaiting task was cancelled: cancel the job and wait until it is done.
 
     Call it from the ``except CancelledError`` block, then re-raise. The wait is
@@ -90,7 +125,7 @@ async def cancel_and_reap(job: Job[Any, Any]) -> None:
     ``job.cancel(grace=0)`` (SIGKILL now), so it lasts at most the job's grace (plus
     reaping), or less after a second cancellation. Waits for ``on_done`` too.
     """
-    job.cancel()
+    job.request_cancel()
     if job.done():
         return
     fut, remove = _wakeup(job, when_done=True)
@@ -99,12 +134,12 @@ async def cancel_and_reap(job: Job[Any, Any]) -> None:
             try:
                 await asyncio.shield(fut)
             except asyncio.CancelledError:
-                job.cancel(grace=0)
+                job.request_cancel(grace=0.0)
     finally:
         remove()
 
 
-async def _until_done(job: Job[Any, Any], timeout: float | None) -> bool:
+async def _until_done(job: AioJob, timeout: float | None) -> bool:
     """Wait without blocking until the job is done or ``timeout`` passed; return done().
 
     If the task is cancelled meanwhile, the job is cancelled and reaped first (see
@@ -113,9 +148,7 @@ async def _until_done(job: Job[Any, Any], timeout: float | None) -> bool:
     deadline = None if timeout is None else _monotonic() + timeout
     while not job.done():
         if timeout is None:
-            with job._core.lock:
-                if job._nobody_reads_locked(None):
-                    raise job._unread_error()
+            job.raise_if_unread()
         # The end, or reading paused on a full buffer, wakes us to look again.
         fut, remove = _wakeup(job, when_done=True, or_stuck=True)
         try:
@@ -137,51 +170,28 @@ async def _until_done(job: Job[Any, Any], timeout: float | None) -> bool:
     return job.done()
 
 
-async def wait(job: Job[Any, Any], timeout: float | None) -> Outcome:
+async def wait(job: AioJob, timeout: float | None) -> Outcome:
     """Await the job's outcome: :meth:`Job.wait` for a coroutine (validated by the caller)."""
     if not await _until_done(job, timeout):
-        raise job._timeout_error(timeout)
-    return job._outcome_now()
+        raise job.timeout_error(timeout)
+    return job.outcome_now()
 
 
-async def result(job: Job[Any, Any], timeout: float | None) -> Any:
+async def result(job: AioJob, timeout: float | None) -> Any:
     """Await the job's value: :meth:`Job.result` for a coroutine."""
-    return job._value_of(await wait(job, timeout))
+    return job.value_of(await wait(job, timeout))
 
 
-async def exit_block(job: Job[Any, Any], quiet: bool) -> None:
+async def exit_block(job: AioJob, quiet: bool) -> None:
     """``async with job`` ends: cancel the job if it still runs, await its end.
 
     ``quiet`` (an exception is leaving the block): do not raise CallbackError over it.
     """
-    if not job._core.terminal.is_set():
-        job.cancel()
+    if not job.ended():
+        job.request_cancel()
     await _until_done(job, None)
     if not quiet:
-        job._outcome_now()
-
-
-def _next_nowait(job: Job[ItemT, Any]) -> ItemT:
-    """``Job.__next__`` without blocking: the next item, ``_EMPTY`` or ``_END``."""
-    cur = job._cur
-    i = job._pos
-    if i < len(cur) and not job._discard_local:
-        job._pos = i + 1
-        return cur[i]
-    if job._discard_local:
-        job._drop_local_batch()
-    batch = job._core.take_batch(block=False)
-    job._reader = threading.current_thread()
-    job._last_take = _monotonic()
-    if batch is None:
-        job._cur = []
-        job._pos = 0
-        return cast("ItemT", _END)
-    if not batch:  # the runner never queues an empty batch
-        return cast("ItemT", _EMPTY)
-    job._cur = cast("list[ItemT]", batch)
-    job._pos = 1
-    return job._cur[0]
+        job.outcome_now()
 
 
 class AsyncItems(Generic[ItemT]):
@@ -194,10 +204,12 @@ class AsyncItems(Generic[ItemT]):
     between items: breaking out of ``async for`` needs no clean-up.
     """
 
-    __slots__ = ("_job", "_ran_since")
+    __slots__ = ("_empty", "_job", "_next_buffered", "_ran_since")
 
-    def __init__(self, job: Job[ItemT, Any]) -> None:
+    def __init__(self, job: AioJob) -> None:
         self._job = job
+        self._next_buffered = job.next_buffered
+        self._empty = job.EMPTY
         self._ran_since = _monotonic()
 
     def __aiter__(self) -> AsyncItems[ItemT]:
@@ -205,46 +217,42 @@ class AsyncItems(Generic[ItemT]):
 
     async def __anext__(self) -> ItemT:
         job = self._job
-        if job._aio_busy:
+        if job.aio_busy:
             raise RuntimeError(
                 f"job {job.name!r} is already being iterated by another task; one "
                 "consumer at a time (share the items through an asyncio.Queue)"
             )
-        # The fast path (an item of the local batch, time slice not used up) does not
+        # The fast path (an item of the batch at hand, time slice not used up) does not
         # suspend, so it needs no busy flag; it is __next__'s, plus one clock read.
-        cur = job._cur
-        i = job._pos
-        if (
-            i < len(cur)
-            and not job._discard_local
-            and _monotonic() - self._ran_since <= _SLICE
-        ):
-            job._pos = i + 1
-            return cur[i]
+        if _monotonic() - self._ran_since <= _SLICE:
+            item = self._next_buffered()
+            if item is not self._empty:
+                return item  # type: ignore[return-value]
         return await self._next_slow()
 
     async def _next_slow(self) -> ItemT:
         """Hand the loop over if the slice is used up, then take an item or wait."""
         job = self._job
-        job._aio_busy = True
+        empty = job.EMPTY
+        job.aio_busy = True
         try:
             if _monotonic() - self._ran_since > _SLICE:
                 await self._pause(None)
-            item = _next_nowait(job)
-            while item is _EMPTY:
+            item = job.next_nowait()
+            while item is empty:
                 fut, remove = _wakeup(job, when_done=False)
                 try:
-                    item = _next_nowait(job)  # queued before the listener was in place?
-                    if item is _EMPTY:
+                    item = job.next_nowait()  # queued before the listener was in place?
+                    if item is empty:
                         await self._pause(fut)
-                        item = _next_nowait(job)
+                        item = job.next_nowait()
                 finally:
                     remove()
-            if item is _END:
+            if item is job.END:
                 raise StopAsyncIteration
-            return item
+            return cast(ItemT, item)
         finally:
-            job._aio_busy = False
+            job.aio_busy = False
 
     async def _pause(self, fut: asyncio.Future[None] | None) -> None:
         """Let the loop run (until ``fut`` is resolved, or once); on cancellation cancel

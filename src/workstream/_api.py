@@ -2,29 +2,25 @@
 
 ``start()`` validates and pickles everything on the caller's thread (so bad input fails
 right there), then hands the job to its runner thread and returns at once. ``Job`` is a
-thin, thread-safe facade over the shared :class:`JobCore`; it never touches the process.
+thin, thread-safe facade: it validates what the user passes and delegates to its
+``JobView`` (``_jobview``: the stream cursor, waiting) over the shared ``JobCore``; it
+never touches the process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import inspect
-import multiprocessing
-import os
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from types import TracebackType
-from typing import Any, Generic, NoReturn, TypeVar, cast, overload
+from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
 import cloudpickle
 
-from ._child._runtime import in_worker
-from ._errors import UNGUARDED_MAIN_EXIT, CallbackError, Cancelled
+from ._checks import check_can_start, check_fn, check_options_are_not_arguments, describe
+from ._jobview import JobView
 from ._options import Options, check_grace
-from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, JobState, Outcome
+from ._outcomes import JobState, Outcome
 from ._supervisor import _registry
 from ._supervisor._jobcore import JobCore
 from ._supervisor._runner import JobRunner
@@ -35,23 +31,37 @@ ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
 
 
+class JobHost(Protocol):
+    """What a job needs of a warm process that runs it instead of its own runner (a
+    ``Worker``'s supervisor): the wake pipe its jobs share, and a way to queue the job."""
+
+    @property
+    def wake_fds(self) -> tuple[int, int]: ...
+
+    def submit(self, sub: Submission) -> None: ...
+
+
 class Job(Generic[ItemT, ResultT]):
     """A running (or finished) worker process and the stream of items it yields.
 
     Create with :func:`workstream.start`. Thread-safe, except that one thread at a time
     may iterate. Iterating yields items in order; the loop ends when the stream ends,
     whatever the outcome (ask :meth:`result` or :attr:`outcome` which one it was).
-    In asyncio code: ``async for``, ``await job.wait()``, ``async with`` (see
+    In asyncio code: ``async for``, ``await job.wait_async()``, ``async with`` (see
     :meth:`aiter` and :meth:`wait_async`).
     """
 
     def __init__(
         self, fn: Callable[..., Any], args: tuple[Any, ...], options: Options,
-        worker: Any = None,
+        host: JobHost | None = None, owner: object = None,
     ) -> None:
+        """Start ``fn(*args)``: on a runner thread of its own, or with ``host`` (a
+        Worker's supervisor) in its warm process; ``owner`` (the Worker) is kept alive
+        as long as the job, so dropping the Worker while holding one of its jobs does
+        not close it under the job (the Worker never holds its jobs beyond the one it
+        runs)."""
         self._options = options
-        self._name = options.name or _describe(fn)
-        self._owner_pid = os.getpid()  # a forked copy of this object must not act
+        self._name = options.name or describe(fn)
         try:
             payload = cloudpickle.dumps((fn, args))
         except BaseException as exc:  # a __reduce__ may even raise SystemExit
@@ -59,83 +69,60 @@ class Job(Generic[ItemT, ResultT]):
                 f"workstream.start(): {self._name} or its arguments cannot be pickled, so they "
                 f"cannot be sent to the worker process: {type(exc).__name__}: {exc}"
             ) from exc
-        # A Worker's job keeps its Worker alive (so dropping the Worker while holding one
-        # of its jobs does not close it under the job); the Worker never holds its jobs
-        # beyond the one it runs.
-        self._worker = worker
-        self._cur: list[ItemT] = []
-        self._pos = 0
-        self._discard_local = False  # set by cancel(discard=True), read by the iterator
-        self._aio_busy = False  # True while a task is inside AsyncItems.__anext__ (_aio.py)
-        self._in_on_item = False  # True while the callback thread runs on_item
-        # Who reads the stream: the thread that took the last batch (iteration, drain(),
-        # async for, the callback thread) and when; a public listener may read it too.
-        # Lets wait()/result() tell a slow reader from nobody at all (see _nobody_reads).
-        self._reader: threading.Thread | None = None
-        self._last_take = 0.0
-        self._has_listener = False
+        self._owner = owner
+        started_at = time.monotonic()
+        if host is None:
+            control_fd, control = _fds.make_control_block()
+            core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
+        else:
+            core = JobCore(
+                None, options.max_buffered_items, options.max_buffered_bytes,
+                wake=host.wake_fds,
+            )
+        self._core = core
+        self._view = view = JobView(core, options, self._name, started_at)
         # Both threads exist before either starts: the runner must know whether a
         # callback thread will publish "finished" (after on_done) or it must itself.
-        self._callback_thread: threading.Thread | None = None
+        callbacks = None
         if options.on_item is not None or options.on_done is not None:
-            self._callback_thread = threading.Thread(
-                target=self._run_callbacks, name=f"workstream-callbacks:{self._name}", daemon=True
+            callbacks = threading.Thread(
+                target=view.run_callbacks, args=(self._unregister,),
+                name=f"workstream-callbacks:{self._name}", daemon=True,
             )
-        if worker is not None:
-            self._start_on_worker(worker, payload)
-            return
-        control_fd, control = _fds.make_control_block()
-        self._core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
-        self._started_at = time.monotonic()
-        self._runner = JobRunner(
-            self._core, payload, control_fd, options, self._name, self._started_at
-        )
-        self._runner_thread = threading.Thread(
-            target=self._run, name=f"workstream-job:{self._name}", daemon=True
-        )
-        _registry.add(self)
-        try:
-            self._runner_thread.start()
-        except BaseException:  # e.g. "can't create new thread at interpreter shutdown"
-            _registry.remove(self)
-            self._runner.release_unstarted()
-            raise
-        if self._callback_thread is not None:
-            self._callback_thread.start()
-
-    def _start_on_worker(self, worker: Any, payload: bytes) -> None:
-        """Hand the job to a Worker's supervisor thread (raises if closed or busy)."""
-        sup = worker._sup
-        opts = self._options
-        self._core = JobCore(
-            None, opts.max_buffered_items, opts.max_buffered_bytes, wake=sup.wake_fds
-        )
-        self._started_at = time.monotonic()
-        sup.submit(Submission(
-            self._core, payload, opts, self._name, self._started_at, self._job_ended
-        ))
-        if self._callback_thread is not None:
-            self._callback_thread.start()
+        view.callback_thread = callbacks
+        if host is not None:
+            host.submit(Submission(
+                core, payload, options, self._name, started_at, self._job_ended
+            ))
+        else:
+            self._runner = JobRunner(
+                core, payload, control_fd, options, self._name, started_at
+            )
+            runner_thread = threading.Thread(
+                target=self._run, name=f"workstream-job:{self._name}", daemon=True
+            )
+            _registry.add(self)
+            try:
+                runner_thread.start()
+            except BaseException:  # e.g. "can't create new thread at interpreter shutdown"
+                _registry.remove(self)
+                self._runner.release_unstarted()
+                raise
+        if callbacks is not None:
+            callbacks.start()
 
     def _job_ended(self) -> None:
         """A Worker's job: the outcome is published; mark it finished unless the
         callback thread will (after on_done)."""
-        if self._callback_thread is None:
+        if self._view.callback_thread is None:
             self._core.set_finished()
 
-    def _check_owner(self) -> None:
-        """Raise RuntimeError in a forked copy of the process that started the job.
+    def _unregister(self) -> None:
+        _registry.remove(self)
 
-        Its runner thread does not exist there (``wait()`` would block forever) and its
-        control block is shared with the real one (``cancel()`` would cancel the job of
-        the parent).
-        """
-        if os.getpid() != self._owner_pid:
-            raise RuntimeError(
-                f"job {self._name!r} belongs to process {self._owner_pid}; this process "
-                f"({os.getpid()}) is a forked copy of it: a workstream.Job can be used only "
-                "in the process that started it"
-            )
+    def _check_owner(self) -> None:
+        """Raise RuntimeError in a forked copy of the process that started the job."""
+        self._view.check_owner()
 
     def _run(self) -> None:
         try:
@@ -144,7 +131,7 @@ class Job(Generic[ItemT, ResultT]):
             # Out of the registry before "finished" is published: a waiter woken by it
             # (a thread, or a coroutine through a listener) never sees the job live.
             _registry.remove(self)
-            if self._callback_thread is None:
+            if self._view.callback_thread is None:
                 self._core.set_finished()
 
     # -- facts --------------------------------------------------------------------------
@@ -198,16 +185,13 @@ class Job(Generic[ItemT, ResultT]):
         Returns False if the job had already ended, else True.
         """
         self._check_owner()
-        g = self._options.grace if grace is None else check_grace(grace)
-        if term_after is None:
-            t = self._options.term_delay(g)
-        else:
-            t = min(check_grace(term_after, "term_after"), g)
+        if grace is not None:
+            check_grace(grace)
+        if term_after is not None:
+            check_grace(term_after, "term_after")
         if not isinstance(discard, bool):
             raise TypeError(f"discard must be a bool, not {type(discard).__name__}")
-        if discard:
-            self._discard_local = True
-        return self._core.request_cancel(g, t, discard)
+        return self._view.request_cancel(grace, term_after, discard)
 
     def wait(self, timeout: float | None = None) -> Outcome:
         """Block until the child is reaped, the stream closed and ``on_done`` has run.
@@ -226,123 +210,16 @@ class Job(Generic[ItemT, ResultT]):
         cancelled by another thread) and the ``TimeoutError`` says when the worker is
         blocked on a full buffer nobody reads.
 
-        On a thread that runs an asyncio event loop, where blocking would freeze the
-        loop, it does not block but returns an awaitable: ``outcome = await
-        job.wait()`` is :meth:`wait_async` (cancelling the awaiting task cancels the
-        job). Calling it there without ``await`` waits for nothing and Python warns
-        "coroutine ... was never awaited". In a Jupyter/IPython kernel's cell it blocks
-        as in a script, and ``await job.wait()`` still works (an outcome is awaitable).
+        On a thread that runs an asyncio event loop it never blocks: for a job not yet
+        done it raises ``RuntimeError`` (use ``await job.wait_async()``), as
+        :meth:`result` and iteration do; in a Jupyter/IPython kernel's cell it blocks
+        as in a script.
         """
         self._check_owner()
         if timeout is not None:
             check_grace(timeout, "timeout")
-        if _must_not_block() and threading.current_thread() is not self._callback_thread:
-            from . import _aio
-
-            # An awaitable, typed as the Outcome it gives: Outcome.__await__ makes
-            # "await job.wait()" an Outcome for type checkers on both paths.
-            return cast(Outcome, _aio.wait(self, timeout))
-        return self._wait_blocking(timeout)
-
-    def _wait_blocking(self, timeout: float | None) -> Outcome:
-        self._check_owner()
-        if threading.current_thread() is self._callback_thread:
-            # Called from on_item/on_done: waiting for on_done to finish would deadlock,
-            # and so would waiting inside on_item for a job that needs it to consume.
-            # Inside on_item it raises even when the job happens to have ended already,
-            # so that the answer does not depend on timing.
-            if self._in_on_item or not self._core.terminal.is_set():
-                raise RuntimeError(
-                    f"job.wait()/result() called inside on_item of job {self._name!r}: the "
-                    "job cannot end while its own callback waits for it; use on_done"
-                )
-            event = self._core.terminal
-        else:
-            event = self._core.finished
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._wait_unless_unread(deadline, timeout)
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not event.wait(remaining):
-            raise self._timeout_error(timeout)
-        return self._outcome_now()
-
-    def _wait_unless_unread(self, deadline: float | None, timeout: float | None) -> None:
-        """Wait until the job is terminal (or ``deadline``: then return, the caller
-        raises); without a deadline, raise RuntimeError at once if the job is stuck on a
-        full buffer nobody reads (it would wait for ever unless the worker died).
-
-        The runner notifies ``core.cond`` when it stops reading for a full buffer and
-        when the job ends, so this never polls.
-        """
-        core = self._core
-        me = threading.current_thread()
-        with core.cond:
-            while not core.terminal.is_set():
-                if deadline is None:
-                    if self._nobody_reads_locked(me):
-                        raise self._unread_error()
-                    core.cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return
-                    core.cond.wait(remaining)
-
-    def _nobody_reads_locked(self, waiter: threading.Thread | None) -> bool:
-        """True if the worker is blocked on a full buffer that no other thread reads:
-        the runner stopped reading (not for a cancel), no ``on_item`` or listener reads
-        it, and the last reader is ``waiter`` itself, or none, or a thread that ended.
-        ``waiter=None`` (a coroutine): only no reader, or an ended one, counts."""
-        core = self._core
-        if not core.reader_paused or core.cancel is not None or core.terminal.is_set():
-            return False
-        if self._callback_thread is not None or self._has_listener:
-            return False
-        reader = self._reader
-        return reader is None or reader is waiter or not reader.is_alive()
-
-    def _buffer_facts(self) -> str:
-        core = self._core
-        opts = self._options
-        return (
-            f"{core.buffered_items} items ({core.buffered_bytes} bytes) wait unread in its "
-            f"buffer (max_buffered_items={opts.max_buffered_items}, "
-            f"max_buffered_bytes={opts.max_buffered_bytes})"
-        )
-
-    def _unread_error(self) -> RuntimeError:
-        return RuntimeError(
-            f"job {self._name!r} cannot end: its worker is blocked because "
-            f"{self._buffer_facts()} and nothing reads them while this thread waits. "
-            "Read the items ('for item in job', job.drain()) before or instead of "
-            "waiting, or start the job with on_item=..., or with max_buffered_items=None "
-            "and max_buffered_bytes=None to keep them all, or cancel it; the job is "
-            "still running"
-        )
-
-    def _timeout_error(self, timeout: float | None) -> TimeoutError:
-        text = f"job {self._name!r} (pid {self.pid}) is still {self.state.value} after {timeout} s"
-        core = self._core
-        with core.lock:
-            if core.reader_paused and core.cancel is None and not core.terminal.is_set():
-                idle = time.monotonic() - (self._last_take or self._started_at)
-                text += (
-                    f": its worker is blocked on a full buffer nobody reads: "
-                    f"{self._buffer_facts()}, and none was taken for {idle:.1f} s"
-                )
-        return TimeoutError(text)
-
-    def _outcome_now(self) -> Outcome:
-        """The outcome of an ended job; raises CallbackError if a callback raised."""
-        err = self._core.callback_error
-        if err is not None:
-            raise CallbackError(
-                f"a callback of job {self._name!r} raised {type(err).__name__}: {err}; "
-                "the job was cancelled"
-            ) from err
-        outcome = self._core.outcome
-        assert outcome is not None
-        return outcome
+        self._view.check_may_block("job.wait()", "await job.wait_async()")
+        return self._view.wait_blocking(timeout)
 
     def result(self, timeout: float | None = None) -> ResultT:
         """Wait (as :meth:`wait`) and return ``fn``'s return value.
@@ -364,23 +241,11 @@ class Job(Generic[ItemT, ResultT]):
         done it raises ``RuntimeError`` (use ``await job.result_async()``); in a
         Jupyter/IPython kernel's cell it blocks as in a script.
         """
+        self._check_owner()
         if timeout is not None:
             check_grace(timeout, "timeout")
-        if _must_not_block() and not self.done():
-            raise RuntimeError(
-                f"job.result() would block the event loop until job {self._name!r} ends; "
-                "use 'await job.result_async()'"
-            )
-        return self._value_of(self._wait_blocking(timeout))
-
-    def _value_of(self, outcome: Outcome) -> ResultT:
-        if isinstance(outcome, Completed):
-            return outcome.value  # type: ignore[return-value]
-        if isinstance(outcome, CancelledOutcome):
-            raise Cancelled(f"job {self._name!r} was cancelled ({outcome.rung})")
-        if isinstance(outcome, (Failed, Crashed)):
-            raise outcome.error
-        raise AssertionError(f"unknown outcome {outcome!r}")
+        self._view.check_may_block("job.result()", "await job.result_async()")
+        return cast(ResultT, self._view.value_of(self._view.wait_blocking(timeout)))
 
     # -- asyncio ------------------------------------------------------------------------
 
@@ -401,7 +266,7 @@ class Job(Generic[ItemT, ResultT]):
             check_grace(timeout, "timeout")
         from . import _aio
 
-        return _aio.wait(self, timeout)
+        return _aio.wait(self._view, timeout)
 
     def result_async(self, timeout: float | None = None) -> Coroutine[Any, Any, ResultT]:
         """Return a coroutine that awaits (as :meth:`wait_async`) and returns ``fn``'s
@@ -411,7 +276,7 @@ class Job(Generic[ItemT, ResultT]):
             check_grace(timeout, "timeout")
         from . import _aio
 
-        return cast("Coroutine[Any, Any, ResultT]", _aio.result(self, timeout))
+        return cast("Coroutine[Any, Any, ResultT]", _aio.result(self._view, timeout))
 
     def aiter(self) -> AsyncIterator[ItemT]:
         """Return an async iterator of the items: ``async for item in job`` does the same.
@@ -422,17 +287,14 @@ class Job(Generic[ItemT, ResultT]):
         while it hands out buffered items. If the task is cancelled while it waits for
         an item, the job is cancelled and reaped before the ``CancelledError`` goes on
         (use ``async with job:`` to tie the job to a whole block). One task at a time:
-        a second task waiting on the same job raises ``RuntimeError``.
+        a second task waiting on the same job raises ``RuntimeError``. Like iteration,
+        it forgets every item it hands out (a shared-memory array is not kept alive).
         """
         self._check_owner()
-        if self._options.on_item is not None:
-            raise RuntimeError(
-                f"job {self._name!r} delivers its items to on_item; iterate only a job "
-                "started without on_item"
-            )
+        self._check_no_on_item()
         from . import _aio
 
-        return _aio.AsyncItems(self)
+        return cast("AsyncIterator[ItemT]", _aio.AsyncItems(self._view))
 
     def __aiter__(self) -> AsyncIterator[ItemT]:
         return self.aiter()
@@ -453,7 +315,7 @@ class Job(Generic[ItemT, ResultT]):
         """
         from . import _aio
 
-        await _aio.exit_block(self, quiet=exc_type is not None)
+        await _aio.exit_block(self._view, quiet=exc_type is not None)
 
     # -- the stream ---------------------------------------------------------------------
 
@@ -466,55 +328,24 @@ class Job(Generic[ItemT, ResultT]):
         cell it blocks as in a script, and an interrupt (KeyboardInterrupt) stops it.
         """
         self._check_owner()
+        self._check_no_on_item()
+        self._view.check_may_block("for item in job", "async for item in job")
+        # The job's cursor iterates: one Python call per item (``__next__`` is two).
+        return cast("Iterator[ItemT]", self._view)
+
+    def _check_no_on_item(self) -> None:
         if self._options.on_item is not None:
             raise RuntimeError(
                 f"job {self._name!r} delivers its items to on_item; iterate only a job "
                 "started without on_item"
             )
-        self._check_may_block("for item in job", "async for item in job")
-        return self
-
-    def _check_may_block(self, call: str, instead: str) -> None:
-        if _must_not_block() and not self.done():
-            raise RuntimeError(
-                f"{call} would block the event loop until job {self._name!r} ends or "
-                f"sends; use '{instead}'"
-            )
 
     def __next__(self) -> ItemT:
-        cur = self._cur
-        i = self._pos
-        if i < len(cur) and not self._discard_local:
-            self._pos = i + 1
-            item = cur[i]
-            cur[i] = None  # type: ignore[assignment]  # the consumer alone holds it now
-            return item
-        if self._discard_local:
-            self._drop_local_batch()
-        self._check_owner()  # only when a new batch is needed: nothing per item
-        self._check_may_block("next(job)", "async for item in job")
-        self._reader = threading.current_thread()
-        batch = self._core.take_batch()
-        self._last_take = time.monotonic()
-        if batch is None:
-            self._cur = []
-            self._pos = 0
-            raise StopIteration
-        self._cur = cast("list[ItemT]", batch)
-        self._pos = 1
-        first = self._cur[0]
-        # Not kept here: a shared-memory block is reused as soon as the consumer drops it.
-        batch[0] = None
-        return first
+        """The next item, as ``for item in job`` gives it (``StopIteration`` at the end).
 
-    def _drop_local_batch(self) -> None:
-        """After cancel(discard=True): the rest of the batch being iterated is dropped too.
-
-        Only the iterating thread touches ``_cur``/``_pos``; cancel() just sets the flag.
-        """
-        self._core.count_taken_but_discarded(len(self._cur) - self._pos)
-        self._cur = []
-        self._pos = 0
+        The item is forgotten by the job as it is handed out (a shared-memory array is
+        then freed as soon as the caller drops it)."""
+        return next(self._view)  # type: ignore[return-value]
 
     def drain(self) -> list[ItemT]:
         """Return every item received so far without blocking ([] if none yet).
@@ -524,18 +355,7 @@ class Job(Generic[ItemT, ResultT]):
         self._check_owner()
         if self._options.on_item is not None:
             raise RuntimeError(f"job {self._name!r} delivers its items to on_item")
-        if self._discard_local:
-            self._drop_local_batch()
-        out: list[Any] = self._cur[self._pos :]
-        self._cur = []
-        self._pos = 0
-        self._reader = threading.current_thread()
-        self._last_take = time.monotonic()
-        while True:
-            batch = self._core.take_batch(block=False)
-            if not batch:
-                return out
-            out.extend(batch)
+        return self._view.drain()
 
     def add_listener(self, fn: Callable[[], object]) -> Callable[[], None]:
         """Call ``fn()`` whenever new items can be taken and once the job is done.
@@ -550,23 +370,8 @@ class Job(Generic[ItemT, ResultT]):
         """
         if not callable(fn):
             raise TypeError(f"add_listener() needs a callable, not {type(fn).__name__}")
-        self._has_listener = True  # its integration may read the stream (wait() trusts it)
-        return self._add_listener(fn)
-
-    def _add_listener(self, fn: Callable[[], object]) -> Callable[[], None]:
-        """add_listener() for our own waiters, which read nothing themselves."""
-        core = self._core
-        with core.lock:
-            core.listeners.append(fn)
-
-        def remove() -> None:
-            with core.lock:
-                if fn in core.listeners:
-                    core.listeners.remove(fn)
-
-        if core.finished.is_set():
-            fn()
-        return remove
+        self._view.has_listener = True  # its integration may read the stream (wait() trusts it)
+        return self._view.listen(fn)
 
     # -- context manager ----------------------------------------------------------------
 
@@ -581,49 +386,10 @@ class Job(Generic[ItemT, ResultT]):
         if not self._core.terminal.is_set():
             self.cancel()
         if exc_type is None:
-            self._wait_blocking(None)
+            self._check_owner()
+            self._view.wait_blocking(None)
         else:  # do not mask the exception that is leaving the block
             self._wait_quietly(None)
-
-    # -- callbacks ----------------------------------------------------------------------
-
-    def _run_callbacks(self) -> None:
-        core = self._core
-        on_item, on_done = self._options.on_item, self._options.on_done
-        self._reader = threading.current_thread()
-        try:
-            if on_item is not None:
-                while True:
-                    batch = core.take_batch()
-                    if batch is None:
-                        break
-                    if core.callback_error is not None:
-                        continue
-                    for item in batch:
-                        self._in_on_item = True
-                        try:
-                            on_item(item)
-                        except BaseException as exc:
-                            self._callback_failed(exc)
-                            break
-                        finally:
-                            self._in_on_item = False
-            core.terminal.wait()
-            if on_done is not None:
-                try:
-                    on_done(core.outcome)
-                except BaseException as exc:
-                    self._callback_failed(exc)
-        finally:
-            if core.terminal.is_set():  # (the runner removes it too, maybe later)
-                _registry.remove(self)
-            core.set_finished()
-
-    def _callback_failed(self, exc: BaseException) -> None:
-        with self._core.lock:
-            if self._core.callback_error is None:
-                self._core.callback_error = exc
-        self.cancel(discard=True)
 
     # -- internals used by the registry -------------------------------------------------
 
@@ -680,119 +446,3 @@ def start(fn: Callable[..., Any], *args: Any, **options: Any) -> Job[Any, Any]:
     check_options_are_not_arguments(fn, args, options, "workstream.start()")
     return Job(fn, args, opts)
 
-
-def check_can_start(what: str) -> None:
-    """Raise unless this process may start workers (POSIX, not inside a worker)."""
-    if os.name != "posix":
-        raise NotImplementedError(
-            "workstream needs POSIX process groups and signals; Windows is not supported yet"
-        )
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        _stop_unguarded_main(what)
-    if in_worker():
-        raise RuntimeError(
-            f"{what} cannot be called inside a workstream worker; use "
-            "multiprocessing or subprocess there (the job's process group is cleaned up "
-            "with it)"
-        )
-
-
-def check_options_are_not_arguments(
-    fn: Callable[..., Any], args: tuple[Any, ...], options: dict[str, Any], what: str
-) -> None:
-    """Raise TypeError if an option passed to ``what`` is also a required parameter of
-    ``fn`` that ``args`` leave unfilled: the caller meant it for ``fn`` (``start(greet,
-    name="bob")``), and the worker would fail with a missing argument."""
-    if not options:
-        return
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):  # no signature to read (some builtins): nothing to say
-        return
-    try:
-        bound = sig.bind_partial(*args)
-    except TypeError:
-        return  # too many arguments: fn's own error in the worker says it best
-    empty = inspect.Parameter.empty
-    clashing = [
-        p.name for p in sig.parameters.values()
-        if p.name in options and p.name not in bound.arguments and p.default is empty
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
-    if clashing:
-        name = clashing[0]
-        fn_name = _describe(fn)
-        raise TypeError(
-            f"{what}: {name!r} is an option of {what} (its keyword arguments are "
-            f"options), but {fn_name}() has a required parameter {name!r} that this call "
-            f"leaves unfilled; pass {fn_name}'s argument positionally or with "
-            f"functools.partial({fn_name}, {name}=...)"
-        )
-
-
-def _stop_unguarded_main(what: str) -> NoReturn:
-    """This process is a worker still importing the application's main module
-    (multiprocessing sets ``_inheriting`` then): the script calls ``start()`` at import
-    time. Running on would run the whole script again in the worker (and start a worker
-    from it); say why on stderr and exit with the status the parent recognises."""
-    main = getattr(sys.modules.get("__mp_main__"), "__file__", None) or "the main module"
-    with contextlib.suppress(BaseException):
-        sys.stdout.flush()
-    with contextlib.suppress(OSError):
-        os.write(2, (
-            f"workstream: {what} was called while a worker process imported {main}; "
-            "guard the script's top-level code with 'if __name__ == \"__main__\":'\n"
-        ).encode())
-    os._exit(UNGUARDED_MAIN_EXIT)
-
-
-def check_fn(fn: object, what: str) -> None:
-    """Raise TypeError unless ``fn`` is a plain or generator callable."""
-    if not callable(fn):
-        raise TypeError(f"{what} needs a callable, not {type(fn).__name__}")
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
-        raise TypeError(
-            f"{what} runs plain and generator functions; {_describe(fn)} is async. "
-            "Wrap it: def run(*a): return asyncio.run(fn(*a))"
-        )
-
-
-def _must_not_block() -> bool:
-    """True if a blocking call here would freeze an asyncio event loop: this thread runs
-    one, and it is not the main thread of a Jupyter/IPython kernel (which runs each cell
-    on its loop, where blocking a cell is what users expect, as ``time.sleep`` does)."""
-    return _on_event_loop() and not _in_kernel_cell()
-
-
-def _in_kernel_cell() -> bool:
-    """True on the main thread of an IPython kernel (Jupyter); never imports IPython."""
-    ipython = sys.modules.get("IPython")
-    if ipython is None or "ipykernel" not in sys.modules:
-        return False
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    try:
-        shell = ipython.get_ipython()
-    except Exception:  # an IPython too old or too new for this: assume a plain loop
-        return False
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-def _on_event_loop() -> bool:
-    """True if this thread runs an asyncio event loop (none can run if asyncio was
-    never imported, so this does not import it)."""
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is None:
-        return False
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _describe(fn: Callable[..., Any]) -> str:
-    if isinstance(fn, functools.partial):
-        return _describe(fn.func)
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)

@@ -20,9 +20,8 @@ exhaustive. Exceptions are raised only when someone asks for the value (``Job.re
 from __future__ import annotations
 
 import enum
-from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 from ._errors import Cancelled, WorkerCrashed, WorkstreamError
 
@@ -96,9 +95,6 @@ class CancelRung(str, enum.Enum):
     __hash__ = str.__hash__
 
 
-_O = TypeVar("_O", bound="_Common")
-
-
 @dataclass(frozen=True)
 class _Common:
     pid: int | None
@@ -115,16 +111,6 @@ class _Common:
     process survived the job and runs the next one; False if the job cost the process
     (it needed SIGTERM/SIGKILL, crashed, or left the channel unclean) and the Worker
     replaces it."""
-
-    def __await__(self: _O) -> Generator[Any, None, _O]:
-        """``await outcome`` is the outcome itself, at once.
-
-        ``Job.wait()`` returns an awaitable instead of blocking when called on a thread
-        that runs an asyncio loop; this makes ``outcome = await job.wait()`` type as an
-        :data:`Outcome` (and work on an outcome already in hand).
-        """
-        yield from ()
-        return self
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,9 @@ class Pacer:
             took = True
             if fresh:
                 self._last_delivery = now
-                if each is not None:
-                    self._backlog, self._pos = fresh, 0
+                if each is not None:  # (a copy if the list consumer gets ``fresh``)
+                    self._backlog = fresh if lists is None else list(fresh)
+                    self._pos = 0
                 if lists is not None:
                     lists(fresh)
         if each is not None and self._pos < len(self._backlog):
@@ -157,6 +158,8 @@ class Pacer:
                 return
             n = max(1, min(len(backlog) - self._pos, PER_ITEM_CHUNK, int(left / self._cost)))
             chunk = backlog[self._pos : self._pos + n]
+            # Kept by the consumer alone: a shared-memory array is freed once it drops it.
+            backlog[self._pos : self._pos + n] = [None] * n
             self._pos += n
             each(chunk)
             per_item = max((self._clock() - start) / n, 1e-8)

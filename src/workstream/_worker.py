@@ -16,7 +16,8 @@ from typing import Any, TypeVar, overload
 
 import cloudpickle
 
-from ._api import Job, _describe, check_can_start, check_fn, check_options_are_not_arguments
+from ._api import Job
+from ._checks import check_can_start, check_fn, check_options_are_not_arguments, describe
 from ._child._runtime import _initialize
 from ._options import Options, check_grace
 from ._supervisor._worker import WorkerSupervisor
@@ -73,7 +74,7 @@ class Worker:
         if not isinstance(prestart, bool):
             raise TypeError(f"prestart must be a bool, not {type(prestart).__name__}")
         opts = Options.from_kwargs(options, "workstream.Worker()")
-        name = opts.name or (_describe(initializer) if initializer is not None else "worker")
+        name = opts.name or (describe(initializer) if initializer is not None else "worker")
         try:
             payload = cloudpickle.dumps((_initialize, (initializer, *initargs)))
         except BaseException as exc:  # a __reduce__ may even raise SystemExit
@@ -181,7 +182,7 @@ class Worker:
                 )
             opts = dataclasses.replace(opts, **options)
             check_options_are_not_arguments(fn, args, options, "Worker.start()")
-        return Job(fn, args, opts, worker=self)
+        return Job(fn, args, opts, host=self._sup, owner=self)
 
     # -- closing ------------------------------------------------------------------------
 

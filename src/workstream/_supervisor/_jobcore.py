@@ -5,11 +5,13 @@ consumers and waiters. The runner is the only writer of the process-facing facts
 outcome); user threads only *request* things (a cancel, taking a batch), and wake the
 runner through its wake pipe. Nothing in here blocks without a way to be woken: the
 runner always ends the stream, which wakes every consumer.
+
+The stream itself (the bounded buffer and its backpressure accounting) is pure code in
+``_core._stream``; this module holds the lock around it and does the waking.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import mmap
 import os
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from .._core._states import CancelRequest, JobMachine
+from .._core._stream import StreamBuffer
 from .._outcomes import JobState, Outcome
 from .._transport._fds import CANCEL_FLAG, close_quietly
 
@@ -52,19 +55,36 @@ class JobCore:
         else:
             self._wake_r, self._wake_w = wake
         # The stream: batches of decoded items waiting for the consumer.
-        self._batches: collections.deque[tuple[list[object], int]] = collections.deque()
-        self.buffered_items = 0
-        self.buffered_bytes = 0
-        self._max_items = max_items
-        self._max_bytes = max_bytes
-        self.reader_paused = False  # True iff the runner stopped reading for backpressure
-        self.stream_ended = False
-        self.items_received = 0  # queued for the consumer (never decreases)
-        self.items_discarded = 0
+        self.stream = StreamBuffer(max_items, max_bytes)
         # Called (no arguments, from the runner or callback thread) whenever items were
         # queued and once the job is finished; see Job.add_listener.
         self.listeners: list[Callable[[], object]] = []
         self.listener_error: BaseException | None = None
+
+    # -- facts of the stream (read under the lock, or as a hint) --------------------------
+
+    @property
+    def buffered_items(self) -> int:
+        return self.stream.buffered_items
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.stream.buffered_bytes
+
+    @property
+    def reader_paused(self) -> bool:
+        """True iff the runner stopped reading for backpressure."""
+        return self.stream.reader_paused
+
+    @property
+    def items_received(self) -> int:
+        """Items queued for the consumer and not discarded since (never decreases
+        unless a discard drops them)."""
+        return self.stream.items_received
+
+    @property
+    def items_discarded(self) -> int:
+        return self.stream.items_discarded
 
     @property
     def state(self) -> JobState:
@@ -141,7 +161,7 @@ class JobCore:
                 self._control[CANCEL_FLAG] = 1
             self._life.request_cancel(now, grace, term_delay, discard)
             if discard:
-                self._discard_buffered_locked()
+                self.stream.discard()
             self._wake_locked()
             return True
         finally:
@@ -152,17 +172,18 @@ class JobCore:
 
         With ``block=False`` returns ``[]`` when nothing is buffered yet.
         """
+        stream = self.stream
         with self.lock:
-            while not self._batches:
-                if self.stream_ended:
+            while True:
+                items = stream.pop()
+                if items is not None:
+                    break
+                if stream.ended:
                     return None
                 if not block:
                     return []
                 self.cond.wait()
-            items, nbytes = self._batches.popleft()
-            self.buffered_items -= len(items)
-            self.buffered_bytes -= nbytes
-            if self.reader_paused and not self._over_low_water_locked():
+            if stream.may_resume():
                 self._wake_locked()
             return items
 
@@ -174,19 +195,14 @@ class JobCore:
             self._life.started()
 
     def discarding(self) -> bool:
-        req = self.cancel
-        return req is not None and req.discard
+        """True once a ``cancel(discard=True)`` came (a hint: read without the lock)."""
+        return self.stream.discarding
 
     def deliver(self, items: list[object], nbytes: int) -> None:
         """Queue a decoded batch for the consumer (or count it discarded)."""
         with self.lock:
-            if self.cancel is not None and self.cancel.discard:
-                self.items_discarded += len(items)
+            if not self.stream.push(items, nbytes):
                 return
-            self._batches.append((items, nbytes))
-            self.buffered_items += len(items)
-            self.buffered_bytes += nbytes
-            self.items_received += len(items)
             self.cond.notify_all()
         self.notify_listeners()
 
@@ -215,44 +231,23 @@ class JobCore:
         """Items the consumer had taken but not yet seen were dropped by a discard."""
         if n > 0:
             with self.lock:
-                self.items_discarded += n
-                self.items_received -= n
+                self.stream.count_taken_but_discarded(n)
 
     def count_discarded(self, n: int) -> None:
         with self.lock:
-            self.items_discarded += n
+            self.stream.count_discarded(n)
 
     def should_pause_reading(self) -> bool:
         """True when the consumer is behind and no cancel is draining the channel."""
         with self.lock:
-            paused = self.cancel is None and self._over_limit_locked()
-            self.reader_paused = paused
-            return paused
-
-    def _over_limit_locked(self) -> bool:
-        return (self._max_items is not None and self.buffered_items >= self._max_items) or (
-            self._max_bytes is not None and self.buffered_bytes >= self._max_bytes
-        )
-
-    def _over_low_water_locked(self) -> bool:
-        return (
-            self._max_items is not None and self.buffered_items > self._max_items // 2
-        ) or (self._max_bytes is not None and self.buffered_bytes > self._max_bytes // 2)
-
-    def _discard_buffered_locked(self) -> None:
-        while self._batches:
-            items, _ = self._batches.popleft()
-            self.items_discarded += len(items)
-            self.items_received -= len(items)
-        self.buffered_items = 0
-        self.buffered_bytes = 0
+            return self.stream.update_paused(cancelling=self.cancel is not None)
 
     def finish(self, outcome: Outcome) -> None:
         """Publish the outcome: terminal state, end of stream, control block released."""
         with self.lock:
             self._life.end(JobState(outcome.kind))
             self.outcome = outcome
-            self.stream_ended = True
+            self.stream.end()
             self._release_locked()
             self.terminal.set()
             self.cond.notify_all()

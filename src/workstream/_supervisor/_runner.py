@@ -389,6 +389,9 @@ class JobRunner:
             if self._arrays is not None and _shm.is_out_of_band(payload):
                 try:
                     out.append(self._arrays.loads(payload))
+                    # Else the frame -> error -> traceback -> frame cycle would keep
+                    # ``out`` (the batch) and its shared-memory arrays until a gc pass.
+                    del error
                     continue
                 except BaseException as exc:
                     error = exc
