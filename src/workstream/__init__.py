@@ -35,7 +35,15 @@ from ._errors import (
     describe_exit,
 )
 from ._options import DEFAULT_GRACE, Options
-from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, JobState, Outcome
+from ._outcomes import (
+    CancelledOutcome,
+    CancelRung,
+    Completed,
+    Crashed,
+    Failed,
+    JobState,
+    Outcome,
+)
 from ._worker import Worker
 
 __version__ = "0.1.0"
@@ -43,6 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_GRACE",
     "CallbackError",
+    "CancelRung",
     "Cancelled",
     "CancelledOutcome",
     "ChannelBroken",

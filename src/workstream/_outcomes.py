@@ -1,20 +1,9 @@
-"""Job states, the table of allowed transitions, and the outcome values.
-
-A job has exactly one stored state, changed only through :func:`check_transition`.
-The terminal states are entered only after the child was reaped and the stream closed.
-
-::
-
-    STARTING ──► RUNNING ──► COMPLETED | FAILED | CRASHED
-        │           │
-        └──────┬────┘
-               ▼
-          CANCELLING ──► CANCELLED | COMPLETED | FAILED | CRASHED
-    STARTING ──► CANCELLED   (cancelled before the process existed: pid is None)
-    STARTING ──► CRASHED     (the process could not be started)
+"""The outcome values, and the rung a cancel ended at.
 
 An outcome is a frozen dataclass; ``Outcome`` is their union, so ``match`` can be
 exhaustive. Exceptions are raised only when someone asks for the value (``Job.result()``).
+The job's states and their table live in ``_core._states`` (pure policy) and are
+re-exported here, where the public API has always found ``JobState``.
 """
 
 from __future__ import annotations
@@ -23,54 +12,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ._core._states import IllegalTransition as IllegalTransition
+from ._core._states import JobState as JobState
+from ._core._states import check_transition as check_transition
 from ._errors import Cancelled, WorkerCrashed, WorkstreamError
-
-
-class JobState(str, enum.Enum):
-    """Where a job is in its life. Compares equal to its lower-case name."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    CRASHED = "crashed"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in _TERMINAL
-
-    def __str__(self) -> str:
-        return self.value
-
-
-_TERMINAL = frozenset(
-    {JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED, JobState.CRASHED}
-)
-
-_ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.STARTING: frozenset(
-        {JobState.RUNNING, JobState.CANCELLING, JobState.CANCELLED, JobState.CRASHED,
-         JobState.FAILED, JobState.COMPLETED}
-    ),
-    JobState.RUNNING: frozenset({JobState.CANCELLING} | _TERMINAL),
-    JobState.CANCELLING: _TERMINAL,
-    JobState.COMPLETED: frozenset(),
-    JobState.CANCELLED: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.CRASHED: frozenset(),
-}
-
-
-class IllegalTransition(AssertionError):
-    """An internal error: the code tried a state change the table forbids."""
-
-
-def check_transition(old: JobState, new: JobState) -> None:
-    """Raise :class:`IllegalTransition` unless ``old -> new`` is in the table."""
-    if new not in _ALLOWED[old]:
-        raise IllegalTransition(f"job state {old.value} -> {new.value} is not allowed")
 
 
 class CancelRung(str, enum.Enum):

@@ -5,8 +5,21 @@ apart from what was *observed* (the state the job or the Worker is in). A reques
 changes the observed state by itself except where the table says so (a job's first
 cancel moves it to CANCELLING); the observed state moves only on facts the owner saw.
 
-The job's states and their table are in ``_outcomes`` (``JobState`` is public); the
-Worker's are here. An illegal move raises ``IllegalTransition``: an internal error.
+The job's states (``JobState``, public through ``workstream``) and the Worker's are both
+here, each with its table of allowed moves. An illegal move raises ``IllegalTransition``:
+an internal error.
+
+Job states::
+
+    STARTING ──► RUNNING ──► COMPLETED | FAILED | CRASHED
+        │           │
+        └──────┬────┘
+               ▼
+          CANCELLING ──► CANCELLED | COMPLETED | FAILED | CRASHED
+    STARTING ──► CANCELLED   (cancelled before the process existed: pid is None)
+    STARTING ──► CRASHED     (the process could not be started)
+
+The terminal states are entered only after the child was reaped and the stream closed.
 
 No I/O, no clock, no threads: "now" is an argument; the owner holds the lock.
 """
@@ -16,7 +29,52 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .._outcomes import IllegalTransition, JobState, check_transition
+
+class JobState(str, enum.Enum):
+    """Where a job is in its life. Compares equal to its lower-case name."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    CRASHED = "crashed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL = frozenset(
+    {JobState.COMPLETED, JobState.CANCELLED, JobState.FAILED, JobState.CRASHED}
+)
+
+_ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.STARTING: frozenset(
+        {JobState.RUNNING, JobState.CANCELLING, JobState.CANCELLED, JobState.CRASHED,
+         JobState.FAILED, JobState.COMPLETED}
+    ),
+    JobState.RUNNING: frozenset({JobState.CANCELLING} | _TERMINAL),
+    JobState.CANCELLING: _TERMINAL,
+    JobState.COMPLETED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CRASHED: frozenset(),
+}
+
+
+class IllegalTransition(AssertionError):
+    """An internal error: the code tried a state change the table forbids."""
+
+
+def check_transition(old: JobState, new: JobState) -> None:
+    """Raise :class:`IllegalTransition` unless ``old -> new`` is in the table."""
+    if new not in _ALLOWED[old]:
+        raise IllegalTransition(f"job state {old.value} -> {new.value} is not allowed")
 
 
 @dataclass
@@ -38,7 +96,7 @@ class JobMachine:
 
     def __init__(self) -> None:
         self.state = JobState.STARTING
-        """Observed: moved only through :meth:`_move`, against ``_outcomes``' table."""
+        """Observed: moved only through :meth:`_move`, against the table above."""
         self.cancel: CancelRequest | None = None
         """Requested: None until the first cancel."""
 
