@@ -1,7 +1,7 @@
 """The cancellation check on the hot path: ns per yield with and without workstream's check.
 
 Every yield of a generator run by workstream is a cancellation point: the child's driver
-(``workstream._child._runtime._drive``) sends the item, then reads one byte of the control
+(``workstream._child._job._drive``) sends the item, then reads one byte of the control
 block (an mmap index). User code can add its own checks: ``check_cancelled()`` (raises)
 or ``cancelled()`` (a bool). This script measures what each costs per iteration.
 
@@ -72,29 +72,30 @@ class InProcess:
     """The in-process rows, with a stand-in worker context installed while they run."""
 
     def __init__(self) -> None:
-        from workstream._child import _runtime  # internal: may move; the rows then skip
+        from workstream._child import _context, _job  # internal: may move; the rows then skip
 
-        self.runtime = _runtime
+        self.context = _context
+        self.drive = _job._drive
         self.ctl = mmap.mmap(-1, mmap.PAGESIZE)
-        self.ctx = _runtime._Context(self.ctl, _DropSender())  # type: ignore[arg-type]
+        self.ctx = _context._Context(self.ctl, _DropSender())  # type: ignore[arg-type]
 
     def close(self) -> None:
         self.ctl.close()
 
     def timed(self, fn: Callable[[int], None], n: int) -> float:
-        rt = self.runtime
-        saved = rt._current
-        rt._current = self.ctx
+        context = self.context
+        saved = context._current
+        context._current = self.ctx
         try:
             t0 = bc.perf()
             fn(n)
             return bc.perf() - t0
         finally:
-            rt._current = saved
+            context._current = saved
 
     def rows(self) -> dict[str, tuple[str, Callable[[int], None]]]:
         """name -> (reference name, the timed function of n)."""
-        drive, ctx, ctl = self.runtime._drive, self.ctx, self.ctl
+        drive, ctx, ctl = self.drive, self.ctx, self.ctl
         return {
             BARE: (BARE, lambda n: _consume(w.gen_plain(n))),
             "gen + check_cancelled() per item": (

@@ -83,7 +83,7 @@ def test_cooperative_cancel_of_generator(method: str) -> None:
 @pytest.mark.timeout(30)
 def test_polling_cancelled_and_returning_is_completed(tmp_path: Path) -> None:
     """A plain function that polls cancelled() and returns normally ends Completed with
-    its value: the cancel was observed but never raised into fn (what _runtime._run does)."""
+    its value: the cancel was observed but never raised into fn (what _job._run does)."""
     marker = tmp_path / "ready"
     job = workstream.start(wl.mark_then_poll_cancelled, str(marker))
     started(job, marker)

@@ -115,7 +115,7 @@ def test_huge_declared_frame_does_not_make_the_parent_allocate(tmp_path: Any) ->
         wch.write_raw, _header(Kind.RESULT, 0, 4 << 30) + b"x" * (1 << 20), "stuck",
         grace=0.5,
     )
-    wait_until(lambda: job._runner._decoder.pending >= 16 + (1 << 20), 20,
+    wait_until(lambda: job._runner._intake.decoder.pending >= 16 + (1 << 20), 20,
                "the parent to buffer the first MiB of the frame")
     grown = psutil.Process().memory_info().rss - before
     assert grown < 256 << 20, f"the parent grew by {grown >> 20} MiB"

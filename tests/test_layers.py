@@ -322,6 +322,18 @@ def test_the_layer_maps_name_every_module() -> None:
 
 
 @pytest.mark.timeout(10)
+def test_the_design_map_names_every_module_of_a_subpackage() -> None:
+    """docs/design.md's Layers map has a line for every module of ``_supervisor``,
+    ``_child``, ``_transport``, ``_core`` and ``demo`` (``name.py``), and none that is gone."""
+    text = _design_layers()
+    listed = set(re.findall(r"^ +(\w+)\.py ", text, re.MULTILINE))
+    subpackages = [p for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    files = {p.stem for d in subpackages for p in d.glob("*.py") if p.name != "__init__.py"}
+    assert sorted(files - listed) == [], "docs/design.md's Layers map lacks these modules"
+    assert sorted(listed - files) == [], "docs/design.md's Layers map names modules now gone"
+
+
+@pytest.mark.timeout(10)
 def test_the_layer_maps_list_the_layers_in_the_same_order() -> None:
     """The two maps tell the same story: the top-level entries come in the same order
     (read from their first column)."""

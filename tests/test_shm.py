@@ -41,7 +41,7 @@ def in_shared_memory(a: np.ndarray) -> bool:
 
 
 def blocks_seen(job: workstream.Job) -> int:  # type: ignore[type-arg]
-    channel = job._runner._arrays
+    channel = job._runner._intake.arrays
     return 0 if channel is None else channel.blocks_seen
 
 
@@ -174,7 +174,7 @@ def test_threshold_none_sends_everything_through_the_pipe() -> None:
     assert arena_mappings() == before
     assert [a[0] for a in arrays] == [0, 1, 2, 3, 4]
     assert not any(in_shared_memory(a) for a in arrays)
-    assert job._runner._arrays is None
+    assert job._runner._intake.arrays is None
 
 
 # -- lifetime -----------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 def data_fd() -> int:
     """The child's end of the data pipe, with everything pending written first."""
-    from workstream._child import _runtime
+    from workstream._child import _context
 
-    ctx = _runtime._current
+    ctx = _context._current
     assert ctx is not None
     ctx.sender.flush()
     return ctx.sender._fd

@@ -316,10 +316,10 @@ def _channel_full(fault: str, marker: str) -> Iterator[object]:
     is full), a helper thread records how many items were written whole and faults."""
     written = [0]
 
-    from workstream._child import _runtime
+    from workstream._child import _context
 
-    assert _runtime._current is not None
-    write_lock = _runtime._current.sender._write_lock
+    assert _context._current is not None
+    write_lock = _context._current.sender._write_lock
 
     def helper() -> None:
         # Stalled *inside* a write (the sender's write lock is held): not merely a main

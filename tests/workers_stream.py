@@ -299,9 +299,9 @@ def yield_and_emit(n: int) -> Iterator[object]:
 
 
 def _data_fd() -> int:
-    from workstream._child import _runtime
+    from workstream._child import _context
 
-    ctx = _runtime._current
+    ctx = _context._current
     assert ctx is not None
     ctx.sender.flush()
     return ctx.sender._fd
@@ -370,9 +370,9 @@ def helper_emit_during_main_write(marker_path: str) -> str:
     """A helper thread's emit() ends while the main thread is blocked writing a big frame
     (the parent stopped reading). Once that happened, ``marker_path`` is created; a
     SIGTERM then must not tear the main thread's frame."""
-    from workstream._child import _runtime
+    from workstream._child import _context
 
-    ctx = _runtime._current
+    ctx = _context._current
     assert ctx is not None
     h_in, h_go = threading.Event(), threading.Event()
     helper = threading.Thread(target=workstream.emit, args=(_BlockingPickle(h_in, h_go),))

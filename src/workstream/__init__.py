@@ -11,8 +11,8 @@ is no import cycle; ``docs/design.md`` draws the same map with one line per modu
     _worker                   Worker: warm processes
     _api, _checks, _jobview   start(), Job: caller-side checks, a Job's stream and waiting
     _aio                      asyncio for Job (imported on first use)
-    _supervisor/              parent side: runner thread, ladder, reaping, guard, registry
-    _child/                   runs only in the worker process
+    _supervisor/              parent side: runner thread, intake, ladder, reaping, guard, registry
+    _child/                   runs only in the worker process: start-up, job, report, exit
     _transport/               frames (pure) and fds; imports nothing of ours
     _core/                    job policy as pure code: no I/O, no clock, no threads
     _errors, _outcomes, _options, _linux   leaf modules (stdlib only)
@@ -22,7 +22,7 @@ not the private module that defines it).
 """
 
 from ._api import Job, start
-from ._child._runtime import cancelled, check_cancelled, emit, in_worker, worker_state
+from ._child._context import cancelled, check_cancelled, emit, in_worker, worker_state
 from ._errors import (
     CallbackError,
     Cancelled,

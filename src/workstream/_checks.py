@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ._child._runtime import in_worker
+from ._child._context import in_worker
 from ._errors import UNGUARDED_MAIN_EXIT
 
 

@@ -18,7 +18,7 @@ import cloudpickle
 
 from ._api import Job
 from ._checks import check_can_start, check_fn, check_options_are_not_arguments, describe
-from ._child._runtime import _initialize
+from ._child._job import _initialize
 from ._options import Options, check_grace
 from ._supervisor._worker import WorkerSupervisor
 

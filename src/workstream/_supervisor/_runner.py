@@ -13,7 +13,9 @@ with a timeout equal to the next step of the cancel ladder. The policy is pure c
 ``_core``: ``_core._ladder.Ladder`` says which step is due (ask: the cancel flag, which
 ``JobCore.request_cancel`` also sets at once; interrupt: SIGTERM at ``term_at``; kill:
 SIGKILL to the child and its process group at ``kill_at``) and ``_core._rules.decide``
-turns what this runner saw (``_facts``) into the outcome. This module does the I/O.
+turns what this runner saw (``_facts``) into the outcome. This module does the I/O;
+what comes in on the data pipe (bytes -> frames -> items, delivered; channel errors) is
+the job's ``_intake.Intake``, fed by this loop.
 
 When the child has exited, the runner drains what it wrote (every complete frame is
 delivered; a torn tail is dropped and reported); if the child ended by itself and said
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import select
 import signal
 import sys
@@ -42,25 +43,15 @@ import traceback
 from collections.abc import Callable
 
 from .._core._ladder import Ladder
-from .._core._rules import Facts, Final, FinalKind, decide, keeps_worker
+from .._core._rules import Facts, decide, keeps_worker
 from .._core._seam import take_steps
-from .._errors import DeliveryError
 from .._options import Options
 from .._outcomes import Outcome
-from .._transport import _fds, _framing, _shm
-from ._arrays import ArrayChannel
+from .._transport import _fds
 from ._child_process import ChildProcess
+from ._intake import Intake
 from ._jobcore import JobCore
 from ._process import WorkerProcess
-
-_READ_CHUNK = 1 << 20
-_FINAL_KINDS = {
-    _framing.Kind.RESULT: FinalKind.RESULT,
-    _framing.Kind.ERROR: FinalKind.ERROR,
-    _framing.Kind.CANCELLED: FinalKind.CANCELLED,
-}
-
-_loads = pickle.loads
 
 
 class JobRunner:
@@ -85,16 +76,11 @@ class JobRunner:
         # None again once it returns). Created by the runner thread, which forks it.
         self._child: ChildProcess | None = None
         self._pid: int | None = None
-        self._decoder = _framing.FrameDecoder()
         # What this runner saw (turned into the outcome by _core._rules.decide; _facts):
-        self._final: Final | None = None  # the final report, once it arrived
-        self._final_at: float | None = None  # when it arrived
-        self._ready_seen = False  # True once the child's READY frame was decoded
+        # what the channel told (the intake's), the ladder's steps, the child's exit.
+        self._intake = Intake(core, options)
         self._ladder = Ladder()  # the steps of the cancel ladder taken so far
         self._exited = False  # True once the child's exit was seen (pidfd / sentinel)
-        self._channel_error: str | None = None  # why the channel is not our protocol
-        self._delivery_error: DeliveryError | None = None  # an item not unpicklable here
-        self._arrays: ArrayChannel | None = None  # large buffers in shared memory
         # Warm workers only (run_on): the job's bytes still to write to the jobs pipe,
         # and a hook called when the wake pipe fires (the Worker's own requests).
         self._warm = False
@@ -146,8 +132,8 @@ class JobRunner:
         self._control_fd = None  # the child process's now
         payload, self._payload = self._payload, b""
         child.launch(control, payload=payload, close_in_child=self.core.wake_fds)
-        self._arrays = child.arrays
         self._pid = child.pid
+        self._intake.attach(child.pid, child.arrays)
         with self.core.lock:
             self.core.pid = child.pid
 
@@ -167,6 +153,7 @@ class JobRunner:
             poller.register(self._out_fd, select.POLLOUT)
         reading = True
         data_open = True
+        intake = self._intake
         control = core.control
         assert control is not None
         while True:
@@ -181,7 +168,7 @@ class JobRunner:
                 control[_fds.READER_IDLE] = 0
             for fd, _event in events:
                 if fd == data_r:
-                    if not self._read_available(data_r):
+                    if not intake.read_available(data_r):
                         data_open = False
                         poller.unregister(data_r)
                 elif fd == exit_fd:
@@ -196,7 +183,7 @@ class JobRunner:
                         self.on_wake()
             if self._exited:
                 break
-            if self._warm and self._final is not None:
+            if self._warm and intake.final is not None:
                 return  # the job is over; the warm process waits for the next one
             if data_open:
                 want = not core.should_pause_reading()
@@ -208,7 +195,7 @@ class JobRunner:
                         self._tell_buffer_full()
                     reading = want
         if data_open:
-            self._drain(data_r)
+            intake.drain(data_r)
 
     def _tell_buffer_full(self) -> None:
         """The buffer is full and reading paused: wake whoever waits for the job's end
@@ -230,21 +217,23 @@ class JobRunner:
         """
         self._warm = True
         # READY comes once per process (in its first job, the initializer's stream).
-        self._ready_seen = process.said_ready
+        intake = self._intake
+        intake.ready_seen = process.said_ready
         self._child = process.child
         self._pid = process.child.pid
         self._out_fd = process.child.jobs_w
         self._outbox = memoryview(job_frame)
-        self._arrays = process.child.arrays  # the process's; never closed by this job
-        if self._arrays is not None:
-            self._arrays.copy = self._options.shm_copy
+        # The process's shared-memory channel; never closed by this job.
+        intake.attach(process.child.pid, process.child.arrays)
+        if intake.arrays is not None:
+            intake.arrays.copy = self._options.shm_copy
         keep = False
         try:
             assert self._pid is not None
             self.core.mark_running(self._pid)  # before the child can run any of fn
             self._write_outbox()
             self._loop()
-            process.said_ready = self._ready_seen
+            process.said_ready = intake.ready_seen
             keep = keeps_worker(
                 self._facts(None), gone=self._exited, job_written=self._outbox is None
             )
@@ -254,7 +243,7 @@ class JobRunner:
                 # its jobs pipe and it exits 0, and its own children get the rest of the
                 # grace to follow. Otherwise it is killed, with its group.
                 exit_code = process.retire(
-                    graceful=self._final is not None, children_deadline=self.children_deadline,
+                    graceful=intake.final is not None, children_deadline=self.children_deadline,
                     wake_fd=self.core.wake_fd, on_wake=self.on_wake,
                 )
             outcome = decide(self._facts(exit_code, kept_warm=keep))
@@ -268,7 +257,7 @@ class JobRunner:
             ))
         finally:
             self._child = None  # the Worker's, not ours
-            self._arrays = None
+            intake.arrays = None
         return outcome, keep
 
     def _write_outbox(self) -> bool:
@@ -291,127 +280,6 @@ class JobRunner:
         self._outbox = None
         return True
 
-    def _read_available(self, fd: int) -> bool:
-        """Read one chunk and process it; return False at end of file."""
-        try:
-            chunk = os.read(fd, _READ_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return True
-        if not chunk:
-            return False
-        self._feed(chunk)
-        return True
-
-    def _drain(self, fd: int) -> None:
-        """The child has exited: everything it wrote is in the pipe. Read it all."""
-        os.set_blocking(fd, False)
-        while True:
-            try:
-                chunk = os.read(fd, _READ_CHUNK)
-            except BlockingIOError:
-                return
-            except OSError:
-                return
-            if not chunk:
-                return
-            self._feed(chunk)
-
-    def _feed(self, chunk: bytes) -> None:
-        if self._channel_error is not None:
-            return
-        try:
-            frames = self._decoder.feed(chunk)
-        except _framing.FrameError as exc:
-            frames = exc.frames  # the valid frames before the fault are still delivered
-            self._channel_broken(str(exc))
-        core = self.core
-        batch: list[object] = []
-        nbytes = 0
-        for index, frame in enumerate(frames):
-            kind = frame.kind
-            if (kind is _framing.Kind.READY) == self._ready_seen:
-                # READY comes first and once: anything else is not our child's protocol.
-                what = "a second READY frame" if self._ready_seen else f"{kind.name} before READY"
-                self._channel_broken(f"frame #{self._frame_number(frames, index)}: {what}")
-                break
-            if kind is _framing.Kind.ITEMS:
-                if core.discarding() or self._delivery_error is not None:
-                    core.count_discarded(frame.count)
-                    if self._arrays is not None:
-                        self._arrays.release_unread(frame.item_payloads())
-                elif self._decode_items(frame, batch):
-                    nbytes += len(frame.body)
-            elif kind is _framing.Kind.READY:
-                assert self._pid is not None
-                self._ready_seen = True
-                core.mark_running(self._pid)
-            else:
-                self._final = Final(_FINAL_KINDS[kind], frame.body)
-                self._final_at = time.monotonic()
-        if self._arrays is not None:  # shared-memory bytes count for backpressure too
-            nbytes += self._arrays.take_new_bytes()
-        if batch:  # one hand-over (one lock, one wake-up) per chunk read, not per frame
-            core.deliver(batch, nbytes)
-        if self._delivery_error is not None and core.cancel is None:
-            self._request_internal_cancel(grace=self._options.grace)
-
-    def _channel_broken(self, detail: str) -> None:
-        """Record a malformed channel (once) and kill the child at once."""
-        if self._channel_error is None:
-            detail = f"malformed data channel: {detail}"
-            self._channel_error = detail
-            self._request_internal_cancel(grace=0.0)
-
-    def _frame_number(self, frames: list[_framing.Frame], index: int) -> int:
-        """The 1-based position in the whole stream of ``frames[index]``."""
-        return self._decoder.frames_decoded - len(frames) + index + 1
-
-    def _decode_items(self, frame: _framing.Frame, out: list[object]) -> bool:
-        """Unpickle the frame's items onto ``out``; on failure record a DeliveryError.
-
-        The fast path unpickles plain payloads in one C loop; a payload with buffers in
-        shared memory (first byte 0x00, never a pickle's) makes it fail over to
-        :meth:`ArrayChannel.loads` for that item and resume after it.
-        """
-        payloads = frame.item_payloads()
-        # BaseException: a reconstructor may call sys.exit(); on the runner thread that
-        # must end the job as an undeliverable item, not as an internal error.
-        base = len(out)
-        rest = iter(payloads)
-        while True:
-            try:
-                out.extend(map(_loads, rest))  # appends item by item: survives a failure
-                return True
-            except BaseException as exc:
-                index = len(out) - base  # the payload that failed
-                error: BaseException = exc
-            payload = payloads[index]
-            if self._arrays is not None and _shm.is_out_of_band(payload):
-                try:
-                    out.append(self._arrays.loads(payload))
-                    # Else the frame -> error -> traceback -> frame cycle would keep
-                    # ``out`` (the batch) and its shared-memory arrays until a gc pass.
-                    del error
-                    continue
-                except BaseException as exc:
-                    error = exc
-            break
-        if self._arrays is not None:
-            self._arrays.release_unread(payloads[index + 1 :])
-        err = DeliveryError(
-            f"item #{self.core.items_received + len(out) + 1} could not be unpickled in the "
-            f"parent ({type(error).__name__}: {error}); the job was cancelled"
-        )
-        err.__cause__ = error
-        self._delivery_error = err
-        self.core.count_discarded(frame.count - index)
-        return False
-
-    def _request_internal_cancel(self, grace: float) -> None:
-        # Not discard=True: the good items already queued stay deliverable; the runner
-        # itself stops decoding anything that arrives after the error.
-        self.core.request_cancel(grace, self._options.term_delay(grace), discard=False)
-
     # -- the ladder ---------------------------------------------------------------------
 
     def _escalate(self) -> int | None:
@@ -422,11 +290,12 @@ class JobRunner:
         ``grace`` after its final report) is ``_core._ladder.Ladder``'s; this runner
         only carries the steps out, as a ``_core._seam.Transport``.
         """
-        if self.core.cancel is None and self._final_at is None:
+        final_at = self._intake.final_at
+        if self.core.cancel is None and final_at is None:
             return None  # the common case, per chunk read: Ladder.due would say so too
         now = time.monotonic()
         due = self._ladder.due(
-            self.core.cancel, now, gone=self.gone(), final_at=self._final_at,
+            self.core.cancel, now, gone=self.gone(), final_at=final_at,
             grace=self._options.grace,
         )
         take_steps(due, self)
@@ -478,7 +347,8 @@ class JobRunner:
         req = self.core.cancel
         if req is not None:
             return req.kill_at
-        start = self._final_at if self._final_at is not None else time.monotonic()
+        final_at = self._intake.final_at
+        start = final_at if final_at is not None else time.monotonic()
         return start + self._options.grace
 
     def _let_children_exit(self) -> None:
@@ -489,7 +359,7 @@ class JobRunner:
         SIGKILLed it (the ladder's end). A shorter cancel meanwhile shortens the wait.
         """
         child = self._child
-        if child is None or self._ladder.killed or self._final is None:
+        if child is None or self._ladder.killed or self._intake.final is None:
             return
         child.let_children_exit(
             self.core.control, self.children_deadline, self.core.wake_fd, self.on_wake
@@ -515,6 +385,7 @@ class JobRunner:
     ) -> Facts:
         """What this runner saw, for ``_core._rules.decide`` (measured to now)."""
         core = self.core
+        intake = self._intake
         req = core.cancel
         return Facts(
             started_at=self._started_at, now=time.monotonic(), pid=self._pid,
@@ -522,10 +393,10 @@ class JobRunner:
             items_discarded=core.items_discarded,
             cancel_requested_at=None if req is None else req.requested_at,
             launched=launched, start_error=start_error, internal_error=internal_error,
-            channel_error=self._channel_error, delivery_error=self._delivery_error,
-            final=self._final, interrupted=self._ladder.interrupted,
-            killed=self._ladder.killed, torn_bytes=self._decoder.pending,
-            ready_seen=self._ready_seen, main_file=_main_file(), kept_warm=kept_warm,
+            channel_error=intake.channel_error, delivery_error=intake.delivery_error,
+            final=intake.final, interrupted=self._ladder.interrupted,
+            killed=self._ladder.killed, torn_bytes=intake.decoder.pending,
+            ready_seen=intake.ready_seen, main_file=_main_file(), kept_warm=kept_warm,
         )
 
     def _build_outcome(self, exit_code: int | None) -> Outcome:

@@ -1,0 +1,81 @@
+"""The final report's body: how a job ended, in the form the parent reads.
+
+Runs only in the child. An ERROR report carries the exception's type name, its message,
+the traceback text (from the user's first frame) and the exception itself if it pickles;
+a CANCELLED report says how the cancel arrived and carries fn's value if it returned one.
+Building a report never raises for a broken ``__str__`` or an unpicklable exception.
+"""
+
+from __future__ import annotations
+
+import builtins
+import pickle
+import traceback
+from types import TracebackType
+from typing import Any
+
+from .._errors import Cancelled
+from ._context import _Context
+from ._sender import dumps_with_fallback
+
+
+def _user_traceback(exc: BaseException) -> str:
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith(
+        "workstream._child"
+    ) and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _error_body(exc: BaseException, context: str = "") -> bytes:
+    try:
+        exc_bytes: bytes | None = dumps_with_fallback(exc)
+    except BaseException:  # unpicklable, or a __reduce__ that calls sys.exit()
+        exc_bytes = None
+    try:
+        message = str(exc)
+    except BaseException as str_error:  # a broken __str__ must not lose the report
+        message = f"<str() of the exception raised {type(str_error).__name__}>"
+    if context:
+        message = f"{context}: {message}" if message else context
+    report = {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        "message": message,
+        "traceback": _user_traceback(exc),
+        "exc": exc_bytes,
+    }
+    return pickle.dumps(report, pickle.HIGHEST_PROTOCOL)
+
+
+def _cancelled_body(ctx: _Context, remote_traceback: str, value: bytes | None) -> bytes:
+    report = {
+        "by": ctx.cancel_source or ("sigterm" if ctx.sigterm_received else "cooperative"),
+        "traceback": remote_traceback,
+        "value": value,
+    }
+    return pickle.dumps(report, pickle.HIGHEST_PROTOCOL)
+
+
+def _chained(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception reachable from it: causes, contexts, group members."""
+    group_type: Any = getattr(builtins, "BaseExceptionGroup", ())
+    seen: set[int] = set()
+    out: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        out.append(e)
+        todo.append(e.__cause__)
+        todo.append(e.__context__)
+        if isinstance(e, group_type):
+            todo.extend(e.exceptions)
+    return out
+
+
+def _interrupts_cancel(exc: BaseException) -> bool:
+    """True if ``exc`` was raised while a :class:`Cancelled` was propagating."""
+    return any(isinstance(e, Cancelled) for e in _chained(exc)[1:])
