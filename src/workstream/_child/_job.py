@@ -18,6 +18,7 @@ from .._errors import Cancelled
 from .._transport import _framing
 from . import _context
 from ._context import _Context
+from ._mainmodule import adopt_main_definitions
 from ._report import _cancelled_body, _chained, _error_body, _interrupts_cancel, _user_traceback
 from ._sender import dumps_with_fallback
 from ._sourcemap import _restore_filenames
@@ -81,6 +82,7 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
         fn, args = pickle.loads(payload)
         with contextlib.suppress(Exception):
             _restore_filenames(fn)
+            adopt_main_definitions((fn, args))
         if ctx.ctl[0]:
             raise ctx.make_cancelled("cooperative")
         value = fn(*args)
@@ -126,6 +128,7 @@ def _initialize(initializer: Any, *args: Any) -> None:
     """A warm worker's first job: run the initializer and keep what it returns."""
     with contextlib.suppress(Exception):
         _restore_filenames(initializer)
+        adopt_main_definitions((initializer, args))
     ctx = _context._current
     assert ctx is not None
     ctx.state = initializer(*args) if initializer is not None else None

@@ -4,6 +4,11 @@ Runs only in the child. SIGTERM sets the cancel flag and, while user code runs, 
 :class:`Cancelled` at the next bytecode; while our own code runs (pickling, writing a
 frame) it only sets the flag, so a frame is never torn and a yielded item is never
 half-sent. Between a warm worker's jobs it means "exit", as for any process.
+
+A process the job forks (a ``multiprocessing.Pool`` or DataLoader worker under fork) is
+not the worker: it leaves the worker's context and gets SIGTERM's default action back
+(:func:`_leave_worker_in_fork`), so terminating it does not raise our ``Cancelled`` in
+it, nor set the job's cancel flag in the control block it shares with the worker.
 """
 
 from __future__ import annotations
@@ -56,3 +61,15 @@ def _interrupted_user_code(frame: FrameType | None) -> bool:
             return False
         f = f.f_back
     return False
+
+
+def _leave_worker_in_fork() -> None:
+    """In a child forked by a worker: forget the worker's context and restore SIGTERM's
+    default action. A no-op in any other process (the application, the fork server)."""
+    if _context._current is None:
+        return
+    _context._current = None
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_leave_worker_in_fork)
