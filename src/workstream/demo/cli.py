@@ -34,16 +34,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _run_gui(args)
     if args.screenshot is not None:
         parser.error("--screenshot needs --gui")
-    missing = missing_demo_dependencies()
-    if missing:
-        print(f"workstream demo needs numpy and rich; missing: {', '.join(missing)}.\n"
-              f"Install them with:  {INSTALL_HINT}", file=sys.stderr)
-        return EXIT_USAGE
-    from .terminal import run_demo
+    try:  # Ctrl-C while importing, or outside the live view (a started job is stopped)
+        missing = missing_demo_dependencies()
+        if missing:
+            print(f"workstream demo needs numpy and rich; missing: {', '.join(missing)}.\n"
+                  f"Install them with:  {INSTALL_HINT}", file=sys.stderr)
+            return EXIT_USAGE
+        from .terminal import run_demo
 
-    try:
         return run_demo(DemoSettings.from_args(args))
-    except KeyboardInterrupt:  # outside the live view; a started job is stopped at exit
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
