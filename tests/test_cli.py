@@ -380,7 +380,8 @@ class _EnumRung(str, enum.Enum):
 
 def test_one_report_for_both_front_ends() -> None:
     """The terminal and the window print the same rows, from one builder: for a cancelled
-    job who stopped it, the rung, the latency with the grace, how it stopped, and the
+    job who stopped it, the latency with the grace, how it stopped (no jargon row with the
+    bare rung), and the
     child's exit in the library's words."""
     presses = demo_report.StopPresses(grace=2.0, term_after=1.0, kill_label="Kill now")
     presses.press("the Stop button", 1000.0)
@@ -394,7 +395,6 @@ def test_one_report_for_both_front_ends() -> None:
         "items received": "1",
         "last loss": "0.5000 at step 6 (accuracy 75.0%)",
         "stopped by": "the Stop button",
-        "rung": "cooperative",
         "stop latency": "12 ms (grace 2 s)",
         "how it stopped": "stopped at a yield 12 ms after Stop",
         "child": f"pid 4242, {workstream.describe_exit(0)}",
@@ -416,8 +416,9 @@ def test_rung_words_take_a_string_or_a_string_enum() -> None:
         outcome = _cancelled(rung, 1.04)  # type: ignore[arg-type]
         assert demo_report.describe_stop(outcome, presses) == (
             "did not stop within 1 s, so it was sent SIGTERM, and stopped 40 ms later")
-        assert dict(demo_report.report_rows(outcome, demo_report.Received(), presses,
-                                            demo_report.Leftovers(0, "")))["rung"] == "sigterm"
+        rows = dict(demo_report.report_rows(outcome, demo_report.Received(), presses,
+                                            demo_report.Leftovers(0, "")))
+        assert rows["how it stopped"].startswith("did not stop within 1 s")
     unpressed = demo_report.StopPresses(grace=2.0, term_after=1.0, kill_label="Kill now")
     assert demo_report.describe_stop(_cancelled(_EnumRung.SIGTERM, 1.0),  # type: ignore[arg-type]
                                      unpressed) == demo_report.RUNG_WORDS["sigterm"]
@@ -507,3 +508,14 @@ def test_ctrl_c_while_the_demo_imports_says_interrupted(
     monkeypatch.setattr(cli, "missing_demo_dependencies", interrupted)
     assert main(["demo", "--steps", "5"]) == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_cooperative_stop_before_the_first_item_says_so() -> None:
+    """Regression: a very early Ctrl-C (no item sent) was reported as "stopped at a yield",
+    but the item of the yield that sees a cancel is always sent first: a cooperative stop
+    with none sent came before the function's first yield."""
+    stop = _pressed()
+    early = CancelledOutcome(pid=4242, items_delivered=0, exit_code=0, duration=0.1,
+                             rung="cooperative", stop_latency=0.019)  # type: ignore[arg-type]
+    assert demo_report.describe_stop(early, stop.presses) == (
+        "stopped before its first item, 19 ms after Stop")
