@@ -454,24 +454,31 @@ where = sys.argv[1]
 def ctrl_c_twice():
     os.kill(os.getpid(), signal.SIGINT)
     os.kill(os.getpid(), signal.SIGINT)
-original = getattr(terminal, where)
-def patched(*args, **kwargs):
-    if where == "leftover_processes":
-        ctrl_c_twice()
-    result = original(*args, **kwargs)
-    if where == "print_report":
-        ctrl_c_twice()
-    return result
-setattr(terminal, where, patched)
-sys.exit(main(["demo", "--steps", "5"]))
+if where != "exit":
+    original = getattr(terminal, where)
+    def patched(*args, **kwargs):
+        if where == "leftover_processes":
+            ctrl_c_twice()
+        result = original(*args, **kwargs)
+        if where == "print_report":
+            ctrl_c_twice()
+        return result
+    setattr(terminal, where, patched)
+status = main(["demo", "--steps", "5"])
+if where == "exit":  # Python's own handler would be SIG_DFL again later in the exit
+    ctrl_c_twice()
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    print("SIGINT at exit:", "ignored" if ignored else "handled by Python")
+sys.exit(status)
 """
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("where", ["leftover_processes", "print_report"])
+@pytest.mark.parametrize("where", ["leftover_processes", "print_report", "exit"])
 def test_ctrl_c_after_the_job_ended_keeps_the_report(where: str) -> None:
     """Regression: a Ctrl-C (sent by the demo to itself, so it lands exactly there) in the
-    leftover scan or after the report lost the report or turned the exit status into 130."""
+    leftover scan, after the report or while the process exits lost the report or turned
+    the exit status into 130 (killed by SIGINT)."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         pytest.skip("SIGINT is ignored in this process (and so in the demo): no Ctrl-C")
     proc = subprocess.run([sys.executable, "-c", _SELF_SIGINT, where], capture_output=True,
@@ -480,6 +487,8 @@ def test_ctrl_c_after_the_job_ended_keeps_the_report(where: str) -> None:
     assert "interrupted" not in proc.stderr, proc.stderr
     if where == "leftover_processes":
         assert "Ctrl-C: the worker has already stopped." in proc.stdout
+    if where == "exit":  # else a Ctrl-C late in the exit kills it: status 130 in a shell
+        assert "SIGINT at exit: ignored" in proc.stdout
 
 
 def test_ctrl_c_while_the_command_line_is_read_says_interrupted(

@@ -56,7 +56,8 @@ def run_demo(settings: DemoSettings) -> int:
     just presses Stop), the job is waited for before the report, and any other exception
     leaving the live view (a closed stdout) cancels the job and waits for it. Once the job
     has ended, Ctrl-C no longer raises (see :class:`LateInterrupts`): the report is always
-    printed, and the process exits with the report's status.
+    printed, and the process exits with the report's status; after the report SIGINT is
+    ignored for the rest of the process (this is the command's body: it only exits then).
     """
     console = Console(highlight=False)
     _print_intro(console, settings)
@@ -83,6 +84,7 @@ def run_demo(settings: DemoSettings) -> int:
         again = "Ctrl-C" if stop.presses.at is None else "Ctrl-C again"
         view.announce(f"{again}: the worker has already stopped.")
     print_report(console, outcome, received, stop.presses, left)
+    late.ignore_from_now_on()
     return exit_status(outcome, left)
 
 
@@ -161,16 +163,25 @@ class LateInterrupts:
     :meth:`install` replaces the SIGINT handler (only on the main thread, where Python
     runs signal handlers) for the rest of the process: the demo is only printing its
     report and exiting then, and a KeyboardInterrupt there (in the psutil scan, in the
-    table, at interpreter exit) would lose the report or turn the exit status into 130.
+    table) would lose the report. :meth:`ignore_from_now_on` then ignores SIGINT: at
+    interpreter exit Python puts back the default action of a handler it set (not of
+    SIG_IGN), so a Ctrl-C there would kill the process (exit status 130 in a shell).
     """
 
     def __init__(self) -> None:
         self.count = 0
+        self._installed = False
 
     def install(self) -> None:
         """From now on, count SIGINTs (main thread only; elsewhere do nothing)."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+
+    def ignore_from_now_on(self) -> None:
+        """Ignore SIGINT for the rest of the process (if :meth:`install` took it)."""
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
