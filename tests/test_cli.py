@@ -528,3 +528,22 @@ def test_a_cooperative_stop_before_the_first_item_says_so() -> None:
                              rung="cooperative", stop_latency=0.019)  # type: ignore[arg-type]
     assert demo_report.describe_stop(early, stop.presses) == (
         "stopped before its first item, 19 ms after Stop")
+
+
+def test_ctrl_c_while_qt_is_imported_says_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while ``--gui`` imports Qt: "interrupted", 130, no traceback."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def interrupted_gui(name: str, *args: object, **kwargs: object) -> object:
+        if name == "gui" or name.endswith("demo.gui"):
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.delitem(sys.modules, "workstream.demo.gui", raising=False)
+    monkeypatch.setattr(builtins, "__import__", interrupted_gui)
+    assert main(["demo", "--gui", "--steps", "5"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
