@@ -1,12 +1,11 @@
 """The seed's GUI + listener + worker, written with workstream and Qt (PySide6).
 
-The original: a Worker process filling a multiprocessing.Queue, a Listener thread blocked
-in queue.get(), a System "GUI" whose stop() calls terminate() and hangs or leaves a zombie
-(68 lines, no window). Here the worker is a generator, workstream.qt.QtJob replaces the
-listener thread, Stop is job.cancel(), and closing the window cancels too: 66 lines with
-a real window, and it never hangs. Run: python examples/seed_qt.py [--stop-after SECONDS]
+The original: a Worker process filling a multiprocessing.Queue, a Listener thread blocked in
+queue.get(), a "GUI" whose stop() hangs or leaves a zombie (68 lines, no window). Here: a
+generator, QtJob as the listener, Stop is job.cancel(), closing the window cancels: 67 lines.
 """
 
+import argparse
 import sys
 
 
@@ -63,4 +62,6 @@ def main(stop_after=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main(float(sys.argv[2]) if sys.argv[1:2] == ["--stop-after"] else None))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stop-after", type=float, metavar="SECONDS", help="Start, Stop, quit")
+    sys.exit(main(parser.parse_args().stop_after))

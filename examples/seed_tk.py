@@ -1,10 +1,11 @@
 """The seed's GUI + listener + worker, written with workstream and Tkinter.
 
 As examples/seed_qt.py, with workstream.tk.TkJob in place of the seed's listener thread:
-the worker is a generator, Stop is job.cancel(), closing the window cancels the job: 60
-lines (the seed's: 68, no window). Run: python examples/seed_tk.py [--stop-after SECONDS]
+the worker is a generator, Stop is job.cancel(), closing the window cancels the job: 63
+lines (the seed's: 68, no window). Run it with --help for its options.
 """
 
+import argparse
 import sys
 import tkinter
 
@@ -57,4 +58,6 @@ def main(stop_after=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main(float(sys.argv[2]) if sys.argv[1:2] == ["--stop-after"] else None))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stop-after", type=float, metavar="SECONDS", help="Start, Stop, quit")
+    sys.exit(main(parser.parse_args().stop_after))

@@ -474,3 +474,17 @@ def test_cancel_after_the_end_returns_false() -> None:
     assert job.cancel(grace=0) is False
     assert job.cancel_requested is False
     assert type(job.outcome) is workstream.Completed
+
+
+def test_unknown_worker_option_says_worker_takes_no_function() -> None:
+    """Regression: ``Worker(epochs=3)`` said "keyword arguments to fn", but Worker() takes
+    no fn; the message now says where the function and its keyword arguments go."""
+    with pytest.raises(TypeError) as info:
+        workstream.Worker(epochs=3)  # type: ignore[call-arg]
+    message = str(info.value)
+    assert message.startswith("workstream.Worker() got unknown option(s) 'epochs'; ")
+    assert message.endswith("Worker() takes no function: pass one to worker.start(fn, "
+                            "*args), with keyword arguments as functools.partial(fn, "
+                            "name=value)")
+    with pytest.raises(TypeError, match=r"To pass keyword arguments to fn, use functools"):
+        workstream.start(workers.count, 2, epochs=3)  # type: ignore[call-arg]

@@ -380,7 +380,8 @@ class _EnumRung(str, enum.Enum):
 
 def test_one_report_for_both_front_ends() -> None:
     """The terminal and the window print the same rows, from one builder: for a cancelled
-    job who stopped it, the rung, the latency with the grace, how it stopped, and the
+    job who stopped it, the latency with the grace, how it stopped (no jargon row with the
+    bare rung), and the
     child's exit in the library's words."""
     presses = demo_report.StopPresses(grace=2.0, term_after=1.0, kill_label="Kill now")
     presses.press("the Stop button", 1000.0)
@@ -394,7 +395,6 @@ def test_one_report_for_both_front_ends() -> None:
         "items received": "1",
         "last loss": "0.5000 at step 6 (accuracy 75.0%)",
         "stopped by": "the Stop button",
-        "rung": "cooperative",
         "stop latency": "12 ms (grace 2 s)",
         "how it stopped": "stopped at a yield 12 ms after Stop",
         "child": f"pid 4242, {workstream.describe_exit(0)}",
@@ -416,8 +416,9 @@ def test_rung_words_take_a_string_or_a_string_enum() -> None:
         outcome = _cancelled(rung, 1.04)  # type: ignore[arg-type]
         assert demo_report.describe_stop(outcome, presses) == (
             "did not stop within 1 s, so it was sent SIGTERM, and stopped 40 ms later")
-        assert dict(demo_report.report_rows(outcome, demo_report.Received(), presses,
-                                            demo_report.Leftovers(0, "")))["rung"] == "sigterm"
+        rows = dict(demo_report.report_rows(outcome, demo_report.Received(), presses,
+                                            demo_report.Leftovers(0, "")))
+        assert rows["how it stopped"].startswith("did not stop within 1 s")
     unpressed = demo_report.StopPresses(grace=2.0, term_after=1.0, kill_label="Kill now")
     assert demo_report.describe_stop(_cancelled(_EnumRung.SIGTERM, 1.0),  # type: ignore[arg-type]
                                      unpressed) == demo_report.RUNG_WORDS["sigterm"]
@@ -443,3 +444,106 @@ def test_the_guard_is_a_helper_however_it_is_run(cmdline: tuple[str, ...], helpe
     """The left-over check skips workstream's guard whether it runs as ``-c`` source, a
     module or a file (its command line starts ``python -I -S``), and nothing else."""
     assert demo_report._is_helper(_FakeProcess(*cmdline)) is helper
+
+
+_SELF_SIGINT = """
+import os, signal, sys
+from workstream.__main__ import main
+from workstream.demo import terminal
+where = sys.argv[1]
+def ctrl_c_twice():
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+if where != "exit":
+    original = getattr(terminal, where)
+    def patched(*args, **kwargs):
+        if where == "leftover_processes":
+            ctrl_c_twice()
+        result = original(*args, **kwargs)
+        if where == "print_report":
+            ctrl_c_twice()
+        return result
+    setattr(terminal, where, patched)
+status = main(["demo", "--steps", "5"])
+if where == "exit":  # Python's own handler would be SIG_DFL again later in the exit
+    ctrl_c_twice()
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    print("SIGINT at exit:", "ignored" if ignored else "handled by Python")
+sys.exit(status)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["leftover_processes", "print_report", "exit"])
+def test_ctrl_c_after_the_job_ended_keeps_the_report(where: str) -> None:
+    """Regression: a Ctrl-C (sent by the demo to itself, so it lands exactly there) in the
+    leftover scan, after the report or while the process exits lost the report or turned
+    the exit status into 130 (killed by SIGINT)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored in this process (and so in the demo): no Ctrl-C")
+    proc = subprocess.run([sys.executable, "-c", _SELF_SIGINT, where], capture_output=True,
+                          text=True, env=ENV, timeout=50, encoding="utf-8", errors="replace")
+    check_clean(proc, "completed")
+    assert "interrupted" not in proc.stderr, proc.stderr
+    if where == "leftover_processes":
+        assert "Ctrl-C: the worker has already stopped." in proc.stdout
+    if where == "exit":  # else a Ctrl-C late in the exit kills it: status 130 in a shell
+        assert "SIGINT at exit: ignored" in proc.stdout
+
+
+def test_ctrl_c_while_the_command_line_is_read_says_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: Ctrl-C while the parser's defaults import numpy printed a traceback."""
+    from workstream.demo import settings
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(settings, "_default_steps", interrupted)
+    assert main(["demo", "--steps", "5"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_ctrl_c_while_the_demo_imports_says_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the demo looks for numpy and rich: "interrupted", 130, no traceback."""
+    from workstream.demo import cli
+
+    def interrupted() -> list[str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "missing_demo_dependencies", interrupted)
+    assert main(["demo", "--steps", "5"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_a_cooperative_stop_before_the_first_item_says_so() -> None:
+    """Regression: a very early Ctrl-C (no item sent) was reported as "stopped at a yield",
+    but the item of the yield that sees a cancel is always sent first: a cooperative stop
+    with none sent came before the function's first yield."""
+    stop = _pressed()
+    early = CancelledOutcome(pid=4242, items_delivered=0, exit_code=0, duration=0.1,
+                             rung="cooperative", stop_latency=0.019)  # type: ignore[arg-type]
+    assert demo_report.describe_stop(early, stop.presses) == (
+        "stopped before its first item, 19 ms after Stop")
+
+
+def test_ctrl_c_while_qt_is_imported_says_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while ``--gui`` imports Qt: "interrupted", 130, no traceback."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def interrupted_gui(name: str, *args: object, **kwargs: object) -> object:
+        if name == "gui" or name.endswith("demo.gui"):
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.delitem(sys.modules, "workstream.demo.gui", raising=False)
+    monkeypatch.setattr(builtins, "__import__", interrupted_gui)
+    assert main(["demo", "--gui", "--steps", "5"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"

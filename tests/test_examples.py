@@ -55,3 +55,14 @@ def test_seed_tk_runs_under_xvfb_and_stops_cleanly(display: str) -> None:
 def test_examples_are_shorter_than_the_seed(name: str) -> None:
     """The README's claim: the port, window included, is shorter than the seed."""
     assert len((EXAMPLES / name).read_text().splitlines()) < SEED_LINES
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["seed_qt.py", "seed_tk.py"])
+def test_examples_say_their_options_on_help(name: str) -> None:
+    """Regression: ``--help`` was ignored and opened a window that never closed by itself."""
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), "--help"], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "QT_QPA_PLATFORM": "offscreen",
+                                                      "DISPLAY": ":nothing"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: {name} [-h] [--stop-after SECONDS]"), proc.stdout

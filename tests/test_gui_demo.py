@@ -65,7 +65,6 @@ def test_clean_stop_saves_a_screenshot(tmp_path: pathlib.Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert rows["outcome"] == "cancelled", proc.stdout
     assert rows["stopped by"] == "--stop-after 1.5 s"
-    assert rows["rung"] == "cooperative"
     assert float(rows["stop latency"].split(" ms")[0]) < 1000
     assert rows["how it stopped"].startswith("stopped at a yield "), proc.stdout
     assert int(rows["items received"]) > 0
@@ -83,7 +82,7 @@ def test_stop_takes_effect_within_the_grace_in_stuck_mode() -> None:
     rows = report(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert rows["outcome"] == "cancelled"
-    assert rows["rung"] in {"sigterm", "sigkill"}, proc.stdout
+    assert "SIGTERM" in rows["how it stopped"], proc.stdout
     assert float(rows["stop latency"].split(" ms")[0]) < 2500
     assert rows["processes left"].startswith("0 ")
     assert wall < 20

@@ -86,9 +86,16 @@ def test_readme_example_for_ci_is_the_first_screens_example() -> None:
 # -- ./dev, with a stand-in interpreter ------------------------------------------------
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Records each call; `-m venv DIR` makes DIR/bin/python a copy of this script.
+# Records each call; `-m venv [--clear] DIR` makes DIR/bin/python a copy of this script.
 echo "$*" >> "$FAKE_LOG"
-if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python"; fi
+if [ "$1 $2" = "-m venv" ]; then mkdir -p "${@: -1}/bin" && cp "$0" "${@: -1}/bin/python"; fi
+exit 0
+"""
+
+HALF_MADE_PYTHON = """#!/usr/bin/env bash
+# The python of a venv whose creation was interrupted: it has no pip.
+echo "$*" >> "$FAKE_LOG"
+if [ "$1 $2" = "-m pip" ]; then echo "No module named pip" >&2; exit 1; fi
 exit 0
 """
 
@@ -166,3 +173,29 @@ def test_dev_treats_an_older_full_install_as_complete(tmp_path: pathlib.Path) ->
     for args in (("demo", "--gui"), ("test",)):
         _, calls = dev.run(*args)
         assert dev.installs(calls) == [], args
+
+
+def test_dev_remakes_a_venv_whose_creation_was_interrupted(tmp_path: pathlib.Path) -> None:
+    """Regression: Ctrl-C during `python -m venv` left a venv without pip, and every later
+    `./dev demo` failed "No module named pip"; ./dev now makes it again, then installs."""
+    dev = Dev(tmp_path)
+    (dev.venv / "bin").mkdir(parents=True)
+    half_made = dev.venv / "bin" / "python"
+    half_made.write_text(HALF_MADE_PYTHON)
+    half_made.chmod(0o755)
+    out, calls = dev.run("demo")
+    assert "has no pip (its creation was interrupted?): making it again" in out
+    assert f"-m venv --clear {dev.venv}" in calls
+    assert dev.installs(calls) == ["demo"]
+    assert half_made.read_text() == FAKE_PYTHON  # the stand-in of a complete venv
+
+    out, calls = dev.run("demo")
+    assert dev.installs(calls) == [] and out == ""
+
+
+def test_dev_says_what_the_qt_extra_downloads() -> None:
+    """The size said before installing PySide6 is at least its wheel's (80 MB)."""
+    text = (ROOT / "dev").read_text()
+    qt_line = text.split("*,qt,*)", 1)[1].split(";;", 1)[0]
+    size = int(qt_line.split("about ", 1)[1].split(" MB", 1)[0])
+    assert size >= 80, qt_line

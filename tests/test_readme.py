@@ -34,3 +34,18 @@ def test_readme_example_runs_and_cancels(tmp_path: pathlib.Path) -> None:
     assert epochs == list(range(len(epochs)))
     assert 6 <= len(epochs) < 20
     assert done.stderr == ""
+
+
+def test_every_script_snippet_has_the_main_guard() -> None:
+    """Regression: the "Large arrays" snippet started its job at module level, so pasted
+    into a script it printed nothing (spawn re-imports the main module). Every snippet that
+    starts a job outside a function, except those meant for a notebook cell, is guarded."""
+    text = README.read_text()
+    unguarded = []
+    for block in text.split("```python\n")[1:]:
+        code = block.split("```", 1)[0]
+        starts_at_top = any(line.startswith(("for ", "with ", "job = "))
+                            and "workstream.start(" in line for line in code.splitlines())
+        if starts_at_top and "# in a cell" not in code:
+            unguarded.append(code)
+    assert unguarded == []

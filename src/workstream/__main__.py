@@ -28,12 +28,17 @@ BENCH_HELP = ("run the benchmark suite of a source checkout (python -m bench; "
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit
     status: the sub-command's (see :mod:`workstream.demo.cli` and :func:`run_bench`), 2 for
-    a usage error."""
+    a usage error, 130 for Ctrl-C while the command line is read (a plain "interrupted",
+    no traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # every argument after it belongs to the suite
         return run_bench(argv[1:])
-    parser, demo = build_parser()
-    args = parser.parse_args(argv)
+    try:  # the parser's defaults import numpy: Ctrl-C may come meanwhile
+        parser, demo = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.command != "demo":
         parser.print_help(sys.stderr)
         return EXIT_USAGE

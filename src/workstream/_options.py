@@ -124,14 +124,19 @@ class Options:
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any], caller: str = "workstream.start()") -> Options:
-        """Build options from keyword arguments of ``caller``, rejecting unknown names."""
+        """Build options from keyword arguments of ``caller``, rejecting unknown names
+        (``TypeError`` saying how keyword arguments reach the function instead)."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - known)
         if unknown:
+            if caller == "workstream.Worker()":  # it takes no function
+                hint = ("Worker() takes no function: pass one to worker.start(fn, *args), "
+                        "with keyword arguments as functools.partial(fn, name=value)")
+            else:
+                hint = "To pass keyword arguments to fn, use functools.partial(fn, name=value)"
             raise TypeError(
                 f"{caller} got unknown option(s) {', '.join(map(repr, unknown))}; "
-                f"options are {', '.join(sorted(known))}. To pass keyword arguments to fn, "
-                "use functools.partial(fn, name=value)"
+                f"options are {', '.join(sorted(known))}. {hint}"
             )
         return cls(**kwargs)
 

@@ -4,7 +4,8 @@ traceback).
 
 Exit status: 0 after completion or a clean stop, 1 if the job failed or crashed (or left
 a process behind), 2 for a usage error or missing dependencies, 130 for Ctrl-C before
-the job started.
+the job started (a plain "interrupted", no traceback). A Ctrl-C once the job has ended
+changes nothing: the report is printed and the status is its own.
 """
 
 from __future__ import annotations
@@ -34,16 +35,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return _run_gui(args)
     if args.screenshot is not None:
         parser.error("--screenshot needs --gui")
-    missing = missing_demo_dependencies()
-    if missing:
-        print(f"workstream demo needs numpy and rich; missing: {', '.join(missing)}.\n"
-              f"Install them with:  {INSTALL_HINT}", file=sys.stderr)
-        return EXIT_USAGE
-    from .terminal import run_demo
+    try:  # Ctrl-C while importing, or outside the live view (a started job is stopped)
+        missing = missing_demo_dependencies()
+        if missing:
+            print(f"workstream demo needs numpy and rich; missing: {', '.join(missing)}.\n"
+                  f"Install them with:  {INSTALL_HINT}", file=sys.stderr)
+            return EXIT_USAGE
+        from .terminal import run_demo
 
-    try:
         return run_demo(DemoSettings.from_args(args))
-    except KeyboardInterrupt:  # outside the live view; a started job is stopped at exit
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
@@ -56,6 +57,9 @@ def _run_gui(args: argparse.Namespace) -> int:
         print(f"workstream demo --gui needs numpy and PySide6: {exc}\n"
               f"Install them with:  {GUI_INSTALL_HINT}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # while importing Qt (a second or so)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return run_gui_demo(DemoSettings.from_args(args), args.screenshot)
 
 

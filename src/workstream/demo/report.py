@@ -178,13 +178,18 @@ def _ms(seconds: float) -> str:
 
 def describe_stop(outcome: CancelledOutcome, presses: StopPresses) -> str:
     """Say in plain words how a cancelled job ended, from its outcome and what the Stop
-    presses did and when (SIGTERM is sent ``presses.term_after`` s after the first)."""
+    presses did and when (SIGTERM is sent ``presses.term_after`` s after the first): the
+    report's one row on it (it has no row with the bare rung)."""
     rung = rung_name(outcome)
     latency = outcome.stop_latency
     term = presses.term_after
     if rung == "before-start" or latency is None or presses.at is None:
         return RUNG_WORDS.get(rung, rung)  # before start, or cancelled by workstream itself
     kill_after = None if presses.kill_at is None else presses.kill_at - presses.at
+    if rung == "cooperative" and outcome.items_delivered == 0:
+        # Each item is sent before its yield checks for a cancel: a job that stopped
+        # cooperatively with no item sent saw Stop before the function had yielded once.
+        return f"stopped before its first item, {_ms(latency)} after Stop"
     if rung == "cooperative":
         return f"{RUNG_WORDS[rung]} {_ms(latency)} after Stop"
     if rung == "sigterm":
@@ -232,7 +237,6 @@ def report_rows(
                                   f"(accuracy {last['accuracy']:.1%})"))
     if isinstance(outcome, CancelledOutcome):
         rows.append(("stopped by", presses.by or "workstream (not the demo)"))
-        rows.append(("rung", rung_name(outcome)))
         if outcome.stop_latency is not None:
             rows.append(("stop latency", f"{_ms(outcome.stop_latency)} "
                                          f"(grace {presses.grace:g} s)"))

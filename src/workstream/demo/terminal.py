@@ -10,10 +10,11 @@ lets the user press Stop (Ctrl-C, or ``--stop-after``), and prints the report of
 from __future__ import annotations
 
 import functools
+import signal
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, cast
 
 from rich.console import Console
@@ -53,7 +54,10 @@ def run_demo(settings: DemoSettings) -> int:
 
     Never leaves the worker running: the stream ends only when the child is gone (Ctrl-C
     just presses Stop), the job is waited for before the report, and any other exception
-    leaving the live view (a closed stdout) cancels the job and waits for it.
+    leaving the live view (a closed stdout) cancels the job and waits for it. Once the job
+    has ended, Ctrl-C no longer raises (see :class:`LateInterrupts`): the report is always
+    printed, and the process exits with the report's status; after the report SIGINT is
+    ignored for the rest of the process (this is the command's body: it only exits then).
     """
     console = Console(highlight=False)
     _print_intro(console, settings)
@@ -64,17 +68,23 @@ def run_demo(settings: DemoSettings) -> int:
         console.print(f"[red]could not start the worker:[/] {escape(str(exc))}", markup=True)
         return EXIT_USAGE
     stop = StopButton(job, view.stop_pressed, settings.stop_after, settings.grace)
+    late = LateInterrupts()
     with job, view:  # the job's __exit__: on an unexpected exception, cancel and wait
         try:
             received = consume(job, view, stop)
             outcome = wait_for(job, stop)
+            late.install()  # from here on, Ctrl-C cannot lose the report
         finally:
             stop.close()
     second = describe_kill_press(outcome, stop.presses)
     if second is not None:
         view.announce(second)
     left = leftover_processes(outcome.pid)
+    if late.count:
+        again = "Ctrl-C" if stop.presses.at is None else "Ctrl-C again"
+        view.announce(f"{again}: the worker has already stopped.")
     print_report(console, outcome, received, stop.presses, left)
+    late.ignore_from_now_on()
     return exit_status(outcome, left)
 
 
@@ -145,6 +155,36 @@ def _handle_interrupt(stop: StopButton) -> None:
             stop.interrupt()
         except KeyboardInterrupt:
             pending += 1
+
+
+class LateInterrupts:
+    """Counts the Ctrl-Cs that come after the job has ended, instead of raising.
+
+    :meth:`install` replaces the SIGINT handler (only on the main thread, where Python
+    runs signal handlers) for the rest of the process: the demo is only printing its
+    report and exiting then, and a KeyboardInterrupt there (in the psutil scan, in the
+    table) would lose the report. :meth:`ignore_from_now_on` then ignores SIGINT: at
+    interpreter exit Python puts back the default action of a handler it set (not of
+    SIG_IGN), so a Ctrl-C there would kill the process (exit status 130 in a shell).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._installed = False
+
+    def install(self) -> None:
+        """From now on, count SIGINTs (main thread only; elsewhere do nothing)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+
+    def ignore_from_now_on(self) -> None:
+        """Ignore SIGINT for the rest of the process (if :meth:`install` took it)."""
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
 
 
 class StopButton:
