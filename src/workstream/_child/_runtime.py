@@ -16,6 +16,8 @@ Order of events, each step before any user code runs:
 
 1. leave the parent's process group (``setpgid(0, 0)``), so the parent can kill the whole
    group and a terminal's Ctrl-C does not reach us; ask for SIGKILL on parent death;
+   ignore SIGINT, then unblock every signal (we start with SIGINT blocked, see
+   ``_supervisor._child_process``, so a Ctrl-C before this step did nothing);
 2. map the control block, install the SIGTERM handler, start the helper threads with
    SIGTERM blocked (so the signal interrupts the *main* thread's blocking calls);
 3. send READY, then wait for the parent's "go" byte on the lifeline pipe (the parent
@@ -129,6 +131,10 @@ def _boot(
     if expected_parent is not None and os.getppid() != expected_parent:
         _exit_now(70)  # the parent died before PR_SET_PDEATHSIG was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent started us with SIGINT blocked, and a fork server passes on its own
+    # mask: with SIGINT ignored, a Ctrl-C that came meanwhile is discarded, and the job
+    # (and what it starts: subprocesses, a DataLoader's workers) gets an empty mask.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     ctl = _fds.map_control_block(control_fd)
     os.close(control_fd)
 
