@@ -62,6 +62,12 @@ def subprocess_masks() -> str:
     return out.stdout
 
 
+def write_status(path: str) -> None:
+    """An application's own multiprocessing target: save our /proc status."""
+    with open("/proc/self/status") as src, open(path, "w") as dst:
+        dst.write(src.read())
+
+
 def zombies() -> list[int]:
     me = str(os.getpid())
     found = []
@@ -112,6 +118,19 @@ def main() -> None:
 
     job2 = workstream.start(subprocess_masks, start_method=method)
     print("masks", job2.result(timeout=30).replace("\n", " "), flush=True)
+    if method == "forkserver":
+        # The application's own process, from the fork server that workstream started.
+        import multiprocessing
+
+        status = os.path.join(os.path.dirname(window), "status")
+        proc = multiprocessing.get_context("forkserver").Process(
+            target=write_status, args=(status,)
+        )
+        proc.start()
+        proc.join(30)
+        with open(status) as f:
+            blocked = [x for x in f.read().splitlines() if x.startswith("SigBlk")]
+        print("app child", *blocked, flush=True)
     print("zombies", zombies(), flush=True)
 
 

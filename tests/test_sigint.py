@@ -49,7 +49,8 @@ def test_ctrl_c_while_the_worker_starts_leaves_the_job_alone(
 ) -> None:
     """A SIGINT to the group while the first worker starts runs only the application's
     handler: no traceback, the job completes (or is cancelled by that handler's choice),
-    no zombie is left, and a job's subprocess does not get SIGINT blocked."""
+    no zombie is left, and neither a job's subprocess nor the application's own process
+    from the fork server that workstream started gets SIGINT blocked."""
     proc = _run_script(method, mode, tmp_path)
     out = proc.stdout + "\n--- stderr:\n" + proc.stderr
     assert proc.returncode == 0, (out, proc.stderr)
@@ -62,3 +63,6 @@ def test_ctrl_c_while_the_worker_starts_leaves_the_job_alone(
     assert "zombies []" in out, out
     masks = _masks(out)
     assert not masks["SigBlk"] & SIGINT_BIT, out
+    if method == "forkserver":
+        line = next(x for x in out.splitlines() if x.startswith("app child SigBlk:"))
+        assert not int(line.split()[-1], 16) & SIGINT_BIT, out

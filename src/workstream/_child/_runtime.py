@@ -99,6 +99,44 @@ def _drop_forkserver_alive_fd() -> None:
         return
 
 
+def _unblock_sigint_in_foreign_forkserver_child(_: object) -> None:
+    """In a process of the application's own that a fork server we started forked:
+    unblock SIGINT, which that server keeps blocked (see ``_guard.sigint_blocked``).
+
+    Registered with ``multiprocessing.util.register_after_fork`` when the fork server
+    preloads this module: it runs in each child's bootstrap, before its target. Our own
+    workers keep SIGINT blocked until their boot ignores it; other start methods and a
+    server the application started are left alone.
+    """
+    try:
+        from multiprocessing import process
+
+        current = process.current_process()
+        if getattr(current, "_start_method", None) != "forkserver":
+            return
+        if getattr(current, "_target", None) in (child_main, worker_main):
+            return
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    except Exception:  # a private detail changed: the process keeps the server's mask
+        return
+
+
+class _AfterForkKey:
+    """Kept alive for the after-fork registry (it holds its key object weakly)."""
+
+
+_AFTER_FORK_KEY = _AfterForkKey()
+
+
+def _register_after_fork() -> None:
+    from multiprocessing import util
+
+    util.register_after_fork(_AFTER_FORK_KEY, _unblock_sigint_in_foreign_forkserver_child)
+
+
+_register_after_fork()
+
+
 def _arrays_from_settings(settings: ChildSettings, ctl: Any) -> ArrayPickler | None:
     """Map the job's shared-memory arena if the parent passed one (see ``_arrays``)."""
     passed = settings.arrays
