@@ -17,7 +17,7 @@ Order of events, each step before any user code runs:
 1. leave the parent's process group (``setpgid(0, 0)``), so the parent can kill the whole
    group and a terminal's Ctrl-C does not reach us; ask for SIGKILL on parent death;
    ignore SIGINT, then unblock every signal (we start with SIGINT blocked, see
-   ``_supervisor._child_process``, so a Ctrl-C before this step did nothing);
+   ``_supervisor._guard.sigint_blocked``, so a Ctrl-C before this step did nothing);
 2. map the control block, install the SIGTERM handler, start the helper threads with
    SIGTERM blocked (so the signal interrupts the *main* thread's blocking calls);
 3. send READY, then wait for the parent's "go" byte on the lifeline pipe (the parent
