@@ -16,6 +16,8 @@ Order of events, each step before any user code runs:
 
 1. leave the parent's process group (``setpgid(0, 0)``), so the parent can kill the whole
    group and a terminal's Ctrl-C does not reach us; ask for SIGKILL on parent death;
+   ignore SIGINT, then unblock every signal (we start with SIGINT blocked, see
+   ``_supervisor._guard.sigint_blocked``, so a Ctrl-C before this step did nothing);
 2. map the control block, install the SIGTERM handler, start the helper threads with
    SIGTERM blocked (so the signal interrupts the *main* thread's blocking calls);
 3. send READY, then wait for the parent's "go" byte on the lifeline pipe (the parent
@@ -97,6 +99,44 @@ def _drop_forkserver_alive_fd() -> None:
         return
 
 
+def _unblock_sigint_in_foreign_forkserver_child(_: object) -> None:
+    """In a process of the application's own that a fork server we started forked:
+    unblock SIGINT, which that server keeps blocked (see ``_guard.sigint_blocked``).
+
+    Registered with ``multiprocessing.util.register_after_fork`` when the fork server
+    preloads this module: it runs in each child's bootstrap, before its target. Our own
+    workers keep SIGINT blocked until their boot ignores it; other start methods and a
+    server the application started are left alone.
+    """
+    try:
+        from multiprocessing import process
+
+        current = process.current_process()
+        if getattr(current, "_start_method", None) != "forkserver":
+            return
+        if getattr(current, "_target", None) in (child_main, worker_main):
+            return
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    except Exception:  # a private detail changed: the process keeps the server's mask
+        return
+
+
+class _AfterForkKey:
+    """Kept alive for the after-fork registry (it holds its key object weakly)."""
+
+
+_AFTER_FORK_KEY = _AfterForkKey()
+
+
+def _register_after_fork() -> None:
+    from multiprocessing import util
+
+    util.register_after_fork(_AFTER_FORK_KEY, _unblock_sigint_in_foreign_forkserver_child)
+
+
+_register_after_fork()
+
+
 def _arrays_from_settings(settings: ChildSettings, ctl: Any) -> ArrayPickler | None:
     """Map the job's shared-memory arena if the parent passed one (see ``_arrays``)."""
     passed = settings.arrays
@@ -129,6 +169,10 @@ def _boot(
     if expected_parent is not None and os.getppid() != expected_parent:
         _exit_now(70)  # the parent died before PR_SET_PDEATHSIG was armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent started us with SIGINT blocked, and a fork server passes on its own
+    # mask: with SIGINT ignored, a Ctrl-C that came meanwhile is discarded, and the job
+    # (and what it starts: subprocesses, a DataLoader's workers) gets an empty mask.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     ctl = _fds.map_control_block(control_fd)
     os.close(control_fd)
 

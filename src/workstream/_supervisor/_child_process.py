@@ -99,6 +99,8 @@ class ChildProcess:
         ctx: Any = multiprocessing.get_context(method)
         if method == "forkserver":
             _add_forkserver_preload()
+        if method != "fork":
+            _start_resource_tracker()
         passed = [control]  # the child's ends: closed here whatever happens
         try:
             self.data_r, data_w = _fds.make_pipe(opts.pipe_bytes)
@@ -123,7 +125,10 @@ class ChildProcess:
                 target = worker_main
                 args = (data_conn, life_conn, control, jobs_conn, settings)
             proc = ctx.Process(target=target, args=args, name=self._name, daemon=False)
-            proc.start()
+            # A Ctrl-C before the child's boot must not reach it, nor a fork server
+            # started now (see _guard.sigint_blocked).
+            with _guard.sigint_blocked():
+                proc.start()
         finally:
             for conn in passed:
                 conn.close()
@@ -300,6 +305,19 @@ class ChildProcess:
         if self.proc is not None:
             with contextlib.suppress(Exception):
                 self.proc.close()
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker now, if it does not run, so that
+    ``Process.start()`` need not: its start unblocks SIGINT in the calling thread
+    (``resource_tracker.ensure_running`` ends with ``SIG_UNBLOCK``, not a restore), which
+    would undo ``sigint_blocked()`` before the fork server or the worker starts."""
+    try:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+    except Exception:  # Process.start() starts it then, or reports why it cannot
+        return
 
 
 _preload_done = False

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 from . import _guard_main
 
@@ -29,6 +31,28 @@ def guard_command() -> list[str]:
     variables, user site or current directory; ``-S``: no site packages), running
     ``_guard_main``'s file, which needs nothing but the standard library."""
     return [sys.executable, "-I", "-S", os.path.abspath(_guard_main.__file__)]
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in the calling thread for the body (a process started meanwhile).
+
+    A process inherits the signal mask of the thread that forks it, across ``exec`` too.
+    Until it leaves our process group (a worker's boot, the guard's ``setsid()``) or sets
+    SIGINT to SIG_IGN (multiprocessing's fork server, once it has imported its preload
+    modules), a Ctrl-C to the terminal's foreground group would raise KeyboardInterrupt
+    in it (a spawned worker, the fork server starting up), run the application's handler
+    in it (a forked worker) or kill it (the guard, between fork and ``setsid()``).
+    Blocked, the SIGINT stays pending there and is discarded once SIGINT is set to
+    SIG_IGN; CPython's resource tracker starts itself the same way. A worker unblocks
+    every signal at boot; the fork server and the guard keep the mask for life (both
+    ignore SIGINT). Other threads keep SIGINT unblocked: the application's handler runs.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _Guard:
@@ -42,19 +66,24 @@ class _Guard:
         proc = self._proc
         if proc is not None and self._owner_pid == os.getpid() and proc.poll() is None:
             return proc
-        proc = subprocess.Popen(
-            guard_command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            close_fds=True,
-            start_new_session=True,
-        )
+        # Until setsid() the new process is in our group: SIGINT blocked, a Ctrl-C then
+        # is discarded when the guard ignores SIGINT (see sigint_blocked).
+        with sigint_blocked():
+            proc = subprocess.Popen(
+                guard_command(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                close_fds=True,
+                start_new_session=True,
+            )
         self._proc = proc
         self._owner_pid = os.getpid()
         if self._groups:
             assert proc.stdin is not None
-            os.write(proc.stdin.fileno(), b"".join(b"+%d\n" % g for g in self._groups))
+            # A guard that died at once is seen (and replaced) by send()'s own write.
+            with contextlib.suppress(OSError):
+                os.write(proc.stdin.fileno(), b"".join(b"+%d\n" % g for g in self._groups))
         return proc
 
     def send(self, line: bytes) -> None:
