@@ -167,8 +167,8 @@ marker, delay, ignore_eof = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
 print(os.getpid(), flush=True)
 sys.stdin.buffer.read()
 while ignore_eof:
-    time.sleep(3600)
-time.sleep(delay)  # simulated clean-up work
+    time.sleep(3600)  # ok: sleep (a grandchild that never exits by itself)
+time.sleep(delay)  # ok: sleep (simulated clean-up work)
 open(marker, "w").close()
 """
 
