@@ -71,7 +71,7 @@ class Recorder:
 
 
 def test_items_arrive_in_order_in_the_gui_thread(qtbot: Any) -> None:
-    """Every item arrives once, in order, on the GUI thread; then the final state,
+    """Every item arrives once, in order, on the GUI thread; the final state once;
     completed(value) and finished(outcome), each once, after the last item."""
     qjob = QtJob.start(workers.count, 2000)
     rec = Recorder(qjob)
@@ -81,8 +81,11 @@ def test_items_arrive_in_order_in_the_gui_thread(qtbot: Any) -> None:
     assert isinstance(outcome, Completed) and outcome.value == 2000
     assert rec.items == list(range(2000))
     assert rec.threads == {threading.get_ident()}  # the GUI (main) thread only
-    assert rec.names()[-3:] == ["state", "completed", "finished"]
-    assert rec.states()[-1] == "completed"
+    # The final state is reported as soon as the bridge sees it (within about a frame),
+    # so it may come before items still being delivered; completed and finished come
+    # after the last item.
+    assert rec.names()[-2:] == ["completed", "finished"]
+    assert rec.states()[-1] == "completed" and rec.states().count("completed") == 1
     assert [v for n, v in rec.events if n == "items-so-far"] == [2000, 2000]
     assert rec.events.count(("completed", 2000)) == 1
     assert qjob.ended() and qjob.outcome is outcome

@@ -119,15 +119,17 @@ class Recorder:
 
 
 def test_items_arrive_in_order_in_the_tk_thread(root: Any) -> None:
-    """Every item once, in order, on the Tk thread; then the final state, on_completed
+    """Every item once, in order, on the Tk thread; the final state once; on_completed
     and on_done, each once, after the last item."""
     rec = Recorder()
     tkjob = TkJob.start(workers.count, 2000, widget=root, **rec.callbacks())
     run_until(root, rec.done)
     assert rec.items == list(range(2000))
     assert rec.threads == {threading.get_ident()}
-    assert rec.names()[-3:] == ["on_state", "on_completed", "on_done"]
-    assert rec.states()[-1] == "completed"
+    # The final state is reported as soon as the bridge sees it, possibly before items
+    # still being delivered; on_completed and on_done come after the last item.
+    assert rec.names()[-2:] == ["on_completed", "on_done"]
+    assert rec.states()[-1] == "completed" and rec.states().count("completed") == 1
     assert ("on_completed", 2000) in rec.events
     assert [v for n, v in rec.events if n == "items-so-far"] == [2000, 2000]
     assert tkjob.ended() and isinstance(tkjob.outcome, Completed)
