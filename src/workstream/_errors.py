@@ -8,7 +8,8 @@
     └── WorkstreamError           base of everything else workstream raises on its own
         ├── WorkerError           fn raised in the child; remote traceback attached
         ├── WorkerCrashed         the child died without reporting (signal, os._exit, OOM)
-        │   └── ChannelBroken     the child sent bytes that are not a valid frame
+        │   ├── ChannelBroken     the child sent bytes that are not a valid frame
+        │   └── MemoryLimitExceeded  its process group went over max_memory; killed
         ├── DeliveryError         an item or the final value could not be unpickled here
         ├── CallbackError         an on_item / on_done callback raised; the job was cancelled
         └── NotInWorkerError      emit() called outside a workstream child (also a RuntimeError)
@@ -84,16 +85,22 @@ class WorkerCrashed(WorkstreamError):
     sent from outside workstream that made it stop (then ``exit_code`` may be 0).
     ``summary``, when workstream knows why the process died (a script without a
     ``__main__`` guard, a signal from outside), replaces the generic first sentence.
+    ``fault_stack``: for a fatal signal (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL), the
+    Python stack of every thread at the crash as ``faulthandler`` wrote it; else None.
+    ``where``: the innermost frame of the user's own code in the crashing thread
+    (``"step() at /path/train.py:42"``), named in the message; None if unknown.
     """
 
     _hint_oom = True  # a SIGKILL nobody in workstream sent is most often the OOM killer
 
     def __init__(
         self, pid: int | None, exit_code: int | None, detail: str = "", *,
-        summary: str | None = None,
+        summary: str | None = None, fault_stack: str | None = None, where: str | None = None,
     ) -> None:
         self.pid = pid
         self.summary = summary
+        self.fault_stack = fault_stack
+        self.where = where
         self.exit_code = exit_code
         self.signal_name: str | None = None
         if exit_code is not None and exit_code < 0:
@@ -108,6 +115,8 @@ class WorkerCrashed(WorkstreamError):
             text = "the worker process was never started"
         else:
             text = f"worker process {pid} died without reporting ({describe_exit(exit_code)})"
+            if where:
+                text += f" in {where}"
         if exit_code == -_signal.SIGKILL and self._hint_oom and summary is None:
             text += "; SIGKILL from outside often means the out-of-memory killer"
         if detail:
@@ -116,14 +125,16 @@ class WorkerCrashed(WorkstreamError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_crashed, (type(self), self.pid, self.exit_code, self.detail,
-                                   self.summary, self.signal_name))
+                                   self.summary, self.signal_name, self.fault_stack,
+                                   self.where))
 
 
 def _rebuild_crashed(
     cls: type[WorkerCrashed], pid: int | None, exit_code: int | None, detail: str,
-    summary: str | None, signal_name: str | None,
+    summary: str | None, signal_name: str | None, fault_stack: str | None = None,
+    where: str | None = None,
 ) -> WorkerCrashed:
-    err = cls(pid, exit_code, detail, summary=summary)
+    err = cls(pid, exit_code, detail, summary=summary, fault_stack=fault_stack, where=where)
     err.signal_name = signal_name
     return err
 
@@ -132,6 +143,40 @@ class ChannelBroken(WorkerCrashed):
     """The child wrote bytes that are not a valid frame; the job was killed."""
 
     _hint_oom = False  # workstream itself sent the SIGKILL
+
+
+class MemoryLimitExceeded(WorkerCrashed):
+    """The worker's process group went over ``max_memory``; workstream SIGKILLed it.
+
+    ``limit`` is ``max_memory`` and ``peak`` the most the group held at one measurement
+    (resident memory of the worker and its descendants, in bytes; measured every 50 ms,
+    so ``peak`` may exceed ``limit`` by what the group allocated in between).
+    """
+
+    _hint_oom = False  # workstream itself sent the SIGKILL
+
+    def __init__(
+        self, pid: int | None, exit_code: int | None, *, limit: int, peak: int,
+    ) -> None:
+        self.limit = limit
+        self.peak = peak
+        super().__init__(pid, exit_code, summary=(
+            f"worker process {pid} was killed by workstream: its process group held "
+            f"{_mib(peak)} of resident memory, over max_memory={limit} ({_mib(limit)})"
+        ))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_memory, (self.pid, self.exit_code, self.limit, self.peak))
+
+
+def _rebuild_memory(
+    pid: int | None, exit_code: int | None, limit: int, peak: int,
+) -> MemoryLimitExceeded:
+    return MemoryLimitExceeded(pid, exit_code, limit=limit, peak=peak)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 class DeliveryError(WorkstreamError):

@@ -71,6 +71,12 @@ class Options:
     """Called with each item on the job's listener thread; iteration is then refused."""
     on_done: Callable[[Any], object] | None = None
     """Called once with the outcome on the job's listener thread, after the last on_item."""
+    # -- CRASH: the memory limit
+    max_memory: int | None = None
+    """Most resident memory (bytes) the worker's process group (the worker and its
+    descendants) may hold; over it the group is SIGKILLed and the job ends crashed with
+    ``MemoryLimitExceeded``. Measured every 50 ms (``_supervisor._memory``). None: no
+    limit. A Worker's: fixed for its process, measured per job."""
 
     def __post_init__(self) -> None:
         _check_seconds("grace", self.grace, allow_zero=False)
@@ -111,6 +117,7 @@ class Options:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+        _check_crash_options(self)
 
     @property
     def resolved_start_method(self) -> str:
@@ -184,6 +191,15 @@ class ChildSettings:
     is the fork server)."""
     forkserver: bool = False
     """Started by the fork server: drop the inherited end of its "alive" pipe."""
+    faults: PassedDescriptor | None = None
+    """The file ``faulthandler`` writes the stacks of every thread into on a fatal
+    signal (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL); the parent reads it after the
+    death. None: faulthandler is left as it is."""
+
+
+def _check_crash_options(opts: Options) -> None:
+    if opts.max_memory is not None:
+        _check_count("max_memory", opts.max_memory, "a positive number of bytes or None")
 
 
 def _check_count(name: str, value: object, what: str) -> None:

@@ -108,6 +108,9 @@ class Crashed(_Common):
     error: WorkerCrashed
     signal_name: str | None = None
     kind: Literal["crashed"] = "crashed"
+    fault_stack: str | None = None
+    """For a fatal signal (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL): the Python stack of
+    every thread at the crash, as the child's ``faulthandler`` wrote it; else None."""
 
 
 Outcome = Completed | CancelledOutcome | Failed | Crashed

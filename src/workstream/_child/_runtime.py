@@ -44,6 +44,7 @@ yielded item is never half-sent.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import threading
@@ -150,6 +151,38 @@ def _arrays_from_settings(settings: ChildSettings, ctl: Any) -> ArrayPickler | N
         passed.fd.close()
 
 
+_fault_fd: int | None = None
+"""The file faulthandler writes into (the parent's memfd), once enabled."""
+
+
+def _enable_fault_reports(settings: ChildSettings) -> None:
+    """Have faulthandler write every thread's Python stack into the parent's fault file
+    on a fatal signal (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL). Never fails the boot."""
+    global _fault_fd
+    passed = settings.faults
+    if passed is None:
+        return
+    fd = passed.fd
+    try:
+        os.set_inheritable(fd, False)  # not for the job's own subprocesses
+        faulthandler.enable(file=fd, all_threads=True)
+    except (OSError, ValueError, RuntimeError):
+        passed.close()
+        return
+    _fault_fd = fd
+
+
+def _reset_fault_reports() -> None:
+    """Before each job of a warm worker: an empty fault file, and faulthandler writing
+    into it again (a previous job may have pointed it elsewhere, or disabled it)."""
+    fd = _fault_fd
+    if fd is None:
+        return
+    _fds.reset_fault_file(fd)
+    with contextlib.suppress(OSError, ValueError, RuntimeError):
+        faulthandler.enable(file=fd, all_threads=True)
+
+
 def _boot(
     data_conn: _fds.PassedFd,
     lifeline_conn: _fds.PassedFd,
@@ -160,6 +193,7 @@ def _boot(
     data_fd, lifeline_fd, control_fd = data_conn.fd, lifeline_conn.fd, control_conn.fd
     for fd in settings.close_fds:
         _fds.close_quietly(fd)
+    _enable_fault_reports(settings)
     if settings.forkserver:
         _drop_forkserver_alive_fd()
     with contextlib.suppress(OSError):
@@ -264,6 +298,7 @@ def worker_main(
         if payload is None:
             _exit_after_last_job(ctx)
         ctx.begin_job()
+        _reset_fault_reports()
         # A previous job may have changed how SIGTERM is handled (ignored it, blocked
         # it): every job starts with the ladder working as documented.
         signal.signal(signal.SIGTERM, _on_sigterm)

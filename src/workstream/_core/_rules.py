@@ -24,11 +24,13 @@ from .._errors import (
     UNGUARDED_MAIN_EXIT,
     ChannelBroken,
     DeliveryError,
+    MemoryLimitExceeded,
     WorkerCrashed,
     WorkerError,
     WorkstreamError,
 )
 from .._outcomes import CancelledOutcome, CancelRung, Completed, Crashed, Failed, Outcome
+from ._faults import innermost_user_frame
 
 SIGTERM_EXIT = -15
 """Exit status of a process ended by SIGTERM's default action (15 on every POSIX system)."""
@@ -103,6 +105,17 @@ class Facts:
     """The application's ``__main__.__file__`` (named when a worker stopped importing it)."""
     kept_warm: bool | None = None
     """A Worker's job: whether its process stays for the next job (None: not a Worker's)."""
+    fault_stack: str | None = None
+    """What the worker's faulthandler wrote at a fatal signal (every thread's stack)."""
+    memory_exceeded: bool = False
+    """The runner SIGKILLed the worker's process group for going over ``max_memory``."""
+    memory_limit: int | None = None
+    """``max_memory`` (bytes), if set."""
+    memory_peak: int | None = None
+    """The most the group held at one measurement (bytes); None: not measured."""
+    kernel_oom_kill: bool = False
+    """The worker died by a SIGKILL nobody in workstream sent while the kernel's count of
+    out-of-memory kills rose (a heuristic: another process may have been the victim)."""
 
 
 def stopped_from_outside(facts: Facts) -> bool:
@@ -124,7 +137,7 @@ def keeps_worker(facts: Facts, *, gone: bool, job_written: bool) -> bool:
     """
     return (
         not gone and job_written and facts.final is not None
-        and not facts.interrupted and not facts.killed
+        and not facts.interrupted and not facts.killed and not facts.memory_exceeded
         and facts.channel_error is None and facts.torn_bytes == 0
         and not stopped_from_outside(facts)
     )
@@ -160,6 +173,12 @@ def decide(facts: Facts) -> Outcome:
         return Failed(**common, error=facts.delivery_error)
     if facts.final is not None:
         return _from_final(facts, facts.final, common)
+    if facts.memory_exceeded:
+        over = MemoryLimitExceeded(
+            facts.pid, facts.exit_code, limit=facts.memory_limit or 0,
+            peak=facts.memory_peak or 0,
+        )
+        return Crashed(**common, error=over, signal_name=over.signal_name)
     if facts.cancel_requested_at is not None:
         if facts.interrupted and facts.exit_code == SIGTERM_EXIT:
             return _cancelled(facts, common, CancelRung.SIGTERM)
@@ -167,6 +186,11 @@ def decide(facts: Facts) -> Outcome:
             return _cancelled(facts, common, CancelRung.SIGKILL)
     if facts.exit_code == UNGUARDED_MAIN_EXIT and not facts.ready_seen and not facts.torn_bytes:
         return _crashed(facts, common, "", summary=_unguarded_main_summary(facts))
+    if facts.kernel_oom_kill and not facts.torn_bytes:
+        return _crashed(facts, common, "", summary=(
+            f"worker process {facts.pid} was killed by the kernel's out-of-memory killer "
+            f"(SIGKILL (-9); the kernel's OOM kill count rose while it ran)"
+        ))
     detail = ""
     if facts.torn_bytes:
         detail = f"it died in the middle of writing a frame ({facts.torn_bytes} bytes dropped)"
@@ -194,10 +218,15 @@ def _crashed(
     facts: Facts, common: dict[str, Any], detail: str, summary: str | None = None,
     signal_name: str | None = None,
 ) -> Crashed:
-    err = WorkerCrashed(facts.pid, facts.exit_code, detail, summary=summary)
+    stack = facts.fault_stack
+    frame = None if stack is None else innermost_user_frame(stack)
+    err = WorkerCrashed(
+        facts.pid, facts.exit_code, detail, summary=summary, fault_stack=stack,
+        where=None if frame is None else str(frame),
+    )
     if signal_name is not None:
         err.signal_name = signal_name
-    return Crashed(**common, error=err, signal_name=err.signal_name)
+    return Crashed(**common, error=err, signal_name=err.signal_name, fault_stack=stack)
 
 
 def _unguarded_main_summary(facts: Facts) -> str:

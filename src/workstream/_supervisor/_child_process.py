@@ -40,6 +40,7 @@ from .._options import ChildSettings, Options
 from .._transport import _fds
 from . import _group, _guard
 from ._arrays import ArrayChannel
+from ._memory import oom_kill_count
 
 GROUP_EXIT_WAIT = 0.5
 """Seconds to wait for a killed process group to have no live member."""
@@ -70,6 +71,13 @@ class ChildProcess:
         """The shared-memory arena's parent side, or None (buffers travel in-band)."""
         self.exit_code: int | None = None
         """The exit status once reaped (negative: killed by that signal)."""
+        self.fault_fd: int | None = None
+        """The file the child's faulthandler writes into on a fatal signal."""
+        self.fault_stack: str | None = None
+        """What it wrote (every thread's Python stack at the crash), read once the child
+        was reaped; None if nothing."""
+        self.oom_kills_at_launch: int | None = None
+        """The kernel's out-of-memory kill count when the child started (``_memory``)."""
         self._reaped = False  # True once the exit status was collected: pid may be reused
         self._registered_group = False  # True while the guard knows the child's group
 
@@ -115,8 +123,12 @@ class ChildProcess:
                 os.set_blocking(self.jobs_w, False)
                 jobs_conn = _fds.PassedFd(jobs_r)
                 passed.append(jobs_conn)
+            self.oom_kills_at_launch = oom_kill_count()
+            self.fault_fd = _fds.make_fault_file()
+            faults_conn = _fds.PassedFd(os.dup(self.fault_fd))
+            passed.append(faults_conn)
             self.arrays = ArrayChannel.for_options(opts)
-            settings = self._settings(method, close_in_child)
+            settings = self._settings(method, close_in_child, faults_conn)
             if jobs_conn is None:
                 assert payload is not None
                 target: Callable[..., None] = child_main
@@ -151,7 +163,10 @@ class ChildProcess:
         with contextlib.suppress(OSError):
             os.write(self.lifeline_w, b"g")
 
-    def _settings(self, method: str, close_in_child: tuple[int, ...]) -> ChildSettings:
+    def _settings(
+        self, method: str, close_in_child: tuple[int, ...],
+        faults: _fds.PassedFd | None = None,
+    ) -> ChildSettings:
         opts = self._options
         close_fds: tuple[int, ...] = ()
         if method == "fork":
@@ -159,7 +174,9 @@ class ChildProcess:
             # own pipes (its lifeline would never reach EOF). The guard's pipe is closed
             # in the child by _guard's at-fork handler (closing it here again could close
             # an unrelated fd that reused its number).
-            parent_ends = (self.lifeline_w, self.data_r, self.jobs_w, *close_in_child)
+            parent_ends = (
+                self.lifeline_w, self.data_r, self.jobs_w, self.fault_fd, *close_in_child
+            )
             close_fds = tuple(fd for fd in parent_ends if fd is not None)
         arrays = None
         if self.arrays is not None:
@@ -171,6 +188,7 @@ class ChildProcess:
             arrays=arrays,
             parent_pid=os.getpid() if method in ("fork", "spawn") else None,
             forkserver=method == "forkserver",
+            faults=faults,
         )
 
     # -- signals ------------------------------------------------------------------------
@@ -257,6 +275,8 @@ class ChildProcess:
         proc.join(timeout)
         self.exit_code = proc.exitcode
         self._reaped = self.exit_code is not None
+        if self._reaped and self.fault_fd is not None:
+            self.fault_stack = _fds.read_fault_file(self.fault_fd)
         return self.exit_code
 
     def reap_with_group(self) -> int | None:
@@ -297,9 +317,10 @@ class ChildProcess:
             self._registered_group = False
             with contextlib.suppress(Exception):
                 _guard.unregister(self.pid)
-        for fd in (self.data_r, self.lifeline_w, self.jobs_w, self.pidfd):
+        for fd in (self.data_r, self.lifeline_w, self.jobs_w, self.pidfd, self.fault_fd):
             _fds.close_quietly(fd)
         self.data_r = self.lifeline_w = self.jobs_w = self.pidfd = self.exit_fd = None
+        self.fault_fd = None
         if self.arrays is not None:
             self.arrays.close()
         if self.proc is not None:

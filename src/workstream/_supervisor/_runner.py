@@ -51,6 +51,7 @@ from .._transport import _fds
 from ._child_process import ChildProcess
 from ._intake import Intake
 from ._jobcore import JobCore
+from ._memory import MemoryWatch, oom_kill_count
 from ._process import WorkerProcess
 
 
@@ -87,6 +88,10 @@ class JobRunner:
         self._out_fd: int | None = None
         self._outbox: memoryview | None = None
         self.on_wake: Callable[[], None] | None = None
+        # The memory limit (max_memory): the group's measurements, and whether we
+        # killed it for going over.
+        self._memory: MemoryWatch | None = None
+        self._memory_exceeded = False
 
     # -- thread entry -------------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class JobRunner:
         child.launch(control, payload=payload, close_in_child=self.core.wake_fds)
         self._pid = child.pid
         self._intake.attach(child.pid, child.arrays)
+        self._watch_memory()
         with self.core.lock:
             self.core.pid = child.pid
 
@@ -157,7 +163,7 @@ class JobRunner:
         control = core.control
         assert control is not None
         while True:
-            timeout_ms = self._escalate()
+            timeout_ms = _earliest(self._escalate(), self._ticks())
             # Tell the child we are waiting: it then writes each item at once instead of
             # batching (lowest latency; and nothing waits in its buffer for a crash to lose).
             idle = reading and data_open
@@ -197,6 +203,38 @@ class JobRunner:
         if data_open:
             intake.drain(data_r)
 
+    # -- periodic checks (the memory limit) ---------------------------------------------
+
+    def _watch_memory(self) -> None:
+        """Start measuring the job's process group if ``max_memory`` is set."""
+        limit = self._options.max_memory
+        if limit is not None and self._pid is not None:
+            self._memory = MemoryWatch(self._pid, limit, time.monotonic())
+
+    def _ticks(self) -> int | None:
+        """Run the periodic checks that are due; return ms until the next one (None:
+        none). The memory limit: over it, the child and its group are SIGKILLed (the
+        loop then sees the exit) and the job ends with ``MemoryLimitExceeded``."""
+        watch = self._memory
+        if watch is None or self._memory_exceeded or self._exited:
+            return None
+        now = time.monotonic()
+        if watch.check(now):
+            self._memory_exceeded = True
+            self._kill_child_and_group()
+            return None
+        return watch.ms_until_due(now)
+
+    def _killed_by_the_kernel(self, exit_code: int | None) -> bool:
+        """Heuristic: a SIGKILL nobody in workstream sent, while the kernel's count of
+        out-of-memory kills rose since the process started (``/proc/vmstat``)."""
+        child = self._child
+        if (exit_code != -signal.SIGKILL or child is None or self._ladder.killed
+                or self._memory_exceeded or child.oom_kills_at_launch is None):
+            return False
+        now = oom_kill_count()
+        return now is not None and now > child.oom_kills_at_launch
+
     def _tell_buffer_full(self) -> None:
         """The buffer is full and reading paused: wake whoever waits for the job's end
         (``Job.wait()`` raises if nobody reads the buffer; see ``Job._nobody_reads``)."""
@@ -225,6 +263,7 @@ class JobRunner:
         self._outbox = memoryview(job_frame)
         # The process's shared-memory channel; never closed by this job.
         intake.attach(process.child.pid, process.child.arrays)
+        self._watch_memory()
         if intake.arrays is not None:
             intake.arrays.copy = self._options.shm_copy
         keep = False
@@ -397,10 +436,21 @@ class JobRunner:
             final=intake.final, interrupted=self._ladder.interrupted,
             killed=self._ladder.killed, torn_bytes=intake.decoder.pending,
             ready_seen=intake.ready_seen, main_file=_main_file(), kept_warm=kept_warm,
+            fault_stack=None if self._child is None else self._child.fault_stack,
+            memory_exceeded=self._memory_exceeded,
+            memory_limit=self._options.max_memory,
+            memory_peak=None if self._memory is None else self._memory.peak,
+            kernel_oom_kill=self._killed_by_the_kernel(exit_code),
         )
 
     def _build_outcome(self, exit_code: int | None) -> Outcome:
         return decide(self._facts(exit_code))
+
+
+def _earliest(*timeouts_ms: int | None) -> int | None:
+    """The shortest of poll timeouts in ms (None: no timeout)."""
+    due = [t for t in timeouts_ms if t is not None]
+    return min(due) if due else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -18,6 +18,11 @@ CONTROL_BLOCK_SIZE = mmap.PAGESIZE
 CANCEL_FLAG = 0  # 0: run; 1: cancel requested (set by the parent, or by the child on SIGTERM)
 READER_IDLE = 1  # 1 while the parent's runner waits for data with the pipe drained
 HAS_CHILDREN = 2  # set by the child as it exits: 1 if it had child processes of its own
+# -- CRASH: offsets 2048-2111 are reserved for the crash reports (none used yet).
+
+FAULT_REPORT_LIMIT = 256 << 10
+"""Most bytes of a fault report the parent reads (faulthandler writes at most 100 frames
+for each of at most 100 threads: far less in practice)."""
 
 
 def make_pipe(size_bytes: int | None = None) -> tuple[int, int]:
@@ -67,6 +72,41 @@ def make_control_block() -> tuple[int, mmap.mmap]:
         os.close(fd)
         raise
     return fd, mapping
+
+
+def make_fault_file() -> int:
+    """Create the file a child's ``faulthandler`` writes its fatal-signal report into.
+
+    Like the control block it has no name in the file system (a memfd, else an unlinked
+    temporary file), so nothing is left behind; the parent reads it after the child died
+    (:func:`read_fault_file`) and closes it with the child's other descriptors.
+    """
+    if hasattr(os, "memfd_create"):
+        fd: int = os.memfd_create("workstream-faults", os.MFD_CLOEXEC)
+        os.fchmod(fd, 0o600)
+        return fd
+    handle, path = tempfile.mkstemp(prefix="workstream-faults-")
+    os.unlink(path)
+    return handle
+
+
+def read_fault_file(fd: int) -> str | None:
+    """What a child's ``faulthandler`` wrote into ``fd`` (from offset 0, at most
+    :data:`FAULT_REPORT_LIMIT` bytes, undecodable bytes replaced); None if nothing, or
+    if it cannot be read. Leaves the file offset alone."""
+    try:
+        data = os.pread(fd, FAULT_REPORT_LIMIT, 0)
+    except OSError:
+        return None
+    text = data.decode("utf-8", "replace").strip("\n")
+    return text or None
+
+
+def reset_fault_file(fd: int) -> None:
+    """Empty the fault file and rewind it (a warm worker, before each job)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
 
 
 def map_control_block(fd: int) -> mmap.mmap:
