@@ -119,3 +119,11 @@ def subprocess_allocates(mib: int) -> Iterator[str]:
     yield proc.stdout.readline().strip()
     proc.wait()
     yield "subprocess ended"
+
+
+def join_cgroup_then_allocate(procs: str, step_mib: int, until_mib: int) -> Iterator[int]:
+    """Move this worker into the cgroup whose ``cgroup.procs`` is ``procs`` (a test's
+    small memory cgroup: the kernel's OOM killer acts there), then :func:`allocate`."""
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+    yield from allocate(step_mib, until_mib)

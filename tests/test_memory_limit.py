@@ -1,0 +1,176 @@
+"""The memory limit (issue 12 §3): ``max_memory=`` bytes for the worker's process group.
+
+Over the limit the group is SIGKILLed and the job ends crashed with
+``MemoryLimitExceeded`` (limit and peak named); a worker the kernel's out-of-memory
+killer killed is reported as such. The leak check (conftest) makes sure no member of
+the group survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+import workers_crash as wc
+import workstream
+from workstream import Crashed, MemoryLimitExceeded, Worker, WorkerCrashed
+from workstream._core._rules import Facts, decide, keeps_worker
+from workstream._supervisor import _memory
+
+MiB = 1 << 20
+LIMIT = 200 * MiB
+
+np = pytest.importorskip("numpy")
+
+
+def _assert_over_limit(outcome: workstream.Outcome) -> MemoryLimitExceeded:
+    assert isinstance(outcome, Crashed), outcome
+    err = outcome.error
+    assert isinstance(err, MemoryLimitExceeded) and isinstance(err, WorkerCrashed)
+    assert err.limit == LIMIT and err.peak > LIMIT
+    assert outcome.exit_code == -signal.SIGKILL
+    assert f"over max_memory={LIMIT} (200.0 MiB)" in str(err)
+    assert "out-of-memory killer" not in str(err)
+    return err
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
+def test_a_worker_allocating_past_the_limit_is_killed_with_the_typed_error(method: str) -> None:
+    job = workstream.start(
+        wc.allocate, 10, 4000, max_memory=LIMIT, start_method=method, batch_window=0
+    )
+    held = list(job)
+    outcome = job.wait(timeout=30)
+    _assert_over_limit(outcome)
+    assert held and held[-1] < 4000  # stopped long before it got all it asked for
+    with pytest.raises(MemoryLimitExceeded, match="was killed by workstream"):
+        job.result()
+
+
+def test_a_subprocess_allocating_counts_and_is_killed_with_the_group() -> None:
+    job = workstream.start(wc.subprocess_allocates, 400, max_memory=LIMIT)
+    items = list(job)
+    _assert_over_limit(job.wait(timeout=30))
+    assert "subprocess ended" not in items
+
+
+def test_under_the_limit_nothing_happens() -> None:
+    job = workstream.start(wc.allocate, 10, 50, max_memory=LIMIT)
+    it = iter(job)
+    assert [next(it) for _ in range(5)] == [10, 20, 30, 40, 50]
+    job.cancel(grace=10)
+    assert job.wait(timeout=30).kind == "cancelled"
+
+
+def test_other_jobs_are_not_touched() -> None:
+    """Only the job over its limit is killed: a job running beside it, with the same
+    limit and under it, goes on and completes."""
+    calm = workstream.start(wc.allocate, 10, 20, max_memory=LIMIT)
+    it = iter(calm)
+    assert next(it) == 10 and next(it) == 20
+    hog = workstream.start(wc.allocate, 10, 4000, max_memory=LIMIT)
+    _assert_over_limit(hog.wait(timeout=30))
+    assert calm.state == "running"
+    calm.cancel(grace=10)
+    assert calm.wait(timeout=30).kind == "cancelled"
+
+
+def test_a_warm_worker_over_the_limit_is_retired_and_replaced() -> None:
+    with Worker(max_memory=LIMIT) as worker:
+        first = worker.start(wc.pid).result(timeout=30)
+        outcome = worker.start(wc.allocate, 10, 4000).wait(timeout=30)
+        _assert_over_limit(outcome)
+        assert outcome.kept_warm is False and outcome.pid == first
+        assert worker.start(wc.pid).result(timeout=30) != first
+        assert worker.restarts == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "exc"),
+    [(0, ValueError), (-1, ValueError), (True, TypeError), (1.5e9, TypeError),
+     ("1G", TypeError)],
+)
+def test_bad_max_memory_is_refused_at_the_call_site(value: object, exc: type) -> None:
+    with pytest.raises(exc, match="max_memory must be a positive number of bytes or None"):
+        workstream.start(wc.small_job, 1, max_memory=value)
+
+
+def test_max_memory_belongs_to_the_worker_process() -> None:
+    with Worker(prestart=False) as worker, pytest.raises(TypeError, match="max_memory"):
+        worker.start(wc.small_job, 1, max_memory=LIMIT)
+
+
+# -- the rules (pure) ------------------------------------------------------------------------
+
+BASE = Facts(started_at=1.0, now=2.0, pid=4242, exit_code=-signal.SIGKILL)
+
+
+def test_rules_over_the_limit() -> None:
+    facts = replace(BASE, memory_exceeded=True, memory_limit=LIMIT, memory_peak=LIMIT + MiB)
+    outcome = decide(facts)
+    assert isinstance(outcome, Crashed) and isinstance(outcome.error, MemoryLimitExceeded)
+    assert (outcome.error.limit, outcome.error.peak) == (LIMIT, LIMIT + MiB)
+    assert "201.0 MiB" in str(outcome.error) and outcome.signal_name == "SIGKILL"
+    back = pickle.loads(pickle.dumps(outcome.error))
+    assert type(back) is MemoryLimitExceeded and str(back) == str(outcome.error)
+    assert (back.limit, back.peak) == (LIMIT, LIMIT + MiB)
+    assert not keeps_worker(replace(facts, exit_code=None), gone=False, job_written=True)
+
+
+def test_rules_kernel_oom_kill() -> None:
+    outcome = decide(replace(BASE, kernel_oom_kill=True))
+    assert isinstance(outcome, Crashed) and type(outcome.error) is WorkerCrashed
+    assert "killed by the kernel's out-of-memory killer" in str(outcome.error)
+    plain = decide(BASE)
+    assert "often means the out-of-memory killer" in str(plain.error)  # type: ignore[union-attr]
+
+
+def test_group_measurement_counts_every_member() -> None:
+    watch = _memory.MemoryWatch(os.getpid(), 1 << 50, 0.0)
+    assert watch.check(0.0) is False
+    own = _memory.resident_bytes(os.getpid())
+    assert own is not None and watch.peak >= own // 2
+    assert watch.ms_until_due(0.0) == int(_memory.POLL_INTERVAL * 1000) + 1
+    assert watch.check(0.01) is False  # not due: nothing measured
+    assert _memory.resident_bytes(2**22 + 12345) is None  # no such process
+    count = _memory.oom_kill_count()
+    assert count is None or count >= 0
+
+
+# -- the kernel's OOM killer, where this machine lets a test provoke it ------------------------
+
+
+@contextlib.contextmanager
+def _small_memory_cgroup(limit: int) -> Iterator[str]:
+    """A cgroup v1 memory controller group with ``limit`` (root only); removed after."""
+    base = "/sys/fs/cgroup/memory"
+    path = os.path.join(base, f"workstream-test-{os.getpid()}")
+    try:
+        os.mkdir(path)
+    except OSError as exc:
+        pytest.skip(f"no writable cgroup v1 memory controller here ({exc})")
+    try:
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit))
+        with contextlib.suppress(OSError):
+            with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
+                f.write(str(limit))
+        yield os.path.join(path, "cgroup.procs")
+    finally:
+        os.rmdir(path)
+
+
+def test_a_worker_killed_by_the_kernels_oom_killer_is_reported_as_such() -> None:
+    if not os.path.isdir("/sys/fs/cgroup/memory"):
+        pytest.skip("no cgroup v1 memory controller")
+    with _small_memory_cgroup(100 * MiB) as procs:
+        job = workstream.start(wc.join_cgroup_then_allocate, procs, 10, 4000)
+        outcome = job.wait(timeout=30)
+    assert isinstance(outcome, Crashed) and outcome.exit_code == -signal.SIGKILL, outcome
+    assert "killed by the kernel's out-of-memory killer" in str(outcome.error)
