@@ -158,9 +158,10 @@ def _small_memory_cgroup(limit: int) -> Iterator[str]:
     try:
         with open(os.path.join(path, "memory.limit_in_bytes"), "w") as f:
             f.write(str(limit))
-        with contextlib.suppress(OSError):
-            with open(os.path.join(path, "memory.memsw.limit_in_bytes"), "w") as f:
-                f.write(str(limit))
+        with contextlib.suppress(OSError), open(
+            os.path.join(path, "memory.memsw.limit_in_bytes"), "w"
+        ) as f:
+            f.write(str(limit))
         yield os.path.join(path, "cgroup.procs")
     finally:
         os.rmdir(path)
