@@ -4,6 +4,9 @@ Over the limit the group is SIGKILLed and the job ends crashed with
 ``MemoryLimitExceeded`` (limit and peak named); a worker the kernel's out-of-memory
 killer killed is reported as such. The leak check (conftest) makes sure no member of
 the group survives.
+Each end-to-end test runs twice where the machine allows a memory cgroup of ours
+(root, a writable cgroup v1/v2 memory controller): enforced by the kernel, and by polling
+(``_cgroup.ENABLED`` off). After each, no cgroup of ours is left.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import workers_crash as wc
 import workstream
 from workstream import Crashed, MemoryLimitExceeded, Worker, WorkerCrashed
 from workstream._core._rules import Facts, decide, keeps_worker
-from workstream._supervisor import _memory
+from workstream._supervisor import _cgroup, _memory
 
 MiB = 1 << 20
 LIMIT = 200 * MiB
@@ -29,19 +32,55 @@ LIMIT = 200 * MiB
 np = pytest.importorskip("numpy")
 
 
-def _assert_over_limit(outcome: workstream.Outcome) -> MemoryLimitExceeded:
+def _our_cgroups() -> set[str]:
+    found = set()
+    for _, parent in _cgroup._parent_dirs():
+        with contextlib.suppress(OSError):
+            found |= {os.path.join(parent, n) for n in os.listdir(parent)
+                      if n.startswith(f"workstream-{os.getpid()}-")}
+    return found
+
+
+def _cgroups_work() -> bool:
+    group = _cgroup.MemoryCgroup.create(LIMIT)
+    if group is None:
+        return False
+    group.remove()
+    return True
+
+
+CGROUPS = _cgroups_work()
+
+
+@pytest.fixture(params=["poll", "cgroup"])
+def mechanism(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """How the limit is enforced: "poll" (cgroups off) or "cgroup" (skipped where none
+    can be made). Checks that no cgroup of ours is left behind."""
+    if request.param == "cgroup" and not CGROUPS:
+        pytest.skip("no memory cgroup can be created here")
+    if request.param == "poll":
+        monkeypatch.setattr(_cgroup, "ENABLED", False)
+    yield request.param
+    assert _our_cgroups() == set()
+
+
+def _assert_over_limit(
+    outcome: workstream.Outcome, exit_codes: tuple[int, ...] = (-signal.SIGKILL,)
+) -> MemoryLimitExceeded:
     assert isinstance(outcome, Crashed), outcome
     err = outcome.error
     assert isinstance(err, MemoryLimitExceeded) and isinstance(err, WorkerCrashed)
-    assert err.limit == LIMIT and err.peak > LIMIT
-    assert outcome.exit_code == -signal.SIGKILL
-    assert f"over max_memory={LIMIT} (200.0 MiB)" in str(err)
+    assert err.limit == LIMIT and err.peak > LIMIT * 0.9
+    assert outcome.exit_code in exit_codes
+    assert f"over max_memory={LIMIT} (200.0 MiB; peak " in str(err)
     assert "out-of-memory killer" not in str(err)
     return err
 
 
 @pytest.mark.parametrize("method", ["forkserver", "spawn", "fork"])
-def test_a_worker_allocating_past_the_limit_is_killed_with_the_typed_error(method: str) -> None:
+def test_a_worker_allocating_past_the_limit_is_killed_with_the_typed_error(
+    method: str, mechanism: str
+) -> None:
     job = workstream.start(
         wc.allocate, 10, 4000, max_memory=LIMIT, start_method=method, batch_window=0
     )
@@ -53,14 +92,15 @@ def test_a_worker_allocating_past_the_limit_is_killed_with_the_typed_error(metho
         job.result()
 
 
-def test_a_subprocess_allocating_counts_and_is_killed_with_the_group() -> None:
+def test_a_subprocess_allocating_counts_and_is_killed_with_the_group(mechanism: str) -> None:
     job = workstream.start(wc.subprocess_allocates, 400, max_memory=LIMIT)
-    items = list(job)
-    _assert_over_limit(job.wait(timeout=30))
-    assert "subprocess ended" not in items
+    list(job)
+    # With a cgroup the kernel kills the subprocess (the largest member): the worker may
+    # then return before the runner kills it; the job still ends over its limit.
+    _assert_over_limit(job.wait(timeout=30), exit_codes=(-signal.SIGKILL, 0))
 
 
-def test_under_the_limit_nothing_happens() -> None:
+def test_under_the_limit_nothing_happens(mechanism: str) -> None:
     job = workstream.start(wc.allocate, 10, 50, max_memory=LIMIT)
     it = iter(job)
     assert [next(it) for _ in range(5)] == [10, 20, 30, 40, 50]
@@ -68,7 +108,7 @@ def test_under_the_limit_nothing_happens() -> None:
     assert job.wait(timeout=30).kind == "cancelled"
 
 
-def test_other_jobs_are_not_touched() -> None:
+def test_other_jobs_are_not_touched(mechanism: str) -> None:
     """Only the job over its limit is killed: a job running beside it, with the same
     limit and under it, goes on and completes."""
     calm = workstream.start(wc.allocate, 10, 20, max_memory=LIMIT)
@@ -81,7 +121,7 @@ def test_other_jobs_are_not_touched() -> None:
     assert calm.wait(timeout=30).kind == "cancelled"
 
 
-def test_a_warm_worker_over_the_limit_is_retired_and_replaced() -> None:
+def test_a_warm_worker_over_the_limit_is_retired_and_replaced(mechanism: str) -> None:
     with Worker(max_memory=LIMIT) as worker:
         first = worker.start(wc.pid).result(timeout=30)
         outcome = worker.start(wc.allocate, 10, 4000).wait(timeout=30)
@@ -116,7 +156,7 @@ def test_rules_over_the_limit() -> None:
     outcome = decide(facts)
     assert isinstance(outcome, Crashed) and isinstance(outcome.error, MemoryLimitExceeded)
     assert (outcome.error.limit, outcome.error.peak) == (LIMIT, LIMIT + MiB)
-    assert "201.0 MiB" in str(outcome.error) and outcome.signal_name == "SIGKILL"
+    assert "peak 201.0 MiB" in str(outcome.error) and outcome.signal_name == "SIGKILL"
     back = pickle.loads(pickle.dumps(outcome.error))
     assert type(back) is MemoryLimitExceeded and str(back) == str(outcome.error)
     assert (back.limit, back.peak) == (LIMIT, LIMIT + MiB)
@@ -149,8 +189,10 @@ def test_group_measurement_counts_every_member() -> None:
 @contextlib.contextmanager
 def _small_memory_cgroup(limit: int) -> Iterator[str]:
     """A cgroup v1 memory controller group with ``limit`` (root only); removed after."""
-    base = "/sys/fs/cgroup/memory"
-    path = os.path.join(base, f"workstream-test-{os.getpid()}")
+    parents = [d for v, d in _cgroup._parent_dirs() if v == 1]
+    if not parents:
+        pytest.skip("no cgroup v1 memory controller")
+    path = os.path.join(parents[0], f"workstream-test-{os.getpid()}")
     try:
         os.mkdir(path)
     except OSError as exc:
@@ -168,8 +210,8 @@ def _small_memory_cgroup(limit: int) -> Iterator[str]:
 
 
 def test_a_worker_killed_by_the_kernels_oom_killer_is_reported_as_such() -> None:
-    if not os.path.isdir("/sys/fs/cgroup/memory"):
-        pytest.skip("no cgroup v1 memory controller")
+    """Not our limit (no max_memory): a cgroup the worker joins itself, whose kernel
+    OOM kill workstream did not cause; reported by the /proc/vmstat heuristic."""
     with _small_memory_cgroup(100 * MiB) as procs:
         job = workstream.start(wc.join_cgroup_then_allocate, procs, 10, 4000)
         outcome = job.wait(timeout=30)

@@ -149,8 +149,9 @@ class MemoryLimitExceeded(WorkerCrashed):
     """The worker's process group went over ``max_memory``; workstream SIGKILLed it.
 
     ``limit`` is ``max_memory`` and ``peak`` the most the group held at one measurement
-    (resident memory of the worker and its descendants, in bytes; measured every 50 ms,
-    so ``peak`` may exceed ``limit`` by what the group allocated in between).
+    (bytes). Polled (resident memory of the worker and its descendants, every 50 ms),
+    ``peak`` may exceed ``limit`` by what the group allocated in between; enforced by the
+    kernel (a memory cgroup), it is the cgroup's peak charge, at most about ``limit``.
     """
 
     _hint_oom = False  # workstream itself sent the SIGKILL
@@ -161,8 +162,8 @@ class MemoryLimitExceeded(WorkerCrashed):
         self.limit = limit
         self.peak = peak
         super().__init__(pid, exit_code, summary=(
-            f"worker process {pid} was killed by workstream: its process group held "
-            f"{_mib(peak)} of resident memory, over max_memory={limit} ({_mib(limit)})"
+            f"worker process {pid} was killed by workstream: its process group went over "
+            f"max_memory={limit} ({_mib(limit)}; peak {_mib(peak)})"
         ))
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -171,14 +171,14 @@ def decide(facts: Facts) -> Outcome:
         return Crashed(**common, error=err, signal_name=err.signal_name)
     if facts.delivery_error is not None:
         return Failed(**common, error=facts.delivery_error)
-    if facts.final is not None:
-        return _from_final(facts, facts.final, common)
-    if facts.memory_exceeded:
+    if facts.memory_exceeded:  # even if fn returned meanwhile: the group went over
         over = MemoryLimitExceeded(
             facts.pid, facts.exit_code, limit=facts.memory_limit or 0,
             peak=facts.memory_peak or 0,
         )
         return Crashed(**common, error=over, signal_name=over.signal_name)
+    if facts.final is not None:
+        return _from_final(facts, facts.final, common)
     if facts.cancel_requested_at is not None:
         if facts.interrupted and facts.exit_code == SIGTERM_EXIT:
             return _cancelled(facts, common, CancelRung.SIGTERM)

@@ -40,6 +40,7 @@ from .._options import ChildSettings, Options
 from .._transport import _fds
 from . import _group, _guard
 from ._arrays import ArrayChannel
+from ._cgroup import MemoryCgroup
 from ._memory import oom_kill_count
 
 GROUP_EXIT_WAIT = 0.5
@@ -78,6 +79,8 @@ class ChildProcess:
         was reaped; None if nothing."""
         self.oom_kills_at_launch: int | None = None
         """The kernel's out-of-memory kill count when the child started (``_memory``)."""
+        self.cgroup: MemoryCgroup | None = None
+        """The child's memory cgroup (``max_memory`` where the machine allows one)."""
         self._reaped = False  # True once the exit status was collected: pid may be reused
         self._registered_group = False  # True while the guard knows the child's group
 
@@ -156,6 +159,11 @@ class ChildProcess:
         self.pid = pid
         self.pidfd = open_pidfd(pid)
         self.exit_fd = self.pidfd if self.pidfd is not None else proc.sentinel
+        if opts.max_memory is not None:  # before any user code: its descendants follow
+            self.cgroup = MemoryCgroup.create(opts.max_memory)
+            if self.cgroup is not None and not self.cgroup.add(pid):
+                self.cgroup.remove()
+                self.cgroup = None
         if opts.kill_group:
             _guard.register(pid)
             self._registered_group = True
@@ -323,6 +331,9 @@ class ChildProcess:
         self.fault_fd = None
         if self.arrays is not None:
             self.arrays.close()
+        if self.cgroup is not None:
+            self.cgroup.remove()
+            self.cgroup = None
         if self.proc is not None:
             with contextlib.suppress(Exception):
                 self.proc.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 
 from . import _group
+from ._cgroup import MemoryCgroup
 
 POLL_INTERVAL = 0.05
 """Seconds between two measurements of the group's resident memory."""
@@ -47,12 +48,19 @@ class MemoryWatch:
     """Measures the resident memory of one worker's process group against a limit.
 
     ``pid`` leads the group (the worker calls ``setpgid(0, 0)`` at start-up: until then
-    it is counted alone). Used by the runner thread only.
+    it is counted alone). With ``cgroup`` (the worker's memory cgroup, see ``_cgroup``)
+    the kernel enforces the limit, and a check reads the cgroup's out-of-memory kill
+    count instead (one small file): the group is over its limit once that count rose
+    since this watch began. Used by the runner thread only.
     """
 
-    def __init__(self, pid: int, limit: int, now: float) -> None:
+    def __init__(
+        self, pid: int, limit: int, now: float, cgroup: MemoryCgroup | None = None
+    ) -> None:
         self.pid = pid
         self.limit = limit
+        self.cgroup = cgroup
+        self._oom_kills = 0 if cgroup is None else cgroup.begin_measuring()
         self.peak = 0
         """The most the group held at one measurement (bytes)."""
         self.last = 0
@@ -70,6 +78,8 @@ class MemoryWatch:
         if now < self._next_check:
             return False
         self._next_check = now + POLL_INTERVAL
+        if self.cgroup is not None:
+            return self.kernel_enforced()
         if now >= self._next_scan:
             self._next_scan = now + SCAN_INTERVAL
             members = _group.live_members(self.pid)
@@ -85,6 +95,16 @@ class MemoryWatch:
         self.last = total
         self.peak = max(self.peak, total)
         return total > self.limit
+
+
+    def kernel_enforced(self) -> bool:
+        """With a cgroup: True if the kernel's out-of-memory killer killed a process of
+        it since this watch began (the peak is then read from the cgroup)."""
+        cgroup = self.cgroup
+        if cgroup is None or cgroup.oom_kills() <= self._oom_kills:
+            return False
+        self.peak = max(self.peak, cgroup.peak() or self.limit)
+        return True
 
 
 def oom_kill_count() -> int | None:

@@ -119,6 +119,7 @@ class JobRunner:
                 None, launched=False, start_error=f"{type(exc).__name__}: {str(exc).strip()}"
             ))
         self._loop()
+        self._settle_memory()
         # Wait for, then kill, what is left of the group while the leader is still
         # unreaped (fork, spawn; see _group for forkserver): its pid (the group id)
         # cannot have been recycled yet.
@@ -208,8 +209,10 @@ class JobRunner:
     def _watch_memory(self) -> None:
         """Start measuring the job's process group if ``max_memory`` is set."""
         limit = self._options.max_memory
-        if limit is not None and self._pid is not None:
-            self._memory = MemoryWatch(self._pid, limit, time.monotonic())
+        if limit is not None and self._child is not None and self._pid is not None:
+            self._memory = MemoryWatch(
+                self._pid, limit, time.monotonic(), self._child.cgroup
+            )
 
     def _ticks(self) -> int | None:
         """Run the periodic checks that are due; return ms until the next one (None:
@@ -224,6 +227,15 @@ class JobRunner:
             self._kill_child_and_group()
             return None
         return watch.ms_until_due(now)
+
+    def _settle_memory(self) -> None:
+        """After the loop: an out-of-memory kill in the job's cgroup that no tick saw yet
+        (the victim's exit came first) ends the job over its limit too, and the rest of
+        the group with it."""
+        watch = self._memory
+        if watch is not None and not self._memory_exceeded and watch.kernel_enforced():
+            self._memory_exceeded = True
+            self._kill_child_and_group()
 
     def _killed_by_the_kernel(self, exit_code: int | None) -> bool:
         """Heuristic: a SIGKILL nobody in workstream sent, while the kernel's count of
@@ -272,6 +284,7 @@ class JobRunner:
             self.core.mark_running(self._pid)  # before the child can run any of fn
             self._write_outbox()
             self._loop()
+            self._settle_memory()
             process.said_ready = intake.ready_seen
             keep = keeps_worker(
                 self._facts(None), gone=self._exited, job_written=self._outbox is None
