@@ -54,6 +54,14 @@ def test_abort_names_the_users_line() -> None:
     assert outcome.fault_stack is not None and "Aborted" in outcome.fault_stack
 
 
+def test_a_crash_inside_numpy_names_the_line_that_called_it() -> None:
+    pytest.importorskip("numpy")
+    outcome = workstream.start(wc.crash_inside_numpy).wait(timeout=30)
+    assert isinstance(outcome, Crashed) and outcome.signal_name == "SIGSEGV", outcome
+    assert outcome.error.where == _where("numpy", "crash_inside_numpy")
+    assert outcome.fault_stack is not None and "numpy" in outcome.fault_stack
+
+
 @pytest.mark.parametrize("sig", [signal.SIGFPE, signal.SIGBUS, signal.SIGILL],
                          ids=lambda s: signal.Signals(s).name)
 def test_other_fatal_signals_carry_the_stack(sig: int) -> None:
@@ -133,3 +141,14 @@ def test_no_user_frame_names_nothing() -> None:
         f'Current thread 0x1 (most recent call first):\n  File "{workstream_file}", line 1 in f\n'
     )
     assert _faults.innermost_user_frame(only_ours) is None
+
+
+def test_a_function_sent_by_value_without_a_file_is_the_users() -> None:
+    report = (
+        "Current thread 0x1 (most recent call first):\n"
+        '  File "<frozen importlib._bootstrap>", line 1 in _load\n'
+        '  File "<dynamic-code>", line 5 in f\n'
+        '  File "<string>", line 1 in <module>\n'
+    )
+    frame = _faults.innermost_user_frame(report)
+    assert frame is not None and str(frame) == "f() at <dynamic-code>:5"

@@ -50,6 +50,15 @@ def segfault_with_threads() -> None:
     _step_segv()
 
 
+def crash_inside_numpy() -> float:
+    """A SIGSEGV inside numpy's C code (summing an array over unmapped memory); the
+    innermost Python frame is numpy's own (site-packages), the one to name is ours."""
+    import numpy as np
+
+    bad = np.ctypeslib.as_array(ctypes.cast(8, ctypes.POINTER(ctypes.c_double)), shape=(64,))
+    return float(bad.sum())  # CRASH-LINE: numpy
+
+
 def abort() -> None:
     os.abort()  # CRASH-LINE: abort
 

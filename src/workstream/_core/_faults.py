@@ -66,10 +66,14 @@ def _library_dirs() -> tuple[pathlib.PurePath, ...]:
 
 
 def is_user_file(file: str) -> bool:
-    """False for frozen modules, workstream, the standard library and anything under a
-    ``site-packages`` or ``dist-packages`` directory."""
-    if file.startswith("<"):
+    """False for frozen modules, ``<string>`` (multiprocessing's bootstrap), workstream,
+    the standard library and anything under a ``site-packages`` or ``dist-packages``
+    directory. Other names in brackets are the user's (``<dynamic-code>``: a function
+    cloudpickle sent by value with no file of its own; ``<stdin>``)."""
+    if file.startswith("<frozen") or file == "<string>":
         return False
+    if file.startswith("<"):
+        return True
     path = pathlib.PurePath(file)
     if {"site-packages", "dist-packages"} & set(path.parts):
         return False
