@@ -217,3 +217,17 @@ def test_a_worker_killed_by_the_kernels_oom_killer_is_reported_as_such() -> None
         outcome = job.wait(timeout=30)
     assert isinstance(outcome, Crashed) and outcome.exit_code == -signal.SIGKILL, outcome
     assert "killed by the kernel's out-of-memory killer" in str(outcome.error)
+
+
+def test_a_descendant_that_left_the_group_is_moved_out_of_the_cgroup() -> None:
+    """The cgroup is removed when the worker is gone even if a descendant that left the
+    process group (``setsid``) still runs: that process is moved back out (not killed,
+    as without a limit)."""
+    if not CGROUPS:
+        pytest.skip("no memory cgroup can be created here")
+    pid = workstream.start(wc.start_detached_sleeper, max_memory=LIMIT).result(timeout=30)
+    try:
+        assert _our_cgroups() == set()
+        os.kill(pid, 0)  # still alive
+    finally:
+        os.kill(pid, signal.SIGKILL)

@@ -136,3 +136,12 @@ def join_cgroup_then_allocate(procs: str, step_mib: int, until_mib: int) -> Iter
     with open(procs, "w") as f:
         f.write(str(os.getpid()))
     yield from allocate(step_mib, until_mib)
+
+
+def start_detached_sleeper() -> int:
+    """Start a process in a session of its own (it leaves the worker's process group,
+    out of the group kill's reach) that sleeps until killed; return its pid."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+    )
+    return proc.pid

@@ -73,10 +73,12 @@ class Options:
     """Called once with the outcome on the job's listener thread, after the last on_item."""
     # -- CRASH: the memory limit
     max_memory: int | None = None
-    """Most resident memory (bytes) the worker's process group (the worker and its
-    descendants) may hold; over it the group is SIGKILLed and the job ends crashed with
-    ``MemoryLimitExceeded``. Measured every 50 ms (``_supervisor._memory``). None: no
-    limit. A Worker's: fixed for its process, measured per job."""
+    """Most memory (bytes) the worker's process group (the worker and its descendants)
+    may hold; over it the group is SIGKILLed and the job ends crashed with
+    ``MemoryLimitExceeded``. Enforced by a memory cgroup of the worker's own where one can
+    be created (``_supervisor._cgroup``), else by measuring the group's resident memory
+    every 50 ms (``_supervisor._memory``). None: no limit. A Worker's: fixed for its
+    process, checked per job."""
 
     def __post_init__(self) -> None:
         _check_seconds("grace", self.grace, allow_zero=False)

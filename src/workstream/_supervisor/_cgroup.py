@@ -18,10 +18,9 @@ off (the tests use it to exercise the polling on a machine that has cgroups).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import itertools
 import os
-import signal
 import time
 
 ENABLED = True
@@ -70,9 +69,10 @@ def _mounts() -> list[tuple[str, str, str, set[str]]]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _parent_dirs() -> list[tuple[int, str]]:
     """Where a cgroup of ours could go: ``(version, our own cgroup's directory)``, v2
-    first."""
+    first. Found once per process."""
     own: dict[int, str] = {}
     for line in (_read("/proc/self/cgroup") or "").splitlines():
         parts = line.split(":", 2)
@@ -163,11 +163,14 @@ class MemoryCgroup:
         return int(text) if text is not None and text.strip().isdigit() else None
 
     def remove(self) -> bool:
-        """Remove the cgroup (idempotent): its processes left over (a descendant that
-        left the worker's process group) are SIGKILLed first; waits at most
-        :data:`REMOVE_WAIT` s for them. True once it is gone."""
+        """Remove the cgroup (idempotent). Processes still in it (a descendant that left
+        the worker's process group with ``setsid()``, out of the group kill's reach, or
+        one the ``kill_group=False`` option spares) are moved back into our own cgroup
+        first: they outlive the job as they would without a limit. Waits at most
+        :data:`REMOVE_WAIT` s (for members not yet reaped); True once it is gone."""
         deadline = time.monotonic() + REMOVE_WAIT
         delay = 0.001
+        parent_procs = os.path.join(os.path.dirname(self.path), "cgroup.procs")
         while True:
             try:
                 os.rmdir(self.path)
@@ -178,7 +181,6 @@ class MemoryCgroup:
                 if time.monotonic() >= deadline:
                     return False
             for pid in (_read(self._file("cgroup.procs")) or "").split():
-                with contextlib.suppress(OSError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
+                _write(parent_procs, pid)
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
