@@ -20,6 +20,7 @@ from workstream import (
     Crashed,
     DeliveryError,
     Failed,
+    MemoryLimitExceeded,
     WorkerCrashed,
     WorkerError,
 )
@@ -76,6 +77,12 @@ ROWS = [
         replace(BASE, final=Final(FinalKind.RESULT, pickle.dumps(Unpicklable()))),
         Failed, DeliveryError, "final value could not be unpickled", id="value-not-unpicklable",
     ),
+    pytest.param(
+        replace(BASE, exit_code=-signal.SIGKILL, memory_exceeded=True, memory_limit=1 << 30,
+                memory_peak=(1 << 30) + (1 << 20), final=result(1)),
+        Crashed, MemoryLimitExceeded, "over max_memory=1073741824 (1024.0 MiB; peak 1025.0 MiB)",
+        id="over-the-memory-limit",
+    ),
     pytest.param(replace(BASE, final=result(42)), Completed, None, None, id="result"),
     pytest.param(
         replace(CANCEL, final=result(42), interrupted=True, killed=True, exit_code=-9),
@@ -110,8 +117,21 @@ ROWS = [
         Crashed, WorkerCrashed, "stopped while importing /app/x.py", id="unguarded-main",
     ),
     pytest.param(
+        replace(BASE, exit_code=-signal.SIGKILL, kernel_oom_kill=True),
+        Crashed, WorkerCrashed, "killed by the kernel's out-of-memory killer",
+        id="no-final-kernel-oom-kill",
+    ),
+    pytest.param(
         replace(BASE, exit_code=-signal.SIGSEGV),
         Crashed, WorkerCrashed, "SIGSEGV (-11)", id="no-final-crash",
+    ),
+    pytest.param(
+        replace(BASE, exit_code=-signal.SIGSEGV, fault_stack=(
+            'Current thread 0x1 (most recent call first):\n'
+            '  File "/home/me/train.py", line 42 in step\n'
+        )),
+        Crashed, WorkerCrashed, "SIGSEGV (-11)) in step() at /home/me/train.py:42",
+        id="no-final-crash-with-a-fault-stack",
     ),
     pytest.param(
         replace(BASE, exit_code=-signal.SIGSEGV, torn_bytes=5),
