@@ -141,6 +141,17 @@ def test_bad_max_memory_is_refused_at_the_call_site(value: object, exc: type) ->
         workstream.start(wc.small_job, 1, max_memory=value)
 
 
+def test_max_memory_is_refused_where_it_cannot_be_enforced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workstream import _options
+
+    monkeypatch.setattr(_options.sys, "platform", "darwin")
+    with pytest.raises(NotImplementedError, match="enforced on Linux only"):
+        workstream.Options(max_memory=LIMIT)
+    assert workstream.Options().max_memory is None  # no limit: fine anywhere
+
+
 def test_max_memory_belongs_to_the_worker_process() -> None:
     with Worker(prestart=False) as worker, pytest.raises(TypeError, match="max_memory"):
         worker.start(wc.small_job, 1, max_memory=LIMIT)

@@ -202,6 +202,10 @@ class ChildSettings:
 def _check_crash_options(opts: Options) -> None:
     if opts.max_memory is not None:
         _check_count("max_memory", opts.max_memory, "a positive number of bytes or None")
+        if not sys.platform.startswith("linux"):
+            raise NotImplementedError(
+                f"max_memory is enforced on Linux only (it reads /proc), not on {sys.platform}"
+            )
 
 
 def _check_count(name: str, value: object, what: str) -> None:
