@@ -167,7 +167,14 @@ class JobView(ItemCursor):
         core = self.core
         on_item, on_done = self.options.on_item, self.options.on_done
         self.reader = threading.current_thread()
+        progress_thread = None
         try:
+            if self.options.on_progress is not None:
+                progress_thread = threading.Thread(
+                    target=self._run_on_progress, name=f"workstream-progress:{self.name}",
+                    daemon=True,
+                )
+                progress_thread.start()
             if on_item is not None:
                 while True:
                     batch = core.take_batch()
@@ -187,6 +194,8 @@ class JobView(ItemCursor):
                             self.in_on_item = False
                             del item
             core.terminal.wait()
+            if progress_thread is not None:
+                progress_thread.join()  # its last report comes before on_done
             if on_done is not None:
                 try:
                     on_done(core.outcome)
@@ -196,6 +205,27 @@ class JobView(ItemCursor):
             if core.terminal.is_set():  # (the runner removes it too, maybe later)
                 unregister()
             core.set_finished()
+
+    def _run_on_progress(self) -> None:
+        """The progress listener: call ``on_progress`` with each new report the runner's
+        tick found (only the newest), until the job ended (its last report included)."""
+        core = self.core
+        on_progress = self.options.on_progress
+        assert on_progress is not None
+        last = None
+        while True:
+            core.progress_event.wait()
+            core.progress_event.clear()
+            ended = core.terminal.is_set()
+            progress = core.read_progress()
+            if progress is not None and progress is not last and core.callback_error is None:
+                last = progress
+                try:
+                    on_progress(progress)
+                except BaseException as exc:
+                    self._callback_failed(exc)
+            if ended:
+                return
 
     def _callback_failed(self, exc: BaseException) -> None:
         with self.core.lock:

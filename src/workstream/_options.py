@@ -71,6 +71,13 @@ class Options:
     """Called with each item on the job's listener thread; iteration is then refused."""
     on_done: Callable[[Any], object] | None = None
     """Called once with the outcome on the job's listener thread, after the last on_item."""
+    # -- PROGRESS: progress and time to save a checkpoint
+    on_progress: Callable[[Any], object] | None = None
+    """Called with each new :class:`workstream.Progress` on the job's listener thread
+    (paced: at most every ``PROGRESS_TICK`` seconds, only the newest), before on_done."""
+    max_grace: float = 0.0
+    """Most extra seconds the worker may obtain with ``workstream.request_grace()``
+    (added to a cancel's SIGTERM and SIGKILL deadlines); 0: none."""
 
     def __post_init__(self) -> None:
         _check_seconds("grace", self.grace, allow_zero=False)
@@ -111,6 +118,7 @@ class Options:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+        _check_progress_options(self)
 
     @property
     def resolved_start_method(self) -> str:
@@ -184,6 +192,14 @@ class ChildSettings:
     is the fork server)."""
     forkserver: bool = False
     """Started by the fork server: drop the inherited end of its "alive" pipe."""
+
+
+def _check_progress_options(opts: Options) -> None:
+    if opts.on_progress is not None and not callable(opts.on_progress):
+        raise TypeError(
+            f"on_progress must be callable or None, not {type(opts.on_progress).__name__}"
+        )
+    _check_seconds("max_grace", opts.max_grace, allow_zero=True)
 
 
 def _check_count(name: str, value: object, what: str) -> None:

@@ -103,6 +103,10 @@ class Facts:
     """The application's ``__main__.__file__`` (named when a worker stopped importing it)."""
     kept_warm: bool | None = None
     """A Worker's job: whether its process stays for the next job (None: not a Worker's)."""
+    grace_asked: float = 0.0
+    """Seconds of extra grace the worker asked for (``workstream.request_grace``)."""
+    grace_granted: float = 0.0
+    """Seconds of extra grace granted to it (capped at ``max_grace``)."""
 
 
 def stopped_from_outside(facts: Facts) -> bool:
@@ -142,6 +146,8 @@ def decide(facts: Facts) -> Outcome:
         "exit_code": facts.exit_code,
         "duration": facts.now - facts.started_at,
         "kept_warm": facts.kept_warm,
+        "grace_asked": facts.grace_asked,
+        "grace_granted": facts.grace_granted,
     }
     if facts.refused is not None:
         return Failed(**common, error=facts.refused)

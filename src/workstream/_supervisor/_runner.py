@@ -34,6 +34,7 @@ left the channel unclean.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -52,6 +53,9 @@ from ._child_process import ChildProcess
 from ._intake import Intake
 from ._jobcore import JobCore
 from ._process import WorkerProcess
+
+PROGRESS_TICK = 0.05
+"""Seconds between two reads of the progress slot for ``on_progress`` (20 per second)."""
 
 
 class JobRunner:
@@ -81,6 +85,7 @@ class JobRunner:
         self._intake = Intake(core, options)
         self._ladder = Ladder()  # the steps of the cancel ladder taken so far
         self._exited = False  # True once the child's exit was seen (pidfd / sentinel)
+        self._next_progress_at = 0.0  # the next progress tick (with on_progress only)
         # Warm workers only (run_on): the job's bytes still to write to the jobs pipe,
         # and a hook called when the wake pipe fires (the Worker's own requests).
         self._warm = False
@@ -157,7 +162,7 @@ class JobRunner:
         control = core.control
         assert control is not None
         while True:
-            timeout_ms = self._escalate()
+            timeout_ms = _sooner(self._escalate(), self._progress_tick())
             # Tell the child we are waiting: it then writes each item at once instead of
             # batching (lowest latency; and nothing waits in its buffer for a crash to lose).
             idle = reading and data_open
@@ -184,6 +189,7 @@ class JobRunner:
             if self._exited:
                 break
             if self._warm and intake.final is not None:
+                self._last_reads()
                 return  # the job is over; the warm process waits for the next one
             if data_open:
                 want = not core.should_pause_reading()
@@ -196,6 +202,7 @@ class JobRunner:
                     reading = want
         if data_open:
             intake.drain(data_r)
+        self._last_reads()
 
     def _tell_buffer_full(self) -> None:
         """The buffer is full and reading paused: wake whoever waits for the job's end
@@ -293,6 +300,8 @@ class JobRunner:
         final_at = self._intake.final_at
         if self.core.cancel is None and final_at is None:
             return None  # the common case, per chunk read: Ladder.due would say so too
+        if self.core.cancel is not None:
+            self.core.poll_grace()  # extra grace the worker obtained moves the deadlines
         now = time.monotonic()
         due = self._ladder.due(
             self.core.cancel, now, gone=self.gone(), final_at=final_at,
@@ -300,6 +309,26 @@ class JobRunner:
         )
         take_steps(due, self)
         return due.timeout_ms(now)
+
+    # -- PROGRESS: the progress tick -----------------------------------------------------
+
+    def _progress_tick(self) -> int | None:
+        """With ``on_progress``: read the progress slot every ``PROGRESS_TICK`` seconds
+        (the listener thread is woken for a new report); return ms until the next read.
+        None (no tick) without a subscriber: ``job.progress`` reads the slot itself."""
+        if self._options.on_progress is None:
+            return None
+        now = time.monotonic()
+        if now >= self._next_progress_at:
+            self.core.poll_progress()
+            self._next_progress_at = now + PROGRESS_TICK
+        return max(0, math.ceil((self._next_progress_at - now) * 1000))
+
+    def _last_reads(self) -> None:
+        """Before the outcome: the worker's last progress report (``job.progress`` keeps
+        it once the control block is closed) and its grace requests."""
+        self.core.poll_progress()
+        self.core.poll_grace()
 
     # -- the seam: what this runner offers the core (_core._seam.Transport) -------------
 
@@ -397,10 +426,18 @@ class JobRunner:
             final=intake.final, interrupted=self._ladder.interrupted,
             killed=self._ladder.killed, torn_bytes=intake.decoder.pending,
             ready_seen=intake.ready_seen, main_file=_main_file(), kept_warm=kept_warm,
+            grace_asked=core.grace_asked, grace_granted=core.grace_granted,
         )
 
     def _build_outcome(self, exit_code: int | None) -> Outcome:
         return decide(self._facts(exit_code))
+
+
+def _sooner(a: int | None, b: int | None) -> int | None:
+    """The shorter of two poll timeouts in ms (None: no timeout)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _describe(exc: BaseException) -> str:
