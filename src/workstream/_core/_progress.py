@@ -57,8 +57,9 @@ class Progress:
     total: float | None
     """All the work, as the worker said; None if it did not say."""
     rate: float | None
-    """Units of ``done`` per second over the last ``RATE_WINDOW`` (10 s) of reports; None
-    until two reports at different times arrived."""
+    """Units of ``done`` per second over the last ``RATE_WINDOW`` (10 s) of the reports
+    the parent read; until it read two, the average since the job's start (``done /
+    elapsed``); None if that is not known either (no time elapsed)."""
     eta: float | None
     """Seconds until ``done`` reaches ``total`` at ``rate`` (as of the report); 0.0 once
     reached; None without a total or a positive rate."""
@@ -167,9 +168,11 @@ def eta(done: float, total: float | None, rate: float | None) -> float | None:
 
 def snapshot(report: Report, estimator: RateEstimator) -> Progress:
     """The :class:`Progress` for ``report`` (already observed by ``estimator``)."""
+    elapsed = max(0.0, report.at - report.started_at)
     rate = estimator.rate()
+    if rate is None and elapsed > 0:
+        rate = report.done / elapsed
     return Progress(
         done=report.done, total=report.total, rate=rate,
-        eta=eta(report.done, report.total, rate),
-        elapsed=max(0.0, report.at - report.started_at), fields=report.fields,
+        eta=eta(report.done, report.total, rate), elapsed=elapsed, fields=report.fields,
     )
