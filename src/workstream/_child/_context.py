@@ -19,6 +19,8 @@ from ._progress import ProgressSlot, check_fields, check_number
 from ._sender import Sender
 
 _monotonic = time.monotonic
+_NUMBERS = (int, float)
+_INF = math.inf
 
 _current: _Context | None = None
 
@@ -121,20 +123,15 @@ def progress(done: float, total: float | None = None, **fields: Any) -> None:
     if ctx is None:
         _context_or_raise("progress")
     assert ctx is not None
-    if (type(done) is not int and type(done) is not float) or not 0 <= done < math.inf:
+    if type(done) not in _NUMBERS or not 0 <= done < _INF:
         done = check_number("done", done)  # raises, or converts (numpy scalars)
-    if total is not None and (
-        (type(total) is not int and type(total) is not float) or not 0 <= total < math.inf
-    ):
+    if total is not None and (type(total) not in _NUMBERS or not 0 <= total < _INF):
         total = check_number("total", total)
     if fields:
         check_fields(fields)
     slot = ctx.progress
     slot.values = (done, total, fields)
-    now = _monotonic()
-    if now >= slot.next_at:
-        slot.publish(now)
-    else:
+    if not slot.scheduled:
         slot.schedule()
 
 

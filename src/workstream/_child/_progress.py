@@ -1,12 +1,13 @@
 """The worker's side of progress: ``workstream.progress()`` and its slot.
 
-Runs only in the child. A call validates its arguments and keeps them (one tuple); it
-writes a report into the control block's progress slot (``_fds.write_progress``) only
-if ``PUBLISH_INTERVAL`` passed since the last write. A call in between schedules the
-write with a publisher thread (started on first need, SIGTERM blocked), which writes the
-newest values at the end of the interval: so the last call is always seen, and a flood
-of calls costs a clock read each. Never blocks: the main thread skips the write when the
-publisher holds the slot's lock (the publisher then writes the newest values itself).
+Runs only in the child. A call validates its arguments and keeps them (one tuple): it
+never writes, reads no clock and never blocks. The first call after a write wakes the
+publisher thread (started on first need, SIGTERM blocked), which writes the newest
+values into the control block's progress slot (``_fds.write_progress``) at once, or
+``PUBLISH_INTERVAL`` after its previous write if that is later. So the newest call is
+always written within an interval, and a flood costs one attribute store per call (plus
+one ``Event.set()`` per interval). The end of a job writes what is pending
+(:meth:`ProgressSlot.end_job`) before the final frame.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ class ProgressSlot:
         self.started_at = _monotonic()
         self.values: _Values | None = None  # the newest call's (done, total, fields)
         self.written: _Values | None = None  # what is in the slot
-        self.next_at = 0.0  # earliest time of the next write from the caller's thread
+        self.next_at = 0.0  # earliest time of the publisher's next write
         self.closed = False  # the job ended: write nothing more
         self._lock = threading.Lock()
-        self._scheduled = False
+        self.scheduled = False  # the publisher will write at next_at
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -56,29 +57,19 @@ class ProgressSlot:
             self._write_locked()
             self.closed = True
 
-    def publish(self, now: float) -> None:
-        """Write the newest values now if the lock is free, else leave them to the
-        publisher thread (which holds it)."""
-        if self._lock.acquire(blocking=False):
-            try:
-                self._write_locked(now)
-            finally:
-                self._lock.release()
-
     def schedule(self) -> None:
-        """Have the publisher write the newest values at ``next_at``."""
-        if self._scheduled:
-            return
-        self._scheduled = True
+        """Have the publisher write the newest values (at ``next_at`` at the earliest);
+        the caller checks :attr:`scheduled` first, so this runs once per write."""
+        self.scheduled = True
         if self._thread is None:
             self._start_thread()
         self._wake.set()
 
-    def _write_locked(self, now: float | None = None) -> None:
+    def _write_locked(self) -> None:
         values = self.values
         if values is None or values is self.written or self.closed:
             return
-        now = _monotonic() if now is None else now
+        now = _monotonic()
         done, total, fields = values
         report = encode_report(done, total, fields, now, self.started_at)
         if len(report) > _fds.PROGRESS_MAX:  # huge ints: their float is short
@@ -107,7 +98,8 @@ class ProgressSlot:
             delay = self.next_at - _monotonic()
             if delay > 0:
                 time.sleep(delay)  # the interval's end; nothing waits on this thread
-            self._scheduled = False
+            # Cleared before the values are read: a call after this point schedules again.
+            self.scheduled = False
             with self._lock:
                 self._write_locked()
 
