@@ -169,3 +169,23 @@ def test_bad_progress_calls_raise_in_the_worker(code: str, exc: str, text: str) 
     err = outcome.error
     assert isinstance(err, workstream.WorkerError)
     assert err.type_name == exc and text in err.message, err.message
+
+
+@pytest.mark.timeout(60)
+def test_the_progress_bench_reports_its_rows(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "progress.json"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.progress", "--quick", "--n", "20000", "--json", str(out)],
+        cwd=root, capture_output=True, text=True, timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["row"]: r for r in json.loads(out.read_text())["tables"][0]["rows"]}
+    plain = rows["in a worker: progress(i, n) per iteration"]
+    assert plain["ns_iter"] > 0 and plain["ref"] == "in a worker: empty for loop"
+    assert rows["in the parent: job.progress, nothing new"]["ns_iter"] > 0
+    assert "workstream.progress(i, n) costs" in proc.stdout
