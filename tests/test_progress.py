@@ -189,3 +189,31 @@ def test_the_progress_bench_reports_its_rows(tmp_path: Path) -> None:
     assert plain["ns_iter"] > 0 and plain["ref"] == "in a worker: empty for loop"
     assert rows["in the parent: job.progress, nothing new"]["ns_iter"] > 0
     assert "workstream.progress(i, n) costs" in proc.stdout
+
+
+@pytest.mark.timeout(30)
+def test_the_demo_model_reports_each_step() -> None:
+    pytest.importorskip("numpy")
+    from workstream.demo import model
+
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    items = list(model.train(5, report=lambda *a, **k: calls.append((a, k))))
+    assert len(items) == 5 and [a for a, _ in calls] == [(i, 5) for i in range(1, 6)]
+    assert set(calls[-1][1]) == {"loss", "accuracy"}
+
+
+@pytest.mark.timeout(60)
+def test_the_terminal_demo_shows_rate_and_eta(tmp_path: Path) -> None:
+    """Not a terminal: the plain lines carry steps/s and ETA from job.progress."""
+    pytest.importorskip("numpy")
+    pytest.importorskip("rich")
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "workstream", "demo", "--steps", "300"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = [line for line in proc.stdout.splitlines() if line.startswith("step 300/300")]
+    assert last and "steps/s" in last[0] and "ETA 0.0 s" in last[0], proc.stdout
