@@ -217,3 +217,27 @@ def test_the_terminal_demo_shows_rate_and_eta(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = [line for line in proc.stdout.splitlines() if line.startswith("step 300/300")]
     assert last and "steps/s" in last[0] and "ETA 0.0 s" in last[0], proc.stdout
+
+
+@pytest.mark.timeout(60)
+def test_waiting_for_the_job_inside_on_progress_raises() -> None:
+    """on_progress runs before on_done and "finished": a wait() there could never return."""
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def on_progress(p: Progress) -> None:
+        assert started.wait(20)
+        try:
+            box[0].wait(timeout=30)
+        except RuntimeError as exc:
+            errors.append(exc)
+            raise
+
+    box: list[workstream.Job[Any, Any]] = []
+    gate_job = workstream.start(wp.steady, 10_000, 0.001, on_progress=on_progress)
+    box.append(gate_job)
+    started.set()
+    with pytest.raises(workstream.CallbackError):
+        gate_job.wait(timeout=20)
+    assert errors and "inside on_progress" in str(errors[0])
+    assert gate_job.outcome is not None and gate_job.outcome.kind == "cancelled"

@@ -48,6 +48,8 @@ class JobView(ItemCursor):
         self.owner_pid = os.getpid()  # a forked copy of the job must not act
         # The callback thread (on_item / on_done), if any: set by the Job before it starts.
         self.callback_thread: threading.Thread | None = None
+        # The on_progress listener, if any: started by the callback thread.
+        self.progress_thread: threading.Thread | None = None
         self.in_on_item = False  # True while the callback thread runs on_item
         self.aio_busy = False  # True while a task is inside AsyncItems.__anext__ (_aio.py)
         # Who reads the stream: the thread that took the last batch (iteration, drain(),
@@ -170,7 +172,7 @@ class JobView(ItemCursor):
         progress_thread = None
         try:
             if self.options.on_progress is not None:
-                progress_thread = threading.Thread(
+                progress_thread = self.progress_thread = threading.Thread(
                     target=self._run_on_progress, name=f"workstream-progress:{self.name}",
                     daemon=True,
                 )
@@ -247,6 +249,12 @@ class JobView(ItemCursor):
     def wait_blocking(self, timeout: float | None) -> Outcome:
         """Block until done (as ``Job.wait()``) and return the outcome."""
         core = self.core
+        if threading.current_thread() is self.progress_thread:
+            # on_progress runs before on_done and "finished": they wait for it.
+            raise RuntimeError(
+                f"job.wait()/result() called inside on_progress of job {self.name!r}: the "
+                "job cannot finish while its own callback waits for it; use on_done"
+            )
         if threading.current_thread() is self.callback_thread:
             # Called from on_item/on_done: waiting for on_done to finish would deadlock,
             # and so would waiting inside on_item for a job that needs it to consume.
