@@ -116,6 +116,21 @@ def test_a_report_round_trips_into_a_snapshot() -> None:
         p.done = 3  # type: ignore[misc]
 
 
+def test_a_progress_pickles_and_copies_and_stays_read_only() -> None:
+    import copy
+    import pickle
+
+    p = Progress(done=3, total=4, rate=1.5, eta=0.5, elapsed=2.0, fields={"loss": 0.1})
+    for q in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p), copy.copy(p)):
+        assert q == p
+        with pytest.raises(TypeError):
+            q.fields["loss"] = 1  # type: ignore[index]
+    source = {"a": 1}
+    r = Progress(done=1, total=None, rate=None, eta=None, elapsed=0.0, fields=source)
+    source["a"] = 2
+    assert r.fields["a"] == 1  # a copy, not a view of the caller's dict
+
+
 def test_fraction_needs_a_positive_total() -> None:
     assert Progress(done=3, total=None, rate=None, eta=None, elapsed=0.0).fraction is None
     assert Progress(done=3, total=0, rate=None, eta=None, elapsed=0.0).fraction is None
@@ -152,8 +167,12 @@ def test_a_grant_before_the_cancel_applies_to_it() -> None:
     life.request_cancel(100.0, grace=2.0, term_delay=1.0, discard=False)
     req = life.cancel
     assert req is not None and (req.term_at, req.kill_at) == (102.5, 103.5)
-    life.request_cancel(100.5, grace=0.0, term_delay=0.0, discard=False)  # "kill now"
-    assert (req.term_at, req.kill_at) == (102.0, 102.0)  # now + the granted extra
+    life.request_cancel(101.0, grace=1.0, term_delay=0.5, discard=False)  # tighter
+    assert (req.term_at, req.kill_at) == (101.5, 102.0)  # no extra for the tighter one
+    life.request_cancel(101.2, grace=0.0, term_delay=0.0, discard=False)  # "kill now"
+    assert (req.term_at, req.kill_at) == (101.2, 101.2)
+    assert life.grant_grace(2.0, cap=10.0) == 0.5  # a later grant still moves them
+    assert (req.term_at, req.kill_at) == (101.7, 101.7)
 
 
 def test_nothing_is_granted_without_a_cap_or_after_the_end() -> None:

@@ -68,12 +68,28 @@ class Progress:
     fields: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
     """The report's keyword fields (``loss=0.3``); a read-only mapping."""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.fields, MappingProxyType):
+            object.__setattr__(self, "fields", MappingProxyType(dict(self.fields)))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # A mappingproxy does not pickle: travel as a dict, read-only again on arrival.
+        return (_rebuild_progress, (self.done, self.total, self.rate, self.eta,
+                                    self.elapsed, dict(self.fields)))
+
     @property
     def fraction(self) -> float | None:
         """``done / total`` (not clamped); None without a positive total."""
         if self.total is None or self.total <= 0:
             return None
         return self.done / self.total
+
+
+def _rebuild_progress(
+    done: float, total: float | None, rate: float | None, eta: float | None, elapsed: float,
+    fields: dict[str, object],
+) -> Progress:
+    return Progress(done, total, rate, eta, elapsed, fields)
 
 
 def encode_report(

@@ -104,9 +104,11 @@ class JobMachine:
         cancel's deadlines are this much later."""
 
     def request_cancel(self, now: float, grace: float, term_delay: float, discard: bool) -> bool:
-        """Record a cancel ``grace`` seconds long (SIGTERM after ``term_delay``), or
-        tighten an earlier one (deadlines only move earlier; ``discard`` only turns on).
-        Return False, changing nothing, once the job is terminal."""
+        """Record a cancel ``grace`` seconds long (SIGTERM after ``term_delay``), plus the
+        extra grace granted so far, or tighten an earlier one (deadlines only move
+        earlier, and the extra grace is not added: ``cancel(grace=0)`` kills at once;
+        ``discard`` only turns on). Return False, changing nothing, once the job is
+        terminal."""
         if self.state.is_terminal:
             return False
         req = self.cancel
@@ -117,8 +119,8 @@ class JobMachine:
             )
             self._move(JobState.CANCELLING)
         else:
-            req.term_at = min(req.term_at, now + term_delay + extra)
-            req.kill_at = min(req.kill_at, now + grace + extra)
+            req.term_at = min(req.term_at, now + term_delay)
+            req.kill_at = min(req.kill_at, now + grace)
             req.discard = req.discard or discard
         return True
 
