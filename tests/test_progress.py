@@ -241,3 +241,31 @@ def test_waiting_for_the_job_inside_on_progress_raises() -> None:
         gate_job.wait(timeout=20)
     assert errors and "inside on_progress" in str(errors[0])
     assert gate_job.outcome is not None and gate_job.outcome.kind == "cancelled"
+
+
+@pytest.mark.timeout(60)
+def test_many_readers_during_a_flood_see_done_only_grow() -> None:
+    job = workstream.start(wp.flood, 300_000)
+    seen: list[list[float]] = [[] for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def read(out: list[float]) -> None:
+        try:
+            while not job.done():
+                p = job.progress
+                if p is not None:
+                    out.append(p.done)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(s,)) for s in seen]
+    for t in threads:
+        t.start()
+    assert job.result(timeout=30) == 300_000
+    for t in threads:
+        t.join(10)
+    assert not errors
+    for s in seen:
+        assert s == sorted(s)
+    last = job.progress
+    assert last is not None and last.done == 300_000

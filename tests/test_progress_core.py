@@ -234,3 +234,36 @@ def test_a_grant_after_sigterm_moves_only_the_kill_that_is_still_ahead() -> None
     assert due.steps == () and due.next_at == 102.5
     assert ladder.due(life.cancel, 102.0).steps == ()  # the old kill time: nothing
     assert ladder.due(life.cancel, 103.5).steps == (Step.KILL,)
+
+
+# -- the slot in the control block (a seqlock; _transport._fds) --------------------------
+
+
+def test_the_progress_slot_seqlock() -> None:
+    import mmap
+
+    from workstream._transport import _fds
+
+    block = mmap.mmap(-1, _fds.CONTROL_BLOCK_SIZE)
+    try:
+        assert _fds.read_progress(block, 0) == (0, None)  # nothing written yet
+        _fds.write_progress(block, b"first")
+        seq, data = _fds.read_progress(block, 0)
+        assert (seq, data) == (2, b"first")
+        assert _fds.read_progress(block, seq) == (2, None)  # nothing new
+        _fds.write_progress(block, b"second!")
+        assert _fds.read_progress(block, seq) == (4, b"second!")
+        block[_fds.PROGRESS_SEQ] = 5  # a writer in the middle of a report: keep the old
+        assert _fds.read_progress(block, 4, tries=3) == (4, None)
+        _fds.write_progress(block, b"x")  # the next write makes it whole again
+        assert _fds.read_progress(block, 4) == (6, b"x")
+        with pytest.raises(ValueError, match="at most"):
+            _fds.write_progress(block, b"y" * (_fds.PROGRESS_MAX + 1))
+        assert _fds.PROGRESS_DATA + _fds.PROGRESS_MAX <= _fds.STOP_AT
+        assert _fds.PROGRESS_END == 2048  # the PROGRESS block ends where CRASH's begins
+        _fds.write_f64(block, _fds.GRACE_GRANTED, 1.5)
+        _fds.clear_progress_block(block)
+        assert _fds.read_progress(block, 0) == (0, None)
+        assert _fds.read_f64(block, _fds.GRACE_GRANTED) == 0.0
+    finally:
+        block.close()

@@ -45,11 +45,11 @@ def write_progress(block: mmap.mmap, report: bytes) -> None:
     writer (the child) must serialise its calls."""
     if len(report) > PROGRESS_MAX:
         raise ValueError(f"a progress report of {len(report)} bytes; at most {PROGRESS_MAX}")
-    seq = _U32.unpack_from(block, PROGRESS_SEQ)[0]
-    _U32.pack_into(block, PROGRESS_SEQ, (seq + 1) & 0xFFFFFFFF)  # odd: being written
+    odd = _U32.unpack_from(block, PROGRESS_SEQ)[0] | 1  # (odd already: a torn write)
+    _U32.pack_into(block, PROGRESS_SEQ, odd)  # odd: being written
     _U32.pack_into(block, PROGRESS_LEN, len(report))
     block[PROGRESS_DATA:PROGRESS_DATA + len(report)] = report
-    _U32.pack_into(block, PROGRESS_SEQ, (seq + 2) & 0xFFFFFFFF)
+    _U32.pack_into(block, PROGRESS_SEQ, (odd + 1) & 0xFFFFFFFF or 2)
 
 
 def read_progress(block: mmap.mmap, known_seq: int, tries: int = 64) -> tuple[int, bytes | None]:
