@@ -267,3 +267,25 @@ def test_the_progress_slot_seqlock() -> None:
         assert _fds.read_f64(block, _fds.GRACE_GRANTED) == 0.0
     finally:
         block.close()
+
+
+def test_field_checks_in_the_worker() -> None:
+    """What ``workstream.progress()`` accepts as fields (``_child._progress``)."""
+    import enum
+
+    from workstream._child._progress import check_fields
+
+    class Phase(str, enum.Enum):
+        TRAIN = "train"
+
+    check_fields({"loss": 0.5, "n": 3, "ok": True, "none": None, "phase": "x" * 100})
+    check_fields({"big": 10**30, "phase": Phase.TRAIN, "inf": math.inf})
+    np = pytest.importorskip("numpy")
+    fields = {"a": np.float64(0.25), "b": np.float32(0.5), "c": np.int64(3), "d": object()}
+    with pytest.raises(TypeError, match=r"field d=<object object at .* must be a str, int"):
+        check_fields(fields)
+    assert fields["b"] == 0.5 and type(fields["b"]) is float  # converted
+    assert fields["c"] == 3 and type(fields["c"]) is int
+    with pytest.raises(ValueError, match="bytes as JSON; at most"):
+        check_fields({"note": "\x00" * 300})  # 6 bytes each as JSON
+    check_fields({"note": "a" * 1000})  # fits: 1 byte each

@@ -109,7 +109,8 @@ def worker_state() -> Any:
 
 def progress(done: float, total: float | None = None, **fields: Any) -> None:
     """Report how far the job is: ``done`` units of ``total`` (None: unknown), with
-    optional ``fields`` (str, int, float, bool or None values: ``loss=0.3``).
+    optional ``fields`` (str, int, float, bool or None values: ``loss=0.3``; numpy
+    scalars are converted).
 
     Cheap (well under a microsecond in a flood of calls without fields) and never blocks:
     the parent sees the newest call within ``PUBLISH_INTERVAL`` (20 ms) as

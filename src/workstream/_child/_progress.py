@@ -13,6 +13,7 @@ one ``Event.set()`` per interval). The end of a job writes what is pending
 from __future__ import annotations
 
 import math
+import numbers
 import signal
 import threading
 import time
@@ -25,6 +26,7 @@ _monotonic = time.monotonic
 _Values = tuple[Any, Any, dict[str, Any]]
 # Room for the fields: the slot less the largest rest of a report (done, total, times).
 _FIELDS_BUDGET = _fds.PROGRESS_MAX - 128
+_BIG = 1 << 53
 
 
 class ProgressSlot:
@@ -129,18 +131,36 @@ def check_number(name: str, value: object) -> float:
 
 
 def check_fields(fields: dict[str, Any]) -> None:
-    """Raise TypeError unless every field's value is a str, int, float, bool or None, and
-    ValueError if they would not fit the slot (``_fds.PROGRESS_MAX`` bytes in all)."""
-    bound = 0
+    """Raise TypeError unless every field's value is a str, int, float, bool or None (other
+    real numbers, such as numpy scalars, are converted in ``fields``), and ValueError if
+    they would not fit the slot (``_fds.PROGRESS_MAX`` bytes in all)."""
+    chars = 0  # characters of keys and strings (huge ints count as long strings)
     for key, value in fields.items():
-        if not isinstance(value, FIELD_TYPES):
+        kind = type(value)
+        if kind is float or value is None or kind is bool:
+            chars += len(key)
+        elif kind is str:
+            chars += len(key) + len(value)
+        elif kind is int:
+            chars += len(key) if -_BIG < value < _BIG else _FIELDS_BUDGET
+        elif isinstance(value, float):  # a subclass: numpy.float64
+            chars += len(key)
+        elif isinstance(value, FIELD_TYPES):  # other subclasses (an IntEnum, a str's)
+            chars += _FIELDS_BUDGET  # the exact check below
+        elif isinstance(value, numbers.Integral):  # numpy.int64, ...: as a Python int
+            fields[key] = int(value)
+            chars += _FIELDS_BUDGET
+        elif isinstance(value, numbers.Real):  # numpy.float32, ...: as a Python float
+            fields[key] = float(value)
+            chars += len(key)
+        else:
             raise TypeError(
                 f"workstream.progress(): field {key}={value!r} must be a str, int, float, "
                 f"bool or None, not {type(value).__name__} (fields travel as JSON)"
             )
-        # JSON escapes a character in at most 6 bytes; a number takes at most 24.
-        bound += 6 * len(key) + 8 + (6 * len(value) if isinstance(value, str) else 24)
-    if bound > _FIELDS_BUDGET:
+    # JSON escapes a character in at most 6 bytes; a field's quotes, colon and comma,
+    # and a float or an int below 2**53, take at most 32 more.
+    if 6 * chars + 32 * len(fields) > _FIELDS_BUDGET:
         size = len(encode_report(0, None, fields, 0.0, 0.0))
         if size > _FIELDS_BUDGET:
             raise ValueError(
