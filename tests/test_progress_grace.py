@@ -133,3 +133,16 @@ def test_bad_grace_requests_raise_in_the_worker(code: str, exc: str, text: str) 
 def test_bad_options(options: dict[str, object], exc: type, text: str) -> None:
     with pytest.raises(exc, match=text):
         workstream.start(wp.ask_grace, **options)
+
+
+@pytest.mark.timeout(30)
+def test_worker_defaults_for_max_grace_and_on_progress() -> None:
+    seen: list[object] = []
+    with workstream.Worker(max_grace=1.0, on_progress=seen.append) as worker:
+        job = worker.start(wp.ask_grace, 2.0)
+        assert job.result(timeout=20) == [1.0]
+        job = worker.start(wp.report_once, 3)
+        assert job.result(timeout=20) == "reported"
+        assert seen and getattr(seen[-1], "done", None) == 3
+        job = worker.start(wp.ask_grace, 2.0, max_grace=0.5)  # per job, over the default
+        assert job.result(timeout=20) == [0.5]
