@@ -77,6 +77,8 @@ def readme_rows() -> list[Row]:
             where = "script"
         elif "(in on_item)" in note:
             where = "on_item"
+        elif "(in on_progress)" in note:
+            where = "on_progress"
         elif "forked" in note:
             where = "forked"
         exc = None if match["exc"] == "none" else match["exc"].strip("`")
@@ -97,7 +99,7 @@ def test_the_readme_table_was_parsed() -> None:
     lines = [ln for ln in section.splitlines() if ln.startswith("| `")]
     assert len(ROWS) == len(lines) >= 45
     assert {r.where for r in ROWS} == {
-        "parent", "worker", "on_item", "forked", "loop", "outside", "script"
+        "parent", "worker", "on_item", "forked", "loop", "outside", "script", "on_progress"
     }
 
 
@@ -285,6 +287,28 @@ def _raised_in_on_item(row: Row) -> BaseException | object:
     return box["result"]
 
 
+def _raised_in_on_progress(row: Row) -> BaseException | object:
+    import workers_progress as wp
+
+    box: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def on_progress(progress: object) -> None:
+        assert ready.wait(10)
+        if "result" in box:
+            return
+        try:
+            box["result"] = eval(row.code, {"job": box["job"]})
+        except BaseException as exc:
+            box["result"] = exc
+
+    job = workstream.start(wp.report_once, 1, on_progress=on_progress)
+    box["job"] = job
+    ready.set()
+    assert type(job.wait(timeout=30)) is workstream.Completed
+    return box["result"]
+
+
 def _raised_in_fork(row: Row, tmp_path: Any) -> BaseException | object:
     with _namespace(row.code, tmp_path) as ns:
         r, w = os.pipe()
@@ -340,6 +364,8 @@ def test_readme_misuse_row(row: Row, tmp_path: Any) -> None:
         got = _raised_in_worker(row)
     elif row.where == "on_item":
         got = _raised_in_on_item(row)
+    elif row.where == "on_progress":
+        got = _raised_in_on_progress(row)
     elif row.where == "forked":
         got = _raised_in_fork(row, tmp_path)
     elif row.where == "loop":

@@ -22,7 +22,7 @@ from workstream import __main__ as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ["throughput", "large_arrays", "latency", "cancel_check", "cancel_latency",
-              "startup"]
+              "startup", "progress"]
 
 pytest.importorskip("numpy")  # large_arrays and cancel_check's worker rows import it
 

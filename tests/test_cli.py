@@ -259,6 +259,7 @@ class FakeJob:
         self.ended = False
         self.cancels: list[float | None] = []
         self.cancel_requested = False
+        self.progress = None  # no workstream.progress() report
 
     @property
     def pid(self) -> int | None:
@@ -282,7 +283,7 @@ class FakeView:
     def announce(self, text: str, markup: bool = False) -> None:
         self.lines.append(text)
 
-    def show(self, item: object, stopping: bool) -> None:
+    def show(self, item: object, stopping: bool, progress: object = None) -> None:
         pass
 
 

@@ -21,10 +21,11 @@ import pytest
 
 import workers
 import workers_lifecycle as wl
+import workers_progress as wp
 import workstream
 from conftest import wait_until
 from gui_support import jobs_unregistered, xvfb_display  # noqa: F401 (autouse fixture)
-from workstream import CancelledOutcome, Completed, Crashed, Failed
+from workstream import CancelledOutcome, Completed, Crashed, Failed, Progress
 from workstream._supervisor import _registry
 
 tkinter = pytest.importorskip("tkinter", reason="tkinter is not available in this Python")
@@ -456,3 +457,30 @@ def test_a_closed_window_freed_on_another_thread_does_not_abort(display: str) ->
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no abort cancelled" in proc.stdout
+
+
+# -- PROGRESS: on_progress (issue 12 §4) ----------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_on_progress_in_the_tk_thread_before_on_done(root: Any) -> None:
+    events: list[tuple[str, Any]] = []
+    threads: set[int] = set()
+
+    def on_progress(p: Progress) -> None:
+        threads.add(threading.get_ident())
+        events.append(("progress", p))
+
+    tkjob = TkJob.start(wp.steady, 20, 0.01, widget=root, on_progress=on_progress,
+                        on_done=lambda o: events.append(("done", o)))
+    run_until(root, lambda: bool(events) and events[-1][0] == "done")
+    assert isinstance(events[-1][1], Completed) and tkjob.ended()
+    dones = [p.done for name, p in events[:-1] if name == "progress"]
+    assert dones and dones == sorted(dones) and len(set(dones)) == len(dones)
+    assert dones[-1] == 20
+    assert threads == {threading.get_ident()}
+
+
+def test_on_progress_must_be_callable(root: Any) -> None:
+    with pytest.raises(TypeError, match="on_progress"):
+        TkJob.start(wp.steady, 1, 0.0, widget=root, on_progress=3)

@@ -22,7 +22,17 @@ not the private module that defines it).
 """
 
 from ._api import Job, start
-from ._child._context import cancelled, check_cancelled, emit, in_worker, worker_state
+from ._child._context import (
+    cancelled,
+    check_cancelled,
+    emit,
+    in_worker,
+    progress,
+    request_grace,
+    stop_requested,
+    worker_state,
+)
+from ._core._progress import Progress
 from ._errors import (
     CallbackError,
     Cancelled,
@@ -66,6 +76,7 @@ __all__ = [
     "NotInWorkerError",
     "Options",
     "Outcome",
+    "Progress",
     "Worker",
     "WorkerCrashed",
     "WorkerError",
@@ -76,7 +87,10 @@ __all__ = [
     "describe_exit",
     "emit",
     "in_worker",
+    "progress",
+    "request_grace",
     "start",
+    "stop_requested",
     "worker_state",
 ]
 

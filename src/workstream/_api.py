@@ -18,6 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar, cast, overload
 import cloudpickle
 
 from ._checks import check_can_start, check_fn, check_options_are_not_arguments, describe
+from ._core._progress import Progress
 from ._jobview import JobView
 from ._options import Options, check_grace
 from ._outcomes import JobState, Outcome
@@ -73,18 +74,22 @@ class Job(Generic[ItemT, ResultT]):
         started_at = time.monotonic()
         if host is None:
             control_fd, control = _fds.make_control_block()
-            core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
+            core = JobCore(
+                control, options.max_buffered_items, options.max_buffered_bytes,
+                max_grace=options.max_grace,
+            )
         else:
             core = JobCore(
                 None, options.max_buffered_items, options.max_buffered_bytes,
-                wake=host.wake_fds,
+                wake=host.wake_fds, max_grace=options.max_grace,
             )
         self._core = core
         self._view = view = JobView(core, options, self._name, started_at)
         # Both threads exist before either starts: the runner must know whether a
         # callback thread will publish "finished" (after on_done) or it must itself.
         callbacks = None
-        if options.on_item is not None or options.on_done is not None:
+        if (options.on_item is not None or options.on_done is not None
+                or options.on_progress is not None):
             callbacks = threading.Thread(
                 target=view.run_callbacks, args=(self._unregister,),
                 name=f"workstream-callbacks:{self._name}", daemon=True,
@@ -154,6 +159,14 @@ class Job(Generic[ItemT, ResultT]):
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def progress(self) -> Progress | None:
+        """The newest progress the worker reported with ``workstream.progress()``: an
+        immutable :class:`workstream.Progress` (done, total, rate, eta, elapsed, fields,
+        fraction), or None before the first report. Cheap (reads shared memory; a new
+        object only when a new report came); after the end, the last report."""
+        return self._core.read_progress()
 
     def done(self) -> bool:
         """True once the child was reaped and the outcome is known (no callbacks pending)."""

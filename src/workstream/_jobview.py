@@ -48,6 +48,8 @@ class JobView(ItemCursor):
         self.owner_pid = os.getpid()  # a forked copy of the job must not act
         # The callback thread (on_item / on_done), if any: set by the Job before it starts.
         self.callback_thread: threading.Thread | None = None
+        # The on_progress listener, if any: started by the callback thread.
+        self.progress_thread: threading.Thread | None = None
         self.in_on_item = False  # True while the callback thread runs on_item
         self.aio_busy = False  # True while a task is inside AsyncItems.__anext__ (_aio.py)
         # Who reads the stream: the thread that took the last batch (iteration, drain(),
@@ -167,7 +169,14 @@ class JobView(ItemCursor):
         core = self.core
         on_item, on_done = self.options.on_item, self.options.on_done
         self.reader = threading.current_thread()
+        progress_thread = None
         try:
+            if self.options.on_progress is not None:
+                progress_thread = self.progress_thread = threading.Thread(
+                    target=self._run_on_progress, name=f"workstream-progress:{self.name}",
+                    daemon=True,
+                )
+                progress_thread.start()
             if on_item is not None:
                 while True:
                     batch = core.take_batch()
@@ -187,6 +196,8 @@ class JobView(ItemCursor):
                             self.in_on_item = False
                             del item
             core.terminal.wait()
+            if progress_thread is not None:
+                progress_thread.join()  # its last report comes before on_done
             if on_done is not None:
                 try:
                     on_done(core.outcome)
@@ -196,6 +207,27 @@ class JobView(ItemCursor):
             if core.terminal.is_set():  # (the runner removes it too, maybe later)
                 unregister()
             core.set_finished()
+
+    def _run_on_progress(self) -> None:
+        """The progress listener: call ``on_progress`` with each new report the runner's
+        tick found (only the newest), until the job ended (its last report included)."""
+        core = self.core
+        on_progress = self.options.on_progress
+        assert on_progress is not None
+        last = None
+        while True:
+            core.progress_event.wait()
+            core.progress_event.clear()
+            ended = core.terminal.is_set()
+            progress = core.read_progress()
+            if progress is not None and progress is not last and core.callback_error is None:
+                last = progress
+                try:
+                    on_progress(progress)
+                except BaseException as exc:
+                    self._callback_failed(exc)
+            if ended:
+                return
 
     def _callback_failed(self, exc: BaseException) -> None:
         with self.core.lock:
@@ -217,6 +249,12 @@ class JobView(ItemCursor):
     def wait_blocking(self, timeout: float | None) -> Outcome:
         """Block until done (as ``Job.wait()``) and return the outcome."""
         core = self.core
+        if threading.current_thread() is self.progress_thread:
+            # on_progress runs before on_done and "finished": they wait for it.
+            raise RuntimeError(
+                f"job.wait()/result() called inside on_progress of job {self.name!r}: the "
+                "job cannot finish while its own callback waits for it; use on_done"
+            )
         if threading.current_thread() is self.callback_thread:
             # Called from on_item/on_done: waiting for on_done to finish would deadlock,
             # and so would waiting inside on_item for a job that needs it to consume.

@@ -79,6 +79,13 @@ class Options:
     be created (``_supervisor._cgroup``), else by measuring the group's resident memory
     every 50 ms (``_supervisor._memory``). None: no limit. A Worker's: fixed for its
     process, checked per job."""
+    # -- PROGRESS: progress and time to save a checkpoint
+    on_progress: Callable[[Any], object] | None = None
+    """Called with each new :class:`workstream.Progress` on the job's listener thread
+    (paced: at most every ``PROGRESS_TICK`` seconds, only the newest), before on_done."""
+    max_grace: float = 0.0
+    """Most extra seconds the worker may obtain with ``workstream.request_grace()``
+    (added to a cancel's SIGTERM and SIGKILL deadlines); 0: none."""
 
     def __post_init__(self) -> None:
         _check_seconds("grace", self.grace, allow_zero=False)
@@ -120,6 +127,7 @@ class Options:
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
         _check_crash_options(self)
+        _check_progress_options(self)
 
     @property
     def resolved_start_method(self) -> str:
@@ -206,6 +214,14 @@ def _check_crash_options(opts: Options) -> None:
             raise NotImplementedError(
                 f"max_memory is enforced on Linux only (it reads /proc), not on {sys.platform}"
             )
+
+
+def _check_progress_options(opts: Options) -> None:
+    if opts.on_progress is not None and not callable(opts.on_progress):
+        raise TypeError(
+            f"on_progress must be callable or None, not {type(opts.on_progress).__name__}"
+        )
+    _check_seconds("max_grace", opts.max_grace, allow_zero=True)
 
 
 def _check_count(name: str, value: object, what: str) -> None:

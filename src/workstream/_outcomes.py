@@ -56,6 +56,10 @@ class _Common:
     process survived the job and runs the next one; False if the job cost the process
     (it needed SIGTERM/SIGKILL, crashed, or left the channel unclean) and the Worker
     replaces it."""
+    grace_asked: float = field(default=0.0, kw_only=True)
+    """Seconds of extra grace the worker asked for (``workstream.request_grace``), in all."""
+    grace_granted: float = field(default=0.0, kw_only=True)
+    """Seconds of it granted (at most the job's ``max_grace``)."""
 
 
 @dataclass(frozen=True)

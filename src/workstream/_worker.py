@@ -27,7 +27,7 @@ ResultT = TypeVar("ResultT")
 
 JOB_OPTIONS = frozenset(
     {"grace", "term_after", "max_buffered_items", "max_buffered_bytes", "name", "on_item",
-     "on_done", "shm_copy"}
+     "on_done", "shm_copy", "on_progress", "max_grace"}
 )
 """Options ``Worker.start()`` accepts per job; the others belong to the process and are
 given to ``Worker()``."""

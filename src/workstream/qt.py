@@ -94,6 +94,9 @@ class QtJob(QObject, BridgeFacts):
         failed(object): the :class:`~workstream.Failed` or :class:`~workstream.Crashed`
             outcome (``outcome.error`` is the exception, ``str()`` it for a message).
         finished(object): the outcome, whatever it is.
+        progress(object): the job's newest :class:`~workstream.Progress` (what the worker
+            reported with ``workstream.progress()``), at most once per pump turn or state
+            poll (50 ms), only when a new report came; the last one before ``finished``.
 
     One bridge per job: it takes the job's items (as an iterating thread would). A bridge
     keeps itself alive until ``finished``, so it need not be stored; give it a ``parent``
@@ -112,6 +115,7 @@ class QtJob(QObject, BridgeFacts):
     cancelled = Signal(object)
     failed = Signal(object)
     finished = Signal(object)
+    progress = Signal(object)
     _wake = Signal()
 
     def __init__(
@@ -139,6 +143,7 @@ class QtJob(QObject, BridgeFacts):
         self._job = job
         self._pacer = pacer
         self._state: str | None = None
+        self._progress: object = None  # the last Progress emitted
         self._ended = False
         self._item_method = _signal_method(self, "item")
         self._items_method = _signal_method(self, "items")
@@ -225,8 +230,9 @@ class QtJob(QObject, BridgeFacts):
             self._pump_timer.start(0)
 
     def _poll(self) -> None:
-        """Slow timer: report state changes the listener does not announce."""
+        """Slow timer: report state changes (and progress) the listener does not announce."""
         self._check_state()
+        self._check_progress()
         if self._job.done() and not self._pump_timer.isActive():
             self._pump()
 
@@ -236,6 +242,9 @@ class QtJob(QObject, BridgeFacts):
             return
         self._check_state()  # first: a slow slot must not hold back a new state
         if not self._link.armed:  # a state_changed slot destroyed this bridge
+            return
+        self._check_progress()
+        if not self._link.armed:  # a progress slot destroyed this bridge
             return
         lists: Deliver | None = (
             self._emit_items if self.isSignalConnected(self._items_method) else None)
@@ -268,7 +277,14 @@ class QtJob(QObject, BridgeFacts):
             self._state = state
             self.state_changed.emit(state)
 
+    def _check_progress(self) -> None:
+        progress = self._job.progress
+        if progress is not None and progress is not self._progress:
+            self._progress = progress
+            self.progress.emit(progress)
+
     def _end(self) -> None:
+        self._check_progress()  # the last report, before the outcome's signals
         self._ended = True
         self._pump_timer.stop()
         self._state_timer.stop()

@@ -57,7 +57,9 @@ class TkJob(BridgeFacts):
     then ``on_done(outcome)``, exactly once, after the last item. ``on_state(str)`` gets
     every state seen (starting, running, cancelling, the final one) within a poll of the
     change, even while items are still being delivered: the final state may come before
-    the last items.
+    the last items. ``on_progress(progress)`` gets the job's newest
+    :class:`~workstream.Progress` (``workstream.progress()`` in the worker) at most once
+    per turn, only when a new report came; the last one before ``on_done``.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class TkJob(BridgeFacts):
         on_cancelled: Callback | None = None,
         on_failed: Callback | None = None,
         on_done: Callback | None = None,
+        on_progress: Callback | None = None,
         latest_only: bool = False,
         max_rate: float | None = None,
         slice_ms: float = DEFAULT_SLICE_MS,
@@ -88,7 +91,7 @@ class TkJob(BridgeFacts):
         _check_widget(widget)
         callbacks = {"on_item": on_item, "on_items": on_items, "on_state": on_state,
                      "on_completed": on_completed, "on_cancelled": on_cancelled,
-                     "on_failed": on_failed, "on_done": on_done}
+                     "on_failed": on_failed, "on_done": on_done, "on_progress": on_progress}
         _check_callbacks(callbacks)
         _check_poll(poll_ms)
         self._pacer = Pacer(job, latest_only=latest_only, max_rate=max_rate, slice_ms=slice_ms)
@@ -102,6 +105,8 @@ class TkJob(BridgeFacts):
         self._on_cancelled = on_cancelled
         self._on_failed = on_failed
         self._on_done = on_done
+        self._on_progress = on_progress
+        self._progress: object = None  # the last Progress passed to on_progress
         self._poll_ms = poll_ms
         self._cancel_on_destroy = cancel_on_destroy
         self._state: str | None = None
@@ -127,6 +132,7 @@ class TkJob(BridgeFacts):
         on_cancelled: Callback | None = None,
         on_failed: Callback | None = None,
         on_done: Callback | None = None,
+        on_progress: Callback | None = None,
         latest_only: bool = False,
         max_rate: float | None = None,
         slice_ms: float = DEFAULT_SLICE_MS,
@@ -140,13 +146,15 @@ class TkJob(BridgeFacts):
         _check_widget(widget)
         _check_callbacks({"on_item": on_item, "on_items": on_items, "on_state": on_state,
                           "on_completed": on_completed, "on_cancelled": on_cancelled,
-                          "on_failed": on_failed, "on_done": on_done})
+                          "on_failed": on_failed, "on_done": on_done,
+                          "on_progress": on_progress})
         _check_poll(poll_ms)
         job = _start(fn, *args, **options)
         try:
             return cls(job, widget, on_item=on_item, on_items=on_items, on_state=on_state,
                        on_completed=on_completed, on_cancelled=on_cancelled,
-                       on_failed=on_failed, on_done=on_done, latest_only=latest_only,
+                       on_failed=on_failed, on_done=on_done, on_progress=on_progress,
+                       latest_only=latest_only,
                        max_rate=max_rate, slice_ms=slice_ms, poll_ms=poll_ms,
                        cancel_on_destroy=cancel_on_destroy)
         except BaseException:
@@ -207,6 +215,9 @@ class TkJob(BridgeFacts):
             self._check_state()  # first: a slow callback must not hold back a new state
             if self._detached:  # on_state destroyed the widget (or detached)
                 return
+            self._check_progress()
+            if self._detached:  # on_progress destroyed the widget (or detached)
+                return
             delay = self._pacer.turn(
                 self._deliver_list if self._on_items is not None else None,
                 self._deliver_each if self._on_item is not None else None)
@@ -260,10 +271,19 @@ class TkJob(BridgeFacts):
             self._state = state
             self._call(self._on_state, state)
 
+    def _check_progress(self) -> None:
+        if self._on_progress is None:
+            return
+        progress = self._job.progress
+        if progress is not None and progress is not self._progress:
+            self._progress = progress
+            self._call(self._on_progress, progress)
+
     def _end(self) -> None:
         self._ended = True
         self._release()
         self._check_state()
+        self._check_progress()  # the last report, before the outcome's callbacks
         outcome = self._job.outcome
         assert outcome is not None
         if isinstance(outcome, Completed):

@@ -246,6 +246,7 @@ def child_main(
     """The ``multiprocessing`` target of a one-job worker. Never returns (``os._exit``)."""
     ctx = _boot(data_conn, lifeline_conn, control_conn, settings)
     kind, body = _run(ctx, payload)
+    ctx.progress.end_job()  # the newest progress is in the slot before the final frame
     try:
         ctx.sender.send_final(kind, body)
     except OSError:
@@ -304,6 +305,7 @@ def worker_main(
         signal.signal(signal.SIGTERM, _on_sigterm)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         kind, body = _run(ctx, payload)
+        ctx.progress.end_job()
         del payload
         try:
             ctx.sender.send_final(kind, body, last=False)

@@ -116,6 +116,10 @@ class Facts:
     kernel_oom_kill: bool = False
     """The worker died by a SIGKILL nobody in workstream sent while the kernel's count of
     out-of-memory kills rose (a heuristic: another process may have been the victim)."""
+    grace_asked: float = 0.0
+    """Seconds of extra grace the worker asked for (``workstream.request_grace``)."""
+    grace_granted: float = 0.0
+    """Seconds of extra grace granted to it (capped at ``max_grace``)."""
 
 
 def stopped_from_outside(facts: Facts) -> bool:
@@ -155,6 +159,8 @@ def decide(facts: Facts) -> Outcome:
         "exit_code": facts.exit_code,
         "duration": facts.now - facts.started_at,
         "kept_warm": facts.kept_warm,
+        "grace_asked": facts.grace_asked,
+        "grace_granted": facts.grace_granted,
     }
     if facts.refused is not None:
         return Failed(**common, error=facts.refused)

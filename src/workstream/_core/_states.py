@@ -99,22 +99,47 @@ class JobMachine:
         """Observed: moved only through :meth:`_move`, against the table above."""
         self.cancel: CancelRequest | None = None
         """Requested: None until the first cancel."""
+        self.grace_granted = 0.0
+        """Extra grace granted to the worker so far (``workstream.request_grace``): every
+        cancel's deadlines are this much later."""
 
     def request_cancel(self, now: float, grace: float, term_delay: float, discard: bool) -> bool:
-        """Record a cancel ``grace`` seconds long (SIGTERM after ``term_delay``), or
-        tighten an earlier one (deadlines only move earlier; ``discard`` only turns on).
-        Return False, changing nothing, once the job is terminal."""
+        """Record a cancel ``grace`` seconds long (SIGTERM after ``term_delay``), plus the
+        extra grace granted so far, or tighten an earlier one (deadlines only move
+        earlier, and the extra grace is not added: ``cancel(grace=0)`` kills at once;
+        ``discard`` only turns on). Return False, changing nothing, once the job is
+        terminal."""
         if self.state.is_terminal:
             return False
         req = self.cancel
+        extra = self.grace_granted
         if req is None:
-            self.cancel = CancelRequest(now, now + term_delay, now + grace, discard)
+            self.cancel = CancelRequest(
+                now, now + term_delay + extra, now + grace + extra, discard
+            )
             self._move(JobState.CANCELLING)
         else:
             req.term_at = min(req.term_at, now + term_delay)
             req.kill_at = min(req.kill_at, now + grace)
             req.discard = req.discard or discard
         return True
+
+    def grant_grace(self, granted: float, cap: float) -> float:
+        """Record that the worker was granted ``granted`` seconds of extra grace in all
+        (capped at ``cap``, the job's ``max_grace``; the total only grows) and move the
+        cancel's deadlines (SIGTERM and SIGKILL), if any, later by the increase; return
+        the increase. Changes nothing once the job is terminal."""
+        if self.state.is_terminal:
+            return 0.0
+        more = min(granted, cap) - self.grace_granted
+        if not more > 0:
+            return 0.0
+        self.grace_granted += more
+        req = self.cancel
+        if req is not None:
+            req.term_at += more
+            req.kill_at += more
+        return more
 
     def started(self) -> None:
         """The worker took the job (READY, or a warm worker got it): RUNNING, unless a

@@ -19,9 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from .._core._progress import Progress, RateEstimator, decode_report, snapshot
 from .._core._states import CancelRequest, JobMachine
 from .._core._stream import StreamBuffer
 from .._outcomes import JobState, Outcome
+from .._transport import _fds
 from .._transport._fds import CANCEL_FLAG, close_quietly
 
 _REENTRY_WAIT = 0.05  # s; see JobCore.request_cancel
@@ -34,10 +36,13 @@ class JobCore:
         max_items: int | None,
         max_bytes: int | None,
         wake: tuple[int, int] | None = None,
+        *,
+        max_grace: float = 0.0,
     ) -> None:
         """``control`` may come later (:meth:`attach_control`, a Worker's job). ``wake``:
         a ``(read, write)`` pipe owned by someone else (a Worker's, shared by its jobs);
-        by default the core makes and closes its own."""
+        by default the core makes and closes its own. ``max_grace``: the most extra
+        grace the worker may obtain (written into the control block for it)."""
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self._life = JobMachine()  # observed state and requested cancel (see state, cancel)
@@ -60,6 +65,15 @@ class JobCore:
         # queued and once the job is finished; see Job.add_listener.
         self.listeners: list[Callable[[], object]] = []
         self.listener_error: BaseException | None = None
+        # -- PROGRESS: the newest progress report and the extra grace (control block).
+        self.max_grace = max_grace
+        self.grace_asked = 0.0
+        self._progress_seq = 0  # the slot's sequence number last read (0: nothing yet)
+        self._progress: Progress | None = None
+        self._rate = RateEstimator()
+        self.progress_event = threading.Event()  # set on a new report, and at the end
+        if control is not None:
+            _fds.write_f64(control, _fds.MAX_GRACE, max_grace)
 
     # -- facts of the stream (read under the lock, or as a hint) --------------------------
 
@@ -110,7 +124,60 @@ class JobCore:
             if self.cancel is not None or self.state.is_terminal:
                 return False
             self._control = control
+            _fds.write_f64(control, _fds.MAX_GRACE, self.max_grace)
             return True
+
+    # -- PROGRESS: progress reports and extra grace -------------------------------------
+
+    @property
+    def grace_granted(self) -> float:
+        """Extra grace granted to the worker, as this side has taken it into account."""
+        return self._life.grace_granted
+
+    def read_progress(self) -> Progress | None:
+        """The newest progress report (reading the slot if the job still runs); None
+        before the first. Never blocks beyond the lock."""
+        with self.lock:
+            self._poll_progress_locked()
+            return self._progress
+
+    def poll_progress(self) -> bool:
+        """Read the slot; True (and ``progress_event`` set) if a new report came."""
+        with self.lock:
+            new = self._poll_progress_locked()
+        if new:
+            self.progress_event.set()
+        return new
+
+    def _poll_progress_locked(self) -> bool:
+        control = self._control
+        if control is None:
+            return False
+        seq, data = _fds.read_progress(control, self._progress_seq)
+        if data is None:
+            return False
+        self._progress_seq = seq
+        report = decode_report(data)
+        if report is None:
+            return False
+        self._rate.observe(report.at, report.done)
+        self._progress = snapshot(report, self._rate)
+        return True
+
+    def poll_grace(self) -> None:
+        """Take the worker's grace requests into account: move the cancel's deadlines
+        later by what it was granted since (capped at ``max_grace``; see
+        ``_core._states.JobMachine.grant_grace``)."""
+        with self.lock:
+            control = self._control
+            if control is None:
+                return
+            asked = _fds.read_f64(control, _fds.GRACE_ASKED)
+            granted = _fds.read_f64(control, _fds.GRACE_GRANTED)
+            if asked == asked and asked > self.grace_asked:  # (NaN: a bad write; ignore)
+                self.grace_asked = asked
+            if granted == granted:
+                self._life.grant_grace(granted, self.max_grace)
 
     # -- requests from any thread -------------------------------------------------------
 
@@ -157,9 +224,18 @@ class JobCore:
         try:
             if self.state.is_terminal:
                 return False
-            if self._control is not None:  # first, so the child can see it at once
-                self._control[CANCEL_FLAG] = 1
+            control = self._control
+            if control is not None:
+                granted = _fds.read_f64(control, _fds.GRACE_GRANTED)
+                if granted == granted:
+                    self._life.grant_grace(granted, self.max_grace)
             self._life.request_cancel(now, grace, term_delay, discard)
+            req = self._life.cancel
+            if control is not None and req is not None:
+                # For stop_requested(): the deadline before any extra grace (the worker
+                # adds what it was granted); then the flag, which the child sees at once.
+                _fds.write_f64(control, _fds.STOP_AT, req.kill_at - self._life.grace_granted)
+                control[CANCEL_FLAG] = 1
             if discard:
                 self.stream.discard()
             self._wake_locked()
@@ -251,6 +327,7 @@ class JobCore:
             self._release_locked()
             self.terminal.set()
             self.cond.notify_all()
+        self.progress_event.set()
 
     def release(self) -> None:
         """Close the control block and the wake pipe (idempotent)."""

@@ -66,6 +66,7 @@ class WorkerProcess:
         if control is not None:
             control[_fds.CANCEL_FLAG] = 0
             control[_fds.READER_IDLE] = 0
+            _fds.clear_progress_block(control)
 
     def retire(
         self,

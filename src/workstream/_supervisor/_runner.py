@@ -34,6 +34,7 @@ left the channel unclean.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -53,6 +54,9 @@ from ._intake import Intake
 from ._jobcore import JobCore
 from ._memory import MemoryWatch, oom_kill_count
 from ._process import WorkerProcess
+
+PROGRESS_TICK = 0.05
+"""Seconds between two reads of the progress slot for ``on_progress`` (20 per second)."""
 
 
 class JobRunner:
@@ -82,6 +86,7 @@ class JobRunner:
         self._intake = Intake(core, options)
         self._ladder = Ladder()  # the steps of the cancel ladder taken so far
         self._exited = False  # True once the child's exit was seen (pidfd / sentinel)
+        self._next_progress_at = 0.0  # the next progress tick (with on_progress only)
         # Warm workers only (run_on): the job's bytes still to write to the jobs pipe,
         # and a hook called when the wake pipe fires (the Worker's own requests).
         self._warm = False
@@ -164,7 +169,7 @@ class JobRunner:
         control = core.control
         assert control is not None
         while True:
-            timeout_ms = _earliest(self._escalate(), self._ticks())
+            timeout_ms = _earliest(self._escalate(), self._ticks(), self._progress_tick())
             # Tell the child we are waiting: it then writes each item at once instead of
             # batching (lowest latency; and nothing waits in its buffer for a crash to lose).
             idle = reading and data_open
@@ -191,6 +196,7 @@ class JobRunner:
             if self._exited:
                 break
             if self._warm and intake.final is not None:
+                self._last_reads()
                 return  # the job is over; the warm process waits for the next one
             if data_open:
                 want = not core.should_pause_reading()
@@ -203,6 +209,7 @@ class JobRunner:
                     reading = want
         if data_open:
             intake.drain(data_r)
+        self._last_reads()
 
     # -- periodic checks (the memory limit) ---------------------------------------------
 
@@ -345,6 +352,8 @@ class JobRunner:
         final_at = self._intake.final_at
         if self.core.cancel is None and final_at is None:
             return None  # the common case, per chunk read: Ladder.due would say so too
+        if self.core.cancel is not None:
+            self.core.poll_grace()  # extra grace the worker obtained moves the deadlines
         now = time.monotonic()
         due = self._ladder.due(
             self.core.cancel, now, gone=self.gone(), final_at=final_at,
@@ -352,6 +361,26 @@ class JobRunner:
         )
         take_steps(due, self)
         return due.timeout_ms(now)
+
+    # -- PROGRESS: the progress tick -----------------------------------------------------
+
+    def _progress_tick(self) -> int | None:
+        """With ``on_progress``: read the progress slot every ``PROGRESS_TICK`` seconds
+        (the listener thread is woken for a new report); return ms until the next read.
+        None (no tick) without a subscriber: ``job.progress`` reads the slot itself."""
+        if self._options.on_progress is None:
+            return None
+        now = time.monotonic()
+        if now >= self._next_progress_at:
+            self.core.poll_progress()
+            self._next_progress_at = now + PROGRESS_TICK
+        return max(0, math.ceil((self._next_progress_at - now) * 1000))
+
+    def _last_reads(self) -> None:
+        """Before the outcome: the worker's last progress report (``job.progress`` keeps
+        it once the control block is closed) and its grace requests."""
+        self.core.poll_progress()
+        self.core.poll_grace()
 
     # -- the seam: what this runner offers the core (_core._seam.Transport) -------------
 
@@ -454,6 +483,7 @@ class JobRunner:
             memory_limit=self._options.max_memory,
             memory_peak=None if self._memory is None else self._memory.peak,
             kernel_oom_kill=self._killed_by_the_kernel(exit_code),
+            grace_asked=core.grace_asked, grace_granted=core.grace_granted,
         )
 
     def _build_outcome(self, exit_code: int | None) -> Outcome:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import struct
 import sys
 import tempfile
 
@@ -23,6 +24,69 @@ HAS_CHILDREN = 2  # set by the child as it exits: 1 if it had child processes of
 FAULT_REPORT_LIMIT = 256 << 10
 """Most bytes of a fault report the parent reads (faulthandler writes at most 100 frames
 for each of at most 100 threads: far less in practice)."""
+# -- PROGRESS: offsets 64-2047 (progress slot; time to save a checkpoint).
+# The progress slot is a seqlock written only by the child: PROGRESS_SEQ (u32) is odd
+# while a report is being written, even when it is whole; PROGRESS_LEN (u32) bytes of
+# report follow at PROGRESS_DATA.
+PROGRESS_SEQ = 64
+PROGRESS_LEN = 68
+PROGRESS_DATA = 72
+PROGRESS_MAX = 1400  # most bytes of one report (PROGRESS_DATA + PROGRESS_MAX <= STOP_AT)
+# f64 values, each with one writer (time.monotonic() seconds: CLOCK_MONOTONIC is the
+# same clock in every process of the machine).
+STOP_AT = 1984  # parent: the cancel's SIGKILL deadline before any extra grace; 0: none
+MAX_GRACE = 1992  # parent: the job's max_grace
+GRACE_ASKED = 2000  # child: seconds of extra grace the job asked for, in all
+GRACE_GRANTED = 2008  # child: seconds of it granted (at most MAX_GRACE)
+PROGRESS_END = 2048  # first byte after this block (cleared for each job of a Worker)
+
+
+_U32 = struct.Struct("<I")
+_F64 = struct.Struct("<d")
+
+
+def write_progress(block: mmap.mmap, report: bytes) -> None:
+    """Write ``report`` (at most ``PROGRESS_MAX`` bytes) into the progress slot; the one
+    writer (the child) must serialise its calls."""
+    if len(report) > PROGRESS_MAX:
+        raise ValueError(f"a progress report of {len(report)} bytes; at most {PROGRESS_MAX}")
+    odd = _U32.unpack_from(block, PROGRESS_SEQ)[0] | 1  # (odd already: a torn write)
+    _U32.pack_into(block, PROGRESS_SEQ, odd)  # odd: being written
+    _U32.pack_into(block, PROGRESS_LEN, len(report))
+    block[PROGRESS_DATA:PROGRESS_DATA + len(report)] = report
+    _U32.pack_into(block, PROGRESS_SEQ, (odd + 1) & 0xFFFFFFFF or 2)
+
+
+def read_progress(block: mmap.mmap, known_seq: int, tries: int = 64) -> tuple[int, bytes | None]:
+    """Read the progress slot: ``(seq, report)``; report is None if the sequence number is
+    still ``known_seq`` (nothing new), or if no whole report could be read in ``tries``
+    attempts (the writer kept writing; the caller keeps its last one). Never blocks."""
+    for _ in range(tries):
+        seq = _U32.unpack_from(block, PROGRESS_SEQ)[0]
+        if seq == known_seq:
+            return seq, None
+        if seq & 1:
+            continue
+        n = _U32.unpack_from(block, PROGRESS_LEN)[0]
+        data = bytes(block[PROGRESS_DATA:PROGRESS_DATA + min(n, PROGRESS_MAX)])
+        if _U32.unpack_from(block, PROGRESS_SEQ)[0] == seq:
+            return seq, data
+    return known_seq, None
+
+
+def read_f64(block: mmap.mmap, offset: int) -> float:
+    """The f64 at ``offset`` of the control block."""
+    return float(_F64.unpack_from(block, offset)[0])
+
+
+def write_f64(block: mmap.mmap, offset: int, value: float) -> None:
+    """Write the f64 ``value`` at ``offset`` of the control block."""
+    _F64.pack_into(block, offset, value)
+
+
+def clear_progress_block(block: mmap.mmap) -> None:
+    """Zero the PROGRESS block (offsets 64-2047): a new job of a warm process."""
+    block[PROGRESS_SEQ:PROGRESS_END] = bytes(PROGRESS_END - PROGRESS_SEQ)
 
 
 def make_pipe(size_bytes: int | None = None) -> tuple[int, int]:

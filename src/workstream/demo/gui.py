@@ -1,7 +1,8 @@
 """``workstream demo --gui``: the training demo in a Qt window.
 
 A window with Start and Stop buttons, a live loss/accuracy curve (a small QPainter
-widget), a progress bar and a status line (running / cancelling / the outcome and the
+widget), a progress bar (with steps/s and ETA from the worker's ``workstream.progress()``
+reports) and a status line (running / cancelling / the outcome and the
 stop latency). The worker is the terminal demo's (:func:`workstream.demo.model.train`),
 bridged to the GUI thread by :class:`workstream.qt.QtJob`; the GUI thread never waits for
 it.
@@ -39,8 +40,10 @@ from workstream import (
     Failed,
     Options,
     Outcome,
+    Progress,
     describe_exit,
 )
+from workstream import progress as report_progress
 from workstream.qt import QT_BINDING, QtJob
 
 from . import model
@@ -97,6 +100,7 @@ else:
 ENDED_STATES = frozenset({"completed", "cancelled", "failed", "crashed"})
 """``state_changed`` values that mean the worker process is gone (reaped)."""
 _AUTO_CLOSE_MS = 150  # after the job ended, with --stop-after: let the last frame paint
+_BAR_FORMAT = "step %v of %m"  # then rate and ETA from the worker's progress reports
 
 
 def run_gui_demo(settings: DemoSettings, screenshot: str | None = None) -> int:
@@ -275,7 +279,7 @@ class DemoWindow(QWidget):
         self.plot = LossPlot(settings.steps, self)
         self.progress = QProgressBar(self)
         self.progress.setRange(0, settings.steps)
-        self.progress.setFormat("step %v of %m")
+        self.progress.setFormat(_BAR_FORMAT)
         self.status = QLabel("ready", self)
         self.status.setWordWrap(True)
         self.status.setMinimumHeight(36)
@@ -305,13 +309,14 @@ class DemoWindow(QWidget):
             return
         s = self.settings
         fn = functools.partial(model.train, s.steps, seed=s.seed, stuck=s.stuck,
-                               fail_at=s.fail_at)
+                               fail_at=s.fail_at, report=report_progress)
         self.received = Received()
         self.presses = self._new_presses()
         self._stop_presses = 0
         self._worker_gone = False
         self.plot.clear(s.steps)
         self.progress.setValue(0)
+        self.progress.setFormat(_BAR_FORMAT)
         try:
             qjob = QtJob.start(fn, parent=self, max_rate=60, grace=s.grace,
                                start_method=s.start_method, name="workstream-demo")
@@ -321,6 +326,7 @@ class DemoWindow(QWidget):
         self.qjob = qjob
         qjob.items.connect(self._on_items)
         qjob.state_changed.connect(self._on_state)
+        qjob.progress.connect(self._on_progress)
         qjob.finished.connect(self._on_finished)
         self._set_running(True)
         self.status.setText("starting the worker process…")
@@ -379,6 +385,17 @@ class DemoWindow(QWidget):
                     "cooperative cancel: Stop escalates to SIGTERM, then SIGKILL "
                     f"at {self.settings.grace:g} s")
         self.status.setText(text)
+
+    def _on_progress(self, progress: Progress) -> None:
+        """The worker's newest report (``workstream.progress``): rate and ETA on the bar."""
+        if self._closing:
+            return
+        text = _BAR_FORMAT
+        if progress.rate is not None:
+            text += f" · {progress.rate:,.0f} steps/s"
+        if progress.eta is not None:
+            text += f" · ETA {progress.eta:.1f} s"
+        self.progress.setFormat(text)
 
     def _on_state(self, state: str) -> None:
         """A new job state: "cancelling" says what Kill now does; a final state (the

@@ -17,7 +17,7 @@ a C call that cannot notice a cooperative cancel, so only SIGTERM/SIGKILL can st
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -167,6 +167,7 @@ def train(
     stuck: bool = False,
     stuck_seconds: float = STUCK_SECONDS,
     fail_at: int | None = None,
+    report: Callable[..., object] | None = None,
 ) -> Generator[StepItem, None, Summary]:
     """Train the MLP for ``steps`` steps, yielding one :class:`StepItem` per step.
 
@@ -175,7 +176,8 @@ def train(
     carries a ``stuck`` description and the generator then spends about
     ``stuck_seconds`` in one C call before it trains on. With ``fail_at``, raises
     :class:`InjectedFailure` at that step. Deterministic for a given seed (except the
-    length of the C call).
+    length of the C call). ``report`` (``workstream.progress`` in the demo) is called
+    after each step as ``report(done, steps, loss=..., accuracy=...)``.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
@@ -190,6 +192,8 @@ def train(
         if step == fail_at:
             raise InjectedFailure(f"injected failure at step {step} (--fail-at)")
         loss, accuracy = train_step(model, opt, x, y)
+        if report is not None:
+            report(step + 1, steps, loss=loss, accuracy=accuracy)
         item: StepItem = {"step": step, "loss": loss, "accuracy": accuracy}
         if step == stuck_at:
             item["stuck"] = describe_long_call(size, stuck_seconds)

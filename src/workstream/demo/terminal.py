@@ -31,6 +31,8 @@ from rich.progress import (
 from rich.table import Table
 
 from workstream import Failed, Job, Options, Outcome, start
+from workstream import Progress as WorkerProgress
+from workstream import progress as report_progress
 
 from . import model
 from .model import StepItem
@@ -91,7 +93,7 @@ def run_demo(settings: DemoSettings) -> int:
 def _start_job(settings: DemoSettings) -> Job[Any, Any]:
     fn = functools.partial(
         model.train, settings.steps, seed=settings.seed, stuck=settings.stuck,
-        fail_at=settings.fail_at,
+        fail_at=settings.fail_at, report=report_progress,
     )
     return start(fn, grace=settings.grace, start_method=settings.start_method,
                  name="workstream-demo")
@@ -131,7 +133,7 @@ def consume(job: Job[Any, Any], view: LiveView, stop: StopButton) -> Received:
                     view.announce(f"worker pid {job.pid} is training.")
                     pid_shown = True
                 received.add([item])
-                view.show(item, job.cancel_requested)
+                view.show(item, job.cancel_requested, job.progress)
             return received
         except KeyboardInterrupt:
             _handle_interrupt(stop)
@@ -264,8 +266,9 @@ class StopButton:
 class LiveView:
     """Shows the stream as it arrives.
 
-    On a terminal: a rich progress bar (step count, loss, accuracy, items/s, elapsed).
-    Elsewhere (a pipe, a file): a plain line every tenth of the run. Messages from
+    On a terminal: a rich progress bar (step count, loss, accuracy, steps/s and ETA from
+    the worker's ``workstream.progress()`` reports, elapsed). Elsewhere (a pipe, a
+    file): a plain line every tenth of the run. Messages from
     :meth:`announce` appear above the bar; it is safe from any thread.
     """
 
@@ -283,13 +286,14 @@ class LiveView:
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("acc {task.fields[acc]}"),
-            TextColumn("{task.fields[rate]} items/s"),
+            TextColumn("{task.fields[rate]} steps/s"),
+            TextColumn("ETA {task.fields[eta]}"),
             TimeElapsedColumn(),
             console=console,
             disable=self._plain,
         )
         self._task: TaskID = self._progress.add_task(
-            "training", total=total, loss="-", acc="-", rate="-"
+            "training", total=total, loss="-", acc="-", rate="-", eta="-"
         )
         self._window_start = time.monotonic()
         self._window_items = 0
@@ -304,25 +308,37 @@ class LiveView:
     ) -> None:
         self._progress.stop()
 
-    def show(self, item: StepItem, stopping: bool) -> None:
-        """Show one training step; describe the long C call when the item announces it."""
+    def show(
+        self, item: StepItem, stopping: bool, progress: WorkerProgress | None = None
+    ) -> None:
+        """Show one training step (rate and ETA from the worker's newest ``progress``
+        report); describe the long C call when the item announces it."""
         done = item["step"] + 1
         loss, acc = f"{item['loss']:.4f}", f"{item['accuracy']:.1%}"
         fields: dict[str, Any] = {"loss": loss, "acc": acc}
-        rate = self._rate()
+        rate = self._rate() if progress is None else progress.rate
         if rate is not None:
             fields["rate"] = f"{rate:,.0f}"
+        eta = None if progress is None else progress.eta
+        if eta is not None:
+            fields["eta"] = f"{eta:.1f} s"
         description = "stopping" if stopping else "training"
         self._progress.update(self._task, completed=done, description=description, **fields)
         if self._plain and (done % self._every == 0 or done == self._total):
-            self._console.print(f"step {done}/{self._total}  loss {loss}  accuracy {acc}")
+            speed = "" if rate is None else f"  {rate:,.0f} steps/s"
+            left = "" if eta is None else f"  ETA {eta:.1f} s"
+            self._console.print(
+                f"step {done}/{self._total}  loss {loss}  accuracy {acc}{speed}{left}"
+            )
         stuck = item.get("stuck")
         if stuck is not None:
             # The worker checks for a cancel right after sending this item, then enters
             # the call: give it that moment, so that a Stop pressed on this announcement
             # really meets a worker inside the C call (no more items come meanwhile).
             time.sleep(_ENTER_CALL_DELAY)
-            self._progress.update(self._task, description="stuck in a C call", rate="0")
+            self._progress.update(
+                self._task, description="stuck in a C call", rate="0", eta="-"
+            )
             self.announce(
                 f"[bold yellow]The worker is now in a long C call[/]: {escape(stuck)}. "
                 "It cannot see Stop until the call returns, so Stop will end in SIGTERM "
