@@ -75,10 +75,12 @@ class Job(Generic[ItemT, ResultT]):
             control_fd, control = _fds.make_control_block()
             core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
         else:
+            wake = host.wake_fds
             core = JobCore(
                 None, options.max_buffered_items, options.max_buffered_bytes,
-                wake=host.wake_fds,
+                wake=wake, queued=wake[0] < 0,  # a Pool's job waits in its queue
             )
+        core.timeout = options.timeout
         self._core = core
         self._view = view = JobView(core, options, self._name, started_at)
         # Both threads exist before either starts: the runner must know whether a

@@ -71,6 +71,11 @@ class Options:
     """Called with each item on the job's listener thread; iteration is then refused."""
     on_done: Callable[[Any], object] | None = None
     """Called once with the outcome on the job's listener thread, after the last on_item."""
+    # -- POOL: time limit of a job (also per job on a Worker and a Pool) ----------------
+    timeout: float | None = None
+    """Seconds the job may run, counted from the moment it starts running (not while it
+    waits for a process or in a Pool's queue); then it is cancelled with its grace, as by
+    ``cancel()``, and its outcome says ``timed_out``. None: no limit."""
 
     def __post_init__(self) -> None:
         _check_seconds("grace", self.grace, allow_zero=False)
@@ -111,6 +116,7 @@ class Options:
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
+        _check_pool_options(self)
 
     @property
     def resolved_start_method(self) -> str:
@@ -184,6 +190,11 @@ class ChildSettings:
     is the fork server)."""
     forkserver: bool = False
     """Started by the fork server: drop the inherited end of its "alive" pipe."""
+
+
+def _check_pool_options(opts: Options) -> None:
+    if opts.timeout is not None:
+        _check_seconds("timeout", opts.timeout, allow_zero=False)
 
 
 def _check_count(name: str, value: object, what: str) -> None:

@@ -15,7 +15,7 @@ from typing import Literal
 from ._core._states import IllegalTransition as IllegalTransition
 from ._core._states import JobState as JobState
 from ._core._states import check_transition as check_transition
-from ._errors import Cancelled, WorkerCrashed, WorkstreamError
+from ._errors import Cancelled, JobTimeout, WorkerCrashed, WorkstreamError
 
 
 class CancelRung(str, enum.Enum):
@@ -56,6 +56,9 @@ class _Common:
     process survived the job and runs the next one; False if the job cost the process
     (it needed SIGTERM/SIGKILL, crashed, or left the channel unclean) and the Worker
     replaces it."""
+    timed_out: bool = field(default=False, kw_only=True)
+    """True if the job's ``timeout=`` ran out and workstream cancelled it for that (the
+    outcome is then ``cancelled``, unless the job ended on its own during the grace)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class CancelledOutcome(_Common):
 
     @property
     def error(self) -> Cancelled:
+        if self.timed_out:
+            return JobTimeout(f"job timed out: it was cancelled ({self.rung})")
         return Cancelled(f"job was cancelled ({self.rung})")
 
 

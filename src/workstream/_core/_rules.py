@@ -103,6 +103,8 @@ class Facts:
     """The application's ``__main__.__file__`` (named when a worker stopped importing it)."""
     kept_warm: bool | None = None
     """A Worker's job: whether its process stays for the next job (None: not a Worker's)."""
+    timed_out: bool = False
+    """The job's ``timeout=`` ran out and the runner cancelled it for that."""
 
 
 def stopped_from_outside(facts: Facts) -> bool:
@@ -142,6 +144,7 @@ def decide(facts: Facts) -> Outcome:
         "exit_code": facts.exit_code,
         "duration": facts.now - facts.started_at,
         "kept_warm": facts.kept_warm,
+        "timed_out": facts.timed_out,
     }
     if facts.refused is not None:
         return Failed(**common, error=facts.refused)

@@ -34,6 +34,7 @@ left the channel unclean.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -157,7 +158,7 @@ class JobRunner:
         control = core.control
         assert control is not None
         while True:
-            timeout_ms = self._escalate()
+            timeout_ms = _sooner(self._escalate(), self._timeout_tick())
             # Tell the child we are waiting: it then writes each item at once instead of
             # batching (lowest latency; and nothing waits in its buffer for a crash to lose).
             idle = reading and data_open
@@ -301,6 +302,19 @@ class JobRunner:
         take_steps(due, self)
         return due.timeout_ms(now)
 
+    def _timeout_tick(self) -> int | None:
+        """The job's ``timeout=``: ms until it runs out (None: no limit applies); once
+        it has, cancel the job with its grace (recorded as timed out) and return 0, so
+        that the ladder takes its first steps at once."""
+        left = self.core.timeout_left(time.monotonic())
+        if left is None:
+            return None
+        if left > 0:
+            return math.ceil(left * 1000)
+        grace = self._options.grace
+        self.core.time_out(grace, self._options.term_delay(grace))
+        return 0
+
     # -- the seam: what this runner offers the core (_core._seam.Transport) -------------
 
     def ask(self) -> None:
@@ -397,10 +411,18 @@ class JobRunner:
             final=intake.final, interrupted=self._ladder.interrupted,
             killed=self._ladder.killed, torn_bytes=intake.decoder.pending,
             ready_seen=intake.ready_seen, main_file=_main_file(), kept_warm=kept_warm,
+            timed_out=core.timed_out,
         )
 
     def _build_outcome(self, exit_code: int | None) -> Outcome:
         return decide(self._facts(exit_code))
+
+
+def _sooner(a: int | None, b: int | None) -> int | None:
+    """The shorter of two poll timeouts in ms (None: no limit)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _describe(exc: BaseException) -> str:
