@@ -137,8 +137,7 @@ class PoolCore:
             for slot in self.slots:
                 slot.close(wait=False)
             raise
-        self._closed = threading.Event()
-        _registry.add(self)
+        _registry.add(self)  # until close(): queued jobs end at interpreter exit
 
     # -- queueing (user threads) --------------------------------------------------------
 
@@ -331,12 +330,12 @@ class PoolCore:
             self.cancel_all(grace)
         for slot in self.slots:
             slot.close(wait=False, grace=grace)
+        # Every job has ended or is in a slot's hands now; the slots (registered on
+        # their own) finish the rest, at exit too.
+        _registry.remove(self)
         if wait and threading.current_thread() not in {s.thread for s in self.slots}:
             for slot in self.slots:
                 slot.close(wait=True, grace=grace)
-        if all(s.closed.is_set() for s in self.slots):
-            self._closed.set()
-            _registry.remove(self)
 
     def close_when_collected(self) -> None:
         """The Pool facade was garbage-collected: close without waiting (on a thread of
@@ -359,9 +358,6 @@ class PoolCore:
         deadline = time.monotonic() + timeout
         for slot in self.slots:
             slot.thread.join(max(0.0, deadline - time.monotonic()))
-        if all(s.closed.is_set() for s in self.slots):
-            self._closed.set()
-            _registry.remove(self)
 
     def _grace(self) -> float:
         return self._options.grace + RETIRE_WAIT
