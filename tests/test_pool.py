@@ -49,19 +49,22 @@ def worker_pids() -> set[int]:
 class Sampler:
     """Counts the pool's worker processes in a thread until stopped; keeps the maximum."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 0.002) -> None:
         self.most = 0
+        self._interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="test-sampler")
-        self._thread.start()
+        self.lock = threading.Lock()  # held while sampling (hold it to pause the sampler)
+        self.thread = threading.Thread(target=self._run, name="test-sampler")
+        self.thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(0.002):
-            self.most = max(self.most, len(worker_pids()))
+        while not self._stop.wait(self._interval):
+            with self.lock:
+                self.most = max(self.most, len(worker_pids()))
 
     def stop(self) -> int:
         self._stop.set()
-        self._thread.join()
+        self.thread.join()
         return self.most
 
 
