@@ -37,6 +37,7 @@ BENCHMARKS: dict[str, str] = {
     "cancel_check": "ns per yield of the cancellation check on the hot path",
     "cancel_latency": "cancel() -> child reaped, vs terminate(), pebble, ProcessPoolExecutor",
     "startup": "start() -> first item: cold spawn / forkserver (numpy or not), warm Worker",
+    "pool": "Pool.map over tiny tasks vs ProcessPoolExecutor/pebble/loky; cancel; start",
 }
 
 

@@ -247,11 +247,17 @@ class Pool:
     def _map_job(
         self, fn: Callable[..., Any], timeout: float | None
     ) -> Callable[[Any, bool], Job[Any, Any]]:
-        """How map() starts the job of one input (``block``: wait for room in the queue)."""
-        unbounded = {"max_buffered_items": None, "max_buffered_bytes": None}
+        """How map() starts the job of one input (``block``: wait for room in the queue).
+        The options are checked once, here: each job only pickles its input."""
+        opts = dataclasses.replace(
+            self._job_options, max_buffered_items=None, max_buffered_bytes=None,
+            timeout=self._job_options.timeout if timeout is None else timeout,
+        )
+        core = self._core
+        hosts = (_Queue(core, 0, False), _Queue(core, 0, True))
 
         def start_one(x: Any, block: bool) -> Job[Any, Any]:
-            return self._start(fn, (x,), 0, timeout, unbounded, block=block, call="Pool.map()")
+            return Job(fn, (x,), opts, host=hosts[block], owner=self)
 
         return start_one
 
