@@ -75,10 +75,10 @@ class Job(Generic[ItemT, ResultT]):
             control_fd, control = _fds.make_control_block()
             core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
         else:
-            wake = host.wake_fds
             core = JobCore(
                 None, options.max_buffered_items, options.max_buffered_bytes,
-                wake=wake, queued=wake[0] < 0,  # a Pool's job waits in its queue
+                wake=host.wake_fds,
+                queued=getattr(host, "queues_jobs", False),  # a Pool's job waits in its queue
             )
         core.timeout = options.timeout
         self._core = core
@@ -145,7 +145,8 @@ class Job(Generic[ItemT, ResultT]):
 
     @property
     def state(self) -> JobState:
-        """One of starting, running, cancelling, completed, cancelled, failed, crashed."""
+        """One of queued (a Pool's job waiting for a process), starting, running,
+        cancelling, completed, cancelled, failed, crashed."""
         return self._core.state
 
     @property

@@ -35,6 +35,8 @@ from ._worker import JOB_OPTIONS
 class _Queue:
     """The host a pool's ``Job`` is handed to: the pool's queue, at one priority."""
 
+    queues_jobs = True  # its jobs start QUEUED, without a wake pipe until dequeued
+
     def __init__(self, core: PoolCore, priority: int, block: bool) -> None:
         self._core = core
         self._priority = priority
