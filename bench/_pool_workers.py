@@ -26,3 +26,14 @@ def until_cancelled() -> Iterator[int]:
         yield i
         i += 1
         workstream.check_cancelled()
+
+
+def paced() -> Iterator[int]:
+    """Yield an item every millisecond until cancelled: a busy job that leaves CPU."""
+    import time
+
+    i = 0
+    while True:
+        yield i
+        i += 1
+        time.sleep(0.001)

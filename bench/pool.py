@@ -7,8 +7,9 @@ Three tables, each with references measured in the same run:
   (chunksize 1) and, if installed, pebble's ``ProcessPool.map`` and loky's executor
   (chunksize 1); tasks per second, same number of workers (``--workers``, default 2).
 * ``cancel``: ``job.cancel()`` -> outcome known, for a job that yields in a loop (a
-  cooperative stop), in a pool whose other workers stream at the same time, vs the same
-  job on a lone warm ``workstream.Worker``; p50 / p95 over ``--trials``.
+  cooperative stop), in a pool whose other workers stream at the same time (an item
+  per millisecond each), vs the same job on a lone warm ``workstream.Worker``; p50 / p95
+  over ``--trials``.
 * ``start``: ``start()`` -> first item, for a job that yields at once, on an idle warm
   worker: ``Pool.start`` vs ``Worker.start``; p50 / p95.
 """
@@ -126,7 +127,7 @@ def cancel_rows(trials: int, workers: int) -> list[dict[str, Any]]:
 
     rows = []
     with workstream.Pool(workers) as pool:
-        busy = [pool.start(w.until_cancelled) for _ in range(workers - 1)]
+        busy = [pool.start(w.paced) for _ in range(workers - 1)]
         for job in busy:
             next(iter(job))
         stop = False
@@ -137,11 +138,11 @@ def cancel_rows(trials: int, workers: int) -> list[dict[str, Any]]:
                     job.drain()
                 if not busy:
                     return
-                time.sleep(0.001)  # ok: sleep (a reader's pace)
+                time.sleep(0.005)  # ok: sleep (a reader's pace)
 
         reader = threading.Thread(target=drain, daemon=True)
         reader.start()
-        rows.append(_lat_row(f"Pool ({workers - 1} other jobs streaming)",
+        rows.append(_lat_row(f"Pool ({workers - 1} other jobs streaming, 1 item/ms)",
                              _cancel_times(lambda: pool.start(w.until_cancelled), trials)))
         stop = True
         reader.join()
