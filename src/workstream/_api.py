@@ -73,14 +73,17 @@ class Job(Generic[ItemT, ResultT]):
         started_at = time.monotonic()
         if host is None:
             control_fd, control = _fds.make_control_block()
-            core = JobCore(control, options.max_buffered_items, options.max_buffered_bytes)
+            core = JobCore(
+                control, options.max_buffered_items, options.max_buffered_bytes,
+                timeout=options.timeout,
+            )
         else:
             core = JobCore(
                 None, options.max_buffered_items, options.max_buffered_bytes,
                 wake=host.wake_fds,
                 queued=getattr(host, "queues_jobs", False),  # a Pool's job waits in its queue
+                timeout=options.timeout,
             )
-        core.timeout = options.timeout
         self._core = core
         self._view = view = JobView(core, options, self._name, started_at)
         # Both threads exist before either starts: the runner must know whether a
