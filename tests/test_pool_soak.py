@@ -108,6 +108,12 @@ def check(p: Plan, items: list[object], closing: bool) -> None:
         raise AssertionError(f"{p}: {outcome}")
 
 
+def _sweep(pool: workstream.Pool, delay: float, never: threading.Event) -> None:
+    """After ``delay`` seconds (an event nobody sets), cancel every job of ``pool``."""
+    never.wait(delay)
+    pool.cancel_all()
+
+
 @pytest.mark.soak
 @pytest.mark.timeout(120)
 def test_pool_soak_quick(request: pytest.FixtureRequest, tmp_path: Any) -> None:
@@ -165,6 +171,13 @@ def soak(cycles: int, seed: int, tmp: str) -> None:
                     )
                     t.start()
                     cancellers.append(t)
+            sweeping = not closing and cycle % 7 == 3  # cancel_all() from another thread
+            if sweeping:
+                t = threading.Thread(
+                    target=_sweep, args=(pool, rng.uniform(0, 0.02), threading.Event())
+                )
+                t.start()
+                cancellers.append(t)
             closer = None
             if closing:
                 closer = threading.Thread(
@@ -179,7 +192,7 @@ def soak(cycles: int, seed: int, tmp: str) -> None:
                     items.append(item)
                     if p.cancel == "after-k" and len(items) == p.k:
                         p.job.cancel()
-                check(p, items, closing)
+                check(p, items, closing or sweeping)
             slowest = max(slowest, time.monotonic() - t0)
             for t in cancellers:
                 t.join(30)
