@@ -38,6 +38,7 @@ BENCHMARKS: dict[str, str] = {
     "cancel_latency": "cancel() -> child reaped, vs terminate(), pebble, ProcessPoolExecutor",
     "startup": "start() -> first item: cold spawn / forkserver (numpy or not), warm Worker",
     "progress": "ns per workstream.progress() call in a flood, job.progress read",
+    "pool": "Pool.map over tiny tasks vs ProcessPoolExecutor/pebble/loky; cancel; start",
 }
 
 

@@ -27,6 +27,7 @@ import pytest
 
 import workers
 import workers_badinput as wb
+import workers_pool as wp
 import workers_stream as ws
 import workstream
 from conftest import wait_until
@@ -120,6 +121,7 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
     used = _names(code)
     jobs: list[workstream.Job[Any, Any]] = []
     workers_open: list[workstream.Worker] = []
+    pools_open: list[workstream.Pool] = []
     gate = None
     try:
         if "job" in used:
@@ -145,6 +147,26 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
             assert next(iter(busy_job)) == "first"
             jobs.append(busy_job)
             ns["job"] = busy_job  # released like a plain job below
+        if "pool" in used:
+            ns["pool"] = workstream.Pool(1)
+            pools_open.append(ns["pool"])
+        if "closed_pool" in used:
+            ns["closed_pool"] = workstream.Pool(1)
+            ns["closed_pool"].close()
+        if "full_pool" in used:
+            full = workstream.Pool(1, max_queued=1)
+            pools_open.append(full)
+            gate = ws.make_gate(str(tmp_path))
+            blocker = full.start(ws.yield_then_block, gate, name="fn")
+            assert next(iter(blocker)) == "first"
+            full.start(wb.fn, 1)  # waits in the queue: the queue is full
+            ns["full_pool"] = full
+        if "timed_out" in used:
+            ns["timed_out"] = workstream.start(
+                wp.mark_then_sleep, str(tmp_path / "timed_out"), 60, timeout=0.1
+            )
+            jobs.append(ns["timed_out"])
+            ns["timed_out"].wait(timeout=20)
         if "ended" in used:
             ns["ended"] = workstream.start(wb.fn, 1, 2)
             jobs.append(ns["ended"])
@@ -160,6 +182,8 @@ def _namespace(code: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
             job.wait(timeout=20)
         for worker in workers_open:
             worker.close()
+        for pool in pools_open:
+            pool.close(grace=0)
 
 
 def _raised_in_parent(row: Row, tmp_path: Any) -> BaseException | object:

@@ -22,7 +22,7 @@ from workstream import __main__ as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ["throughput", "large_arrays", "latency", "cancel_check", "cancel_latency",
-              "startup", "progress"]
+              "startup", "progress", "pool"]
 
 pytest.importorskip("numpy")  # large_arrays and cancel_check's worker rows import it
 
@@ -145,3 +145,13 @@ def test_workstream_bench_outside_a_checkout_says_what_to_do(
     assert cli.main(["bench", "--quick"]) == cli.EXIT_USAGE
     assert "python -m bench" in capsys.readouterr().err
     assert os.path.isdir(ROOT / "bench")
+
+
+@pytest.mark.timeout(120)
+def test_pool_benchmark_reports_ratios(tmp_path: Path) -> None:
+    _, doc = run_bench(tmp_path, "bench.pool", "--tasks", "200", "--trials", "3",
+                       "--repeats", "1", timeout=100)
+    check_report(doc, "pool")
+    rows = {r["row"]: r for r in doc["tables"][0]["rows"]}
+    assert rows["Pool.map"]["per_s"] > 0
+    assert "ref: ProcessPoolExecutor.map chunksize=1" in rows

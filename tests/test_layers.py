@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "demo": ("workstream.demo.",),
     "bridges": ("workstream.qt", "workstream.tk", "workstream._pacing", "workstream._qt_compat"),
     "public": ("workstream",),
-    "worker": ("workstream._worker",),
+    "worker": ("workstream._worker", "workstream._pool"),
     "api": ("workstream._api", "workstream._checks", "workstream._jobview"),
     "aio": ("workstream._aio",),
     "supervisor": ("workstream._supervisor.",),
@@ -47,7 +47,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "demo": {"demo", "public", "workstream.qt"},  # the public API only (and the Qt bridge)
     "bridges": {"bridges", "public"},
     "public": {"worker", "api", "child"} | _BOTTOM,
-    "worker": {"api", "supervisor", "child"} | _BOTTOM,
+    "worker": {"worker", "api", "supervisor", "child"} | _BOTTOM,  # _pool: JOB_OPTIONS
     "api": {"api", "aio", "supervisor", "child", "transport"} | _BOTTOM,
     "aio": {"api"} | _BOTTOM,
     "supervisor": {"supervisor", "child", "transport"} | _BOTTOM,  # _child._runtime: mp target

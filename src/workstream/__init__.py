@@ -8,7 +8,7 @@ is no import cycle; ``docs/design.md`` draws the same map with one line per modu
     demo/                     the demo: an application of the public API only (+ qt)
     qt, tk, _pacing, _qt_compat   GUI bridges: the public API and their toolkit
     workstream (this file)    re-exports the public names (the public API)
-    _worker                   Worker: warm processes
+    _worker, _pool            Worker: a warm process; Pool: warm processes and a queue
     _api, _checks, _jobview   start(), Job: caller-side checks, a Job's stream and waiting
     _aio                      asyncio for Job (imported on first use)
     _supervisor/              parent side: runner thread, intake, ladder, reaping, guard, registry
@@ -38,8 +38,10 @@ from ._errors import (
     Cancelled,
     ChannelBroken,
     DeliveryError,
+    JobTimeout,
     MemoryLimitExceeded,
     NotInWorkerError,
+    PoolFull,
     WorkerCrashed,
     WorkerError,
     WorkstreamError,
@@ -55,6 +57,7 @@ from ._outcomes import (
     JobState,
     Outcome,
 )
+from ._pool import Pool, PoolStats
 from ._worker import Worker
 
 __version__ = "0.1.0"
@@ -72,10 +75,14 @@ __all__ = [
     "Failed",
     "Job",
     "JobState",
+    "JobTimeout",
     "MemoryLimitExceeded",
     "NotInWorkerError",
     "Options",
     "Outcome",
+    "Pool",
+    "PoolFull",
+    "PoolStats",
     "Progress",
     "Worker",
     "WorkerCrashed",

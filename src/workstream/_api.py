@@ -76,12 +76,14 @@ class Job(Generic[ItemT, ResultT]):
             control_fd, control = _fds.make_control_block()
             core = JobCore(
                 control, options.max_buffered_items, options.max_buffered_bytes,
-                max_grace=options.max_grace,
+                max_grace=options.max_grace, timeout=options.timeout,
             )
         else:
             core = JobCore(
                 None, options.max_buffered_items, options.max_buffered_bytes,
                 wake=host.wake_fds, max_grace=options.max_grace,
+                queued=getattr(host, "queues_jobs", False),  # a Pool's job waits in its queue
+                timeout=options.timeout,
             )
         self._core = core
         self._view = view = JobView(core, options, self._name, started_at)
@@ -148,7 +150,8 @@ class Job(Generic[ItemT, ResultT]):
 
     @property
     def state(self) -> JobState:
-        """One of starting, running, cancelling, completed, cancelled, failed, crashed."""
+        """One of queued (a Pool's job waiting for a process), starting, running,
+        cancelling, completed, cancelled, failed, crashed."""
         return self._core.state
 
     @property

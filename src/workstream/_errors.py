@@ -4,6 +4,7 @@
 
     BaseException
     └── Cancelled                 the job was cancelled (raised inside fn, and by result())
+        └── JobTimeout            result() of a job whose timeout= ran out
     Exception
     └── WorkstreamError           base of everything else workstream raises on its own
         ├── WorkerError           fn raised in the child; remote traceback attached
@@ -12,7 +13,8 @@
         │   └── MemoryLimitExceeded  its process group went over max_memory; killed
         ├── DeliveryError         an item or the final value could not be unpickled here
         ├── CallbackError         an on_item / on_done callback raised; the job was cancelled
-        └── NotInWorkerError      emit() called outside a workstream child (also a RuntimeError)
+        ├── NotInWorkerError      emit() called outside a workstream child (also a RuntimeError)
+        └── PoolFull              Pool.start() with max_queued jobs already queued
 
 ``Cancelled`` derives from ``BaseException`` (as in trio and asyncio) so that a user's
 ``except Exception:`` inside ``fn`` cannot swallow a cancel. Misuse of the API raises the
@@ -23,6 +25,7 @@ This module must stay importable in the child and import nothing from the packag
 
 from __future__ import annotations
 
+import queue as _queue
 import signal as _signal
 
 UNGUARDED_MAIN_EXIT = 87
@@ -193,3 +196,20 @@ class CallbackError(WorkstreamError):
 
 class NotInWorkerError(WorkstreamError, RuntimeError):
     """A child-side call (``emit``) was made outside a function run by ``workstream.start``."""
+
+
+class JobTimeout(Cancelled):
+    """``result()`` of a job whose ``timeout=`` ran out: it was cancelled (with its grace,
+    as by ``cancel()``) because it ran longer than that.
+
+    A :class:`Cancelled`, so ``except workstream.Cancelled`` handles it too; the outcome
+    is a ``CancelledOutcome`` with ``timed_out=True``.
+    """
+
+
+class PoolFull(WorkstreamError, _queue.Full, RuntimeError):
+    """``Pool.start()`` found ``max_queued`` jobs already waiting in the queue.
+
+    Also a ``queue.Full`` and a ``RuntimeError``. Nothing was queued; try again once a
+    job has started (``pool.map`` waits for room by itself).
+    """

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from ._core import _stream
 from ._core._stream import ItemCursor
-from ._errors import CallbackError, Cancelled
+from ._errors import CallbackError, Cancelled, JobTimeout
 from ._options import Options
 from ._outcomes import CancelledOutcome, Completed, Crashed, Failed, Outcome
 from ._supervisor._jobcore import JobCore
@@ -368,6 +368,11 @@ class JobView(ItemCursor):
         if isinstance(outcome, Completed):
             return outcome.value
         if isinstance(outcome, CancelledOutcome):
+            if outcome.timed_out:
+                raise JobTimeout(
+                    f"job {self.name!r} timed out after {self.options.timeout} s of running "
+                    f"and was cancelled ({outcome.rung})"
+                )
             raise Cancelled(f"job {self.name!r} was cancelled ({outcome.rung})")
         if isinstance(outcome, (Failed, Crashed)):
             raise outcome.error

@@ -86,6 +86,11 @@ class Options:
     max_grace: float = 0.0
     """Most extra seconds the worker may obtain with ``workstream.request_grace()``
     (added to a cancel's SIGTERM and SIGKILL deadlines); 0: none."""
+    # -- POOL: time limit of a job (also per job on a Worker and a Pool) ----------------
+    timeout: float | None = None
+    """Seconds the job may run, counted from the moment it starts running (not while it
+    waits for a process or in a Pool's queue); then it is cancelled with its grace, as by
+    ``cancel()``, and its outcome says ``timed_out``. None: no limit."""
 
     def __post_init__(self) -> None:
         _check_seconds("grace", self.grace, allow_zero=False)
@@ -128,6 +133,7 @@ class Options:
                 raise TypeError(f"{name} must be callable or None, not {type(value).__name__}")
         _check_crash_options(self)
         _check_progress_options(self)
+        _check_pool_options(self)
 
     @property
     def resolved_start_method(self) -> str:
@@ -222,6 +228,11 @@ def _check_progress_options(opts: Options) -> None:
             f"on_progress must be callable or None, not {type(opts.on_progress).__name__}"
         )
     _check_seconds("max_grace", opts.max_grace, allow_zero=True)
+
+
+def _check_pool_options(opts: Options) -> None:
+    if opts.timeout is not None:
+        _check_seconds("timeout", opts.timeout, allow_zero=False)
 
 
 def _check_count(name: str, value: object, what: str) -> None:

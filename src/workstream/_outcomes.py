@@ -15,7 +15,7 @@ from typing import Literal
 from ._core._states import IllegalTransition as IllegalTransition
 from ._core._states import JobState as JobState
 from ._core._states import check_transition as check_transition
-from ._errors import Cancelled, WorkerCrashed, WorkstreamError
+from ._errors import Cancelled, JobTimeout, WorkerCrashed, WorkstreamError
 
 
 class CancelRung(str, enum.Enum):
@@ -60,6 +60,9 @@ class _Common:
     """Seconds of extra grace the worker asked for (``workstream.request_grace``), in all."""
     grace_granted: float = field(default=0.0, kw_only=True)
     """Seconds of it granted (at most the job's ``max_grace``)."""
+    timed_out: bool = field(default=False, kw_only=True)
+    """True if the job's ``timeout=`` ran out and workstream cancelled it for that (the
+    outcome is then ``cancelled``, unless the job ended on its own during the grace)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class CancelledOutcome(_Common):
 
     @property
     def error(self) -> Cancelled:
+        if self.timed_out:
+            return JobTimeout(f"job timed out: it was cancelled ({self.rung})")
         return Cancelled(f"job was cancelled ({self.rung})")
 
 

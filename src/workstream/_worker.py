@@ -27,7 +27,7 @@ ResultT = TypeVar("ResultT")
 
 JOB_OPTIONS = frozenset(
     {"grace", "term_after", "max_buffered_items", "max_buffered_bytes", "name", "on_item",
-     "on_done", "shm_copy", "on_progress", "max_grace"}
+     "on_done", "shm_copy", "on_progress", "max_grace", "timeout"}
 )
 """Options ``Worker.start()`` accepts per job; the others belong to the process and are
 given to ``Worker()``."""
@@ -157,7 +157,7 @@ class Worker:
         cancel ladder, outcomes), and ``fn`` may call :func:`workstream.worker_state`.
         Keyword arguments are the per-job options (``grace``, ``term_after``,
         ``max_buffered_items``, ``max_buffered_bytes``, ``name``, ``on_item``,
-        ``on_done``). Never waits for the child; if the process is still starting (or
+        ``on_done``, ``timeout``). Never waits for the child; if the process is still starting (or
         being replaced) the job waits for it, and a cancel meanwhile ends it
         ``before-start``.
 

@@ -120,6 +120,8 @@ class Facts:
     """Seconds of extra grace the worker asked for (``workstream.request_grace``)."""
     grace_granted: float = 0.0
     """Seconds of extra grace granted to it (capped at ``max_grace``)."""
+    timed_out: bool = False
+    """The job's ``timeout=`` ran out and the runner cancelled it for that."""
 
 
 def stopped_from_outside(facts: Facts) -> bool:
@@ -161,6 +163,7 @@ def decide(facts: Facts) -> Outcome:
         "kept_warm": facts.kept_warm,
         "grace_asked": facts.grace_asked,
         "grace_granted": facts.grace_granted,
+        "timed_out": facts.timed_out,
     }
     if facts.refused is not None:
         return Failed(**common, error=facts.refused)

@@ -11,6 +11,8 @@ an internal error.
 
 Job states::
 
+    QUEUED ──► STARTING   (a Pool's job: a warm process took it from the queue)
+    QUEUED ──► CANCELLING ──► CANCELLED   (cancelled while queued: rung before-start)
     STARTING ──► RUNNING ──► COMPLETED | FAILED | CRASHED
         │           │
         └──────┬────┘
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 class JobState(str, enum.Enum):
     """Where a job is in its life. Compares equal to its lower-case name."""
 
+    QUEUED = "queued"
+    """A :class:`workstream.Pool`'s job waiting in the pool's queue (no process yet)."""
     STARTING = "starting"
     RUNNING = "running"
     CANCELLING = "cancelling"
@@ -54,6 +58,7 @@ _TERMINAL = frozenset(
 )
 
 _ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.STARTING, JobState.CANCELLING} | _TERMINAL),
     JobState.STARTING: frozenset(
         {JobState.RUNNING, JobState.CANCELLING, JobState.CANCELLED, JobState.CRASHED,
          JobState.FAILED, JobState.COMPLETED}
@@ -94,8 +99,8 @@ class CancelRequest:
 class JobMachine:
     """One job's observed state and its requested cancel; see the module docstring."""
 
-    def __init__(self) -> None:
-        self.state = JobState.STARTING
+    def __init__(self, queued: bool = False) -> None:
+        self.state = JobState.QUEUED if queued else JobState.STARTING
         """Observed: moved only through :meth:`_move`, against the table above."""
         self.cancel: CancelRequest | None = None
         """Requested: None until the first cancel."""
@@ -140,6 +145,14 @@ class JobMachine:
             req.term_at += more
             req.kill_at += more
         return more
+
+    def dequeued(self) -> bool:
+        """A Pool's queued job was taken by a warm process: STARTING. False (no move) if
+        it is no longer queued (a cancel came first: CANCELLING, or it ended)."""
+        if self.state is JobState.QUEUED:
+            self._move(JobState.STARTING)
+            return True
+        return False
 
     def started(self) -> None:
         """The worker took the job (READY, or a warm worker got it): RUNNING, unless a

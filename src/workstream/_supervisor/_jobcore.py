@@ -38,14 +38,24 @@ class JobCore:
         wake: tuple[int, int] | None = None,
         *,
         max_grace: float = 0.0,
+        queued: bool = False,
+        timeout: float | None = None,
     ) -> None:
         """``control`` may come later (:meth:`attach_control`, a Worker's job). ``wake``:
         a ``(read, write)`` pipe owned by someone else (a Worker's, shared by its jobs);
-        by default the core makes and closes its own. ``max_grace``: the most extra
-        grace the worker may obtain (written into the control block for it)."""
+        by default the core makes and closes its own. ``queued``: a Pool's job, which
+        starts QUEUED with no wake pipe (``(-1, -1)``) until :meth:`dequeue` gives it the
+        one of the process that takes it. ``timeout``: the job's ``timeout=`` option.
+        ``max_grace``: the most extra grace the worker may obtain (written into the
+        control block for it)."""
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
-        self._life = JobMachine()  # observed state and requested cancel (see state, cancel)
+        self._life = JobMachine(queued)  # observed state and requested cancel (see state, cancel)
+        # -- POOL: the time limit, and the hook that ends a queued job at its cancel.
+        self.timeout = timeout
+        self.running_at: float | None = None  # when it started running (the limit's origin)
+        self.timed_out = False  # the limit ran out and the runner cancelled the job
+        self.on_queued_cancel: Callable[[], None] | None = None
         self.pid: int | None = None
         self.outcome: Outcome | None = None
         self.terminal = threading.Event()  # set with the outcome
@@ -229,6 +239,7 @@ class JobCore:
                 granted = _fds.read_f64(control, _fds.GRACE_GRANTED)
                 if granted == granted:
                     self._life.grant_grace(granted, self.max_grace)
+            was_queued = self.state is JobState.QUEUED
             self._life.request_cancel(now, grace, term_delay, discard)
             req = self._life.cancel
             if control is not None and req is not None:
@@ -239,9 +250,12 @@ class JobCore:
             if discard:
                 self.stream.discard()
             self._wake_locked()
-            return True
         finally:
             self.lock.release()
+        hook = self.on_queued_cancel
+        if was_queued and hook is not None:
+            hook()  # its Pool ends it now (before-start), outside the job's lock
+        return True
 
     def take_batch(self, block: bool = True) -> list[object] | None:
         """Return the next batch of items; None once the stream ended and is empty.
@@ -268,7 +282,38 @@ class JobCore:
     def mark_running(self, pid: int) -> None:
         with self.lock:
             self.pid = pid
+            if self.running_at is None:
+                self.running_at = time.monotonic()
             self._life.started()
+
+    def dequeue(self, wake: tuple[int, int]) -> bool:
+        """A Pool's queued job is taken by a warm process whose wake pipe is ``wake``:
+        STARTING, and later requests wake that process's thread. False (nothing changed)
+        if it is no longer queued (cancelled first: it ends before-start)."""
+        with self.lock:
+            if not self._life.dequeued():
+                return False
+            self._wake_r, self._wake_w = wake
+            return True
+
+    def timeout_left(self, now: float) -> float | None:
+        """Seconds until the ``timeout=`` runs out (<= 0: it has); None: no limit applies
+        (none set, not running yet, or already cancelled)."""
+        if self.timeout is None or self.running_at is None or self.cancel is not None:
+            return None
+        return self.running_at + self.timeout - now
+
+    def time_out(self, grace: float, term_delay: float) -> None:
+        """The ``timeout=`` ran out: cancel the job with ``grace`` (the runner's call),
+        recorded as ``timed_out``, unless it ended or was cancelled meanwhile."""
+        with self.lock:
+            if self.state.is_terminal or self.cancel is not None:
+                return
+            self.timed_out = True
+            if self._control is not None:
+                self._control[CANCEL_FLAG] = 1
+            self._life.request_cancel(time.monotonic(), grace, term_delay, False)
+            self._wake_locked()
 
     def discarding(self) -> bool:
         """True once a ``cancel(discard=True)`` came (a hint: read without the lock)."""

@@ -169,7 +169,9 @@ class JobRunner:
         control = core.control
         assert control is not None
         while True:
-            timeout_ms = _earliest(self._escalate(), self._ticks(), self._progress_tick())
+            timeout_ms = _earliest(
+                self._escalate(), self._ticks(), self._progress_tick(), self._timeout_tick()
+            )
             # Tell the child we are waiting: it then writes each item at once instead of
             # batching (lowest latency; and nothing waits in its buffer for a crash to lose).
             idle = reading and data_open
@@ -381,6 +383,18 @@ class JobRunner:
         it once the control block is closed) and its grace requests."""
         self.core.poll_progress()
         self.core.poll_grace()
+    def _timeout_tick(self) -> int | None:
+        """The job's ``timeout=``: ms until it runs out (None: no limit applies); once
+        it has, cancel the job with its grace (recorded as timed out) and return 0, so
+        that the ladder takes its first steps at once."""
+        left = self.core.timeout_left(time.monotonic())
+        if left is None:
+            return None
+        if left > 0:
+            return math.ceil(left * 1000)
+        grace = self._options.grace
+        self.core.time_out(grace, self._options.term_delay(grace))
+        return 0
 
     # -- the seam: what this runner offers the core (_core._seam.Transport) -------------
 
@@ -484,6 +498,7 @@ class JobRunner:
             memory_peak=None if self._memory is None else self._memory.peak,
             kernel_oom_kill=self._killed_by_the_kernel(exit_code),
             grace_asked=core.grace_asked, grace_granted=core.grace_granted,
+            timed_out=core.timed_out,
         )
 
     def _build_outcome(self, exit_code: int | None) -> Outcome:
@@ -494,8 +509,6 @@ def _earliest(*timeouts_ms: int | None) -> int | None:
     """The shortest of poll timeouts in ms (None: no timeout)."""
     due = [t for t in timeouts_ms if t is not None]
     return min(due) if due else None
-
-
 def _describe(exc: BaseException) -> str:
     """``Type: message`` of an exception, on one line."""
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()

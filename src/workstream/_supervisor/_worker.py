@@ -18,19 +18,26 @@ apart, ``WorkerMachine.close_requested``)::
     any state ──close()──► closing (cancel the job with its grace, retire) ──► closed
 
 A lost process is replaced at once with ``prestart=True`` (the default), else when the
-next job needs one. The initializer runs as the first job of every process; a job
-submitted meanwhile waits for it (and ends "before-start" if cancelled while waiting).
+next job needs one. A ``workstream.Pool`` runs one supervisor per slot with a ``feeder``
+(``_supervisor._pool.PoolCore``): an idle slot with a warm process *pulls* its next job
+from the pool's queue (``Feeder.pull``) instead of waiting for ``submit``, and after a job
+that kept the process asks the feeder whether to retire it anyway
+(``max_jobs_per_worker``, ``max_worker_memory``). The initializer runs as the first job
+of every process; a job submitted meanwhile waits for it (and ends "before-start" if
+cancelled while waiting).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from .._core._rules import Facts, decide
 from .._core._states import WorkerMachine, WorkerState
@@ -44,7 +51,20 @@ from ._process import RETIRE_WAIT, WorkerProcess
 from ._runner import JobRunner
 
 
-@dataclass
+class Feeder(Protocol):
+    """Where a Pool's slot takes its jobs from, and its recycling policy."""
+
+    def pull(self, slot: WorkerSupervisor) -> Submission | None:
+        """The next job for ``slot`` (dequeued to its wake pipe), or None: then the
+        slot is idle and will be woken (its wake pipe) when a job is queued."""
+        ...
+
+    def retire_reason(self, slot: WorkerSupervisor, process: WorkerProcess) -> str | None:
+        """After a job that kept ``process`` warm: why to retire it now (None: keep)."""
+        ...
+
+
+@dataclass(eq=False)  # hashed by identity (a Pool keeps a set of its live jobs)
 class Submission:
     """A job handed to the Worker by ``start()``."""
 
@@ -59,8 +79,12 @@ class Submission:
 class WorkerSupervisor:
     """Owns the Worker's processes and thread; see the module docstring."""
 
-    def __init__(self, options: Options, name: str, init_payload: bytes, prestart: bool) -> None:
+    def __init__(
+        self, options: Options, name: str, init_payload: bytes, prestart: bool,
+        feeder: Feeder | None = None,
+    ) -> None:
         self.lock = threading.Lock()
+        self._feeder = feeder  # a Pool's slot: pulls its jobs (see the module docstring)
         self._options = options
         self._name = name
         self._init_frame = _framing.JOB_HEADER.pack(len(init_payload)) + init_payload
@@ -78,6 +102,7 @@ class WorkerSupervisor:
         self._want_process = prestart  # start one when there is none (prestart, wait_ready)
         self.init_error: WorkstreamError | None = None
         self.processes_started = 0
+        self.processes_lost = 0  # a job cost it (signal, crash), or it died idle
         self.pid: int | None = None  # the current process's pid (None when there is none)
         self.ready = threading.Event()  # set when the initializer finished (or failed)
         self.closed = threading.Event()  # set when the thread is done (all reaped)
@@ -109,9 +134,14 @@ class WorkerSupervisor:
     def wake_fds(self) -> tuple[int, int]:
         return self._wake_r, self._wake_w
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Wake the thread (it looks at every request again; a Pool's slot pulls)."""
         with self.lock:
             self._wake_locked()
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
 
     def _wake_locked(self) -> None:
         if self._wake_w >= 0:  # -1 once the thread is done (the fd number may be reused)
@@ -209,10 +239,29 @@ class WorkerSupervisor:
                 elif self._proc is None and self._want_process and self.init_error is None:
                     self._want_process = self._prestart
                     self._boot()
+                elif (pulled := self._pull()) is not None:
+                    self._run_job(pulled)
+                    with self.lock:
+                        self._current = None
                 else:
                     self._idle()
         finally:
             self._shutdown()
+
+    def _pull(self) -> Submission | None:
+        """A Pool's slot: the next job from the pool's queue, if this slot can run it now
+        (a warm idle process, or a failed initializer whose error the job gets)."""
+        feeder = self._feeder
+        if feeder is None:
+            return None
+        warm = self._proc is not None and self._machine.state is WorkerState.IDLE
+        if not warm and self.init_error is None:
+            return None
+        sub = feeder.pull(self)
+        if sub is not None:
+            with self.lock:
+                self._current = sub
+        return sub
 
     def _react(self) -> None:
         """On every wake-up inside a loop: apply close(), settle a waiting job's cancel."""
@@ -320,13 +369,24 @@ class WorkerSupervisor:
         sub.payload = b""
         self._machine.move(WorkerState.RUNNING)
         outcome, kept = runner.run_on(proc, frame)  # kept_warm is set: it says ``kept``
+        recycle = None
+        if kept and self._feeder is not None:
+            recycle = self._feeder.retire_reason(self, proc)
+            if recycle is not None:
+                kept = False
+                outcome = dataclasses.replace(outcome, kept_warm=False)
         if kept:
             self._machine.move(WorkerState.IDLE)
         else:
-            self._lose_process()
+            self._lose_process(lost=recycle is None)
         self._publish(sub, outcome)
         if kept:
             proc.reset_control()  # the job's mapping is closed: no late cancel can land
+        elif recycle is not None:  # idle now: it exits when its jobs pipe is closed
+            proc.retire(
+                graceful=True, children_deadline=self._children_deadline(),
+                wake_fd=self._wake_r,
+            )
 
     def _idle(self) -> None:
         """Wait for a request; a process that dies or writes while idle is retired."""
@@ -359,9 +419,14 @@ class WorkerSupervisor:
 
         return deadline
 
-    def _lose_process(self, state: WorkerState = WorkerState.NO_PROCESS) -> None:
+    def _lose_process(
+        self, state: WorkerState = WorkerState.NO_PROCESS, *, lost: bool = True
+    ) -> None:
         """Forget the (retired) process; the next one starts per ``_want_process``
-        (``state`` BROKEN: never, the initializer failed)."""
+        (``state`` BROKEN: never, the initializer failed). ``lost``: it was not retired
+        on purpose (a Pool's recycling policy)."""
+        if lost:
+            self.processes_lost += 1
         self._machine.move(state)
         self.ready.clear()
         self._proc = None

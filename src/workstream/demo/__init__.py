@@ -8,13 +8,14 @@ it needs ``pip install 'workstream[demo]'`` (and ``[qt]`` for the window).
 ::
 
     cli.py        the ``demo`` sub-command: checks dependencies, picks a front end
+    jobs.py       --jobs N: N trainings on a Pool, one line each -> rich
     terminal.py   live progress bar, Stop on Ctrl-C              -> rich
     gui.py        the Qt window (Start / Stop / Kill now, plot)  -> workstream.qt
     settings.py   its options (argparse) and DemoSettings
     report.py     the one report both print; rung wording; left-over processes
     model.py      the worker: the network and its training       -> numpy only
 
-Each imports only modules below it in this list (``cli`` imports ``terminal`` or
-``gui`` only when it runs one); ``tests/test_layers.py`` checks that the demo imports
+Each imports only modules below it in this list (``cli`` imports ``jobs``, ``terminal``
+or ``gui`` only when it runs one); ``tests/test_layers.py`` checks that the demo imports
 nothing of workstream but its public API and has no import cycle.
 """

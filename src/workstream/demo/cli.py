@@ -41,9 +41,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"workstream demo needs numpy and rich; missing: {', '.join(missing)}.\n"
                   f"Install them with:  {INSTALL_HINT}", file=sys.stderr)
             return EXIT_USAGE
+        settings = DemoSettings.from_args(args)
+        if settings.jobs > 1:
+            from .jobs import run_jobs_demo
+
+            return run_jobs_demo(settings)
         from .terminal import run_demo
 
-        return run_demo(DemoSettings.from_args(args))
+        return run_demo(settings)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

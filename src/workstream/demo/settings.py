@@ -31,12 +31,14 @@ class DemoSettings:
     start_method: str | None = None
     seed: int = 0
     fail_at: int | None = None
+    jobs: int = 1
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> DemoSettings:
         """Settings from arguments parsed by a parser set up with :func:`add_arguments`."""
         return cls(steps=args.steps, stop_after=args.stop_after, stuck=args.stuck, grace=args.grace,
-                   start_method=args.start_method, seed=args.seed, fail_at=args.fail_at)
+                   start_method=args.start_method, seed=args.seed, fail_at=args.fail_at,
+                   jobs=getattr(args, "jobs", 1))
 
     @property
     def resolved_start_method(self) -> str:
@@ -63,6 +65,9 @@ def add_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--seed", type=int, default=0, help="seed of data and weights")
     demo.add_argument("--fail-at", type=_non_negative_int, default=None, metavar="STEP",
                       help="make the worker raise at STEP (to see how a failure is reported)")
+    demo.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                      help="train N models at once (seeds --seed, --seed + 1, ...) on a "
+                           "workstream.Pool, one live line each; Ctrl-C stops them all")
     demo.add_argument("--gui", action="store_true",
                       help="show the demo in a Qt window (needs PySide6: "
                            f"{GUI_INSTALL_HINT}); with --stop-after the window "
