@@ -22,6 +22,7 @@ not the private module that defines it).
 """
 
 from ._api import Job, start
+from ._child._arrays import shared_empty
 from ._child._context import cancelled, check_cancelled, emit, in_worker, worker_state
 from ._errors import (
     CallbackError,
@@ -74,6 +75,7 @@ __all__ = [
     "describe_exit",
     "emit",
     "in_worker",
+    "shared_empty",
     "start",
     "worker_state",
 ]

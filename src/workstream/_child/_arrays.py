@@ -26,12 +26,15 @@ from __future__ import annotations
 import copyreg
 import importlib
 import io
+import math
+import operator
 import pickle
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .._errors import NotInWorkerError
 from .._transport import _fds, _shm
 from .._transport._shm import BlockPool, Descriptor
 
@@ -58,6 +61,7 @@ class ArrayPickler:
         self._threshold = threshold
         self._max_in_pipe = max_in_pipe
         self._control = control  # byte 0: the cancel flag
+        self._base: int | None = None  # the arena's address here (for shared_empty arrays)
         # The fast path's callback: one bound method, not one per item. The Sender calls
         # pickle.dumps with it directly (a Python call less per item), then dumps_placing.
         self.check_small = self._raise_if_large
@@ -76,11 +80,30 @@ class ArrayPickler:
             return True
         if self._max_in_pipe is not None:
             self._wait_for_room(n, self._max_in_pipe)
+        if self._pool.has_pinned:
+            shared = self._shared_descriptor(raw, n)
+            if shared is not None:  # a shared_empty() array: only its descriptor goes
+                placed.append(shared)
+                return False
         desc = self._pool.put(raw)
         if desc is None:  # no block to be had: send it in-band (correct, slower)
             return True
         placed.append(desc)
         return False
+
+    def _shared_descriptor(self, raw: memoryview, n: int) -> Descriptor | None:
+        """The descriptor of ``raw`` if it lies in a block of :func:`shared_empty` that
+        was not sent yet (it is then marked sent); None: copy it like any buffer."""
+        np = sys.modules.get("numpy")
+        if np is None:
+            return None
+        if self._base is None:
+            self._base = self._pool.base_address()
+        start = np.frombuffer(raw, np.uint8).__array_interface__["data"][0] - self._base
+        slot = self._pool.pinned_slot(start, start + n)
+        if slot is None or not self._pool.mark_sent(slot, n):
+            return None
+        return slot, start, n
 
     def _wait_for_room(self, n: int, limit: int) -> None:
         """Wait while the parent has more than ``limit`` out-of-band bytes left to read.
@@ -208,3 +231,70 @@ def tensor_from_array(array: Any) -> Any:
     if not array.flags.writeable:
         array = array.copy()
     return torch.from_numpy(array)
+
+
+current: ArrayPickler | None = None
+"""The worker's pickler (None: no arena), set at the worker's start-up."""
+
+
+def shared_empty(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
+    """Return a new uninitialised numpy array that lives in the job's shared memory.
+
+    Call it inside a worker, fill the array, and yield (or ``emit``) it, alone or inside
+    a container: only its descriptor travels, and the parent receives a view of the same
+    memory (no copy on either side). The block is reused once the parent dropped the
+    item and every view of it *and* the worker dropped the array. After yielding, the
+    array belongs to the parent: writes the worker still makes show through in the
+    parent's array (no lock orders them), though never in another item. Yielding the
+    same array a second time sends a copy.
+
+    An array smaller than ``shm_threshold`` bytes, or one asked for while every block of
+    the arena is held by items the consumer keeps, is an ordinary array (yielding it
+    copies it, as for any array).
+
+    Raises :class:`NotInWorkerError` outside a worker; RuntimeError if the job has no
+    shared memory (``shm_threshold=None``, or no memfd here); ValueError if the array
+    does not fit in the arena (raise ``shm_pool_bytes``) or for a bad shape;
+    TypeError for a dtype holding Python objects.
+    """
+    import numpy as np
+
+    from . import _context
+
+    if _context._current is None:
+        raise NotInWorkerError(
+            "workstream.shared_empty() must be called inside a function run by "
+            "workstream.start() or a Worker; outside one, use numpy.empty()"
+        )
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError(f"workstream.shared_empty() needs a plain dtype, not {dt} (it holds "
+                        "Python objects, which cannot live in shared memory)")
+    dims = (operator.index(shape),) if isinstance(shape, int) else tuple(
+        operator.index(d) for d in shape
+    )
+    if any(d < 0 for d in dims):
+        raise ValueError(f"workstream.shared_empty(): negative dimension in shape {dims}")
+    count = math.prod(dims)
+    nbytes = count * dt.itemsize
+    pickler = current
+    if pickler is None:
+        raise RuntimeError(
+            "workstream.shared_empty() needs the job's shared memory, and this job has "
+            "none: it was started with shm_threshold=None (pass a size in bytes, the "
+            "default is 64 KiB), or this system has no memfd"
+        )
+    if nbytes < pickler._threshold:
+        return np.empty(dims, dt)
+    pool = pickler._pool
+    if _shm.block_capacity(nbytes) > pool.pool_bytes:
+        raise ValueError(
+            f"workstream.shared_empty(): {nbytes} bytes do not fit in the job's shared "
+            f"memory (shm_pool_bytes={pool.pool_bytes}); raise shm_pool_bytes to at least "
+            f"{_shm.block_capacity(nbytes)}"
+        )
+    got = pool.allocate(nbytes)
+    if got is None:
+        return np.empty(dims, dt)
+    exporter = got[2]
+    return np.frombuffer(exporter, dtype=dt, count=count).reshape(dims)
