@@ -9,8 +9,11 @@ the date, the machine, the Python version and the git commit.
     python -m bench --quick              # a short run (under a minute on 2 cores)
     python -m bench --only latency,cancel_check --json results.json
     python -m bench --list
+    python -m bench.record results.json  # publish a --json run in the READMEs
 
-Each benchmark also runs alone, with more options: ``python -m bench.throughput --help``.
+The suite ends with a summary table: one line per headline figure (each benchmark adds
+its own with ``Report.headline``). Each benchmark also runs alone, with more options:
+``python -m bench.throughput --help``.
 """
 
 from __future__ import annotations
@@ -115,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError:
         machine["loadavg_end"] = None
     machine["seconds"] = round(bc.perf() - started, 1)
+    summary = bc.summary_lines(results)
+    if summary:
+        print("\n## summary: one line per headline figure, ratio = workstream / reference")
+        print(bc.format_summary(summary))
     print(f"\n# suite done in {machine['seconds']} s, load {machine['loadavg_end']}"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if args.json:
@@ -126,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": args.quick,
             "machine": machine,
             "benchmarks": results,
+            "summary": [dict(zip(bc.SUMMARY_HEADER, line, strict=True)) for line in summary],
         })
     return 1 if failed else 0
 
