@@ -32,6 +32,12 @@ if __package__ in (None, ""):  # run as a file: python bench/__main__.py
 from bench import _common as bc
 
 SCHEMA = 1
+QUICK_NOTE = (
+    "--quick: one short repeat per row, so every figure is noisier than a full run's. "
+    "One-time costs are kept out all the same: large_arrays runs every row once untimed "
+    "first, latency drops each run's first 20 samples, cancel_latency and startup give "
+    "medians of several trials (startup's 'first' column is the cold start on purpose)"
+)
 BENCHMARKS: dict[str, str] = {
     "throughput": "small items/s (1,000,000 ints and dicts) vs mp.Queue, Pipe, faster-fifo, "
                   "a raw-pipe limit",
@@ -95,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"Python {machine['python']}, workstream {machine['workstream']} "
           f"(git {machine['git']}), load {machine['loadavg_start']}")
     print(f"# command: {bc.command_line()}")
+    if args.quick:
+        print(f"# {QUICK_NOTE}")
     sys.stdout.flush()
     results: dict[str, Any] = {}
     failed: list[str] = []

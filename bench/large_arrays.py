@@ -16,9 +16,11 @@ with the same method (forkserver by default):
 * ``numpy.copyto`` between two preallocated arrays of the same size in one process: one
   memory copy, no IPC, in cache for the small sizes;
 * ``numpy.copyto`` into shared-memory blocks, one process: the source array copied into
-  blocks of a memfd mapping in turn, as many blocks as the workstream row's job used at
-  that size (the same working set; pages faulted in beforehand): the cost of the one
-  copy the default path makes, the denominator of the ratios.
+  blocks of a new memfd mapping in turn, as many blocks as the workstream row's job used
+  at that size: the same working set, whose pages are allocated on first write as a
+  job's fresh arena's are (that first touch costs ~4x the copy itself: with few arrays
+  per run it dominates both rows). The cost of the one copy the default path makes,
+  the denominator of the ratios.
 
 Every row runs once untimed at every size before the measured repeats (also with
 ``--quick``): the first run of a process pays one-time costs (numpy's import in the
@@ -191,14 +193,12 @@ def run_copyto_shm(method: str, nbytes: int, count: int) -> float:
         os.close(fd)
     src = w.make_array(nbytes)
     blocks = [np.frombuffer(mapping, np.float32, nbytes // 4, i * cap) for i in range(k)]
-    for b in blocks:
-        np.copyto(b, src)  # fault the pages in, untimed
     t0 = bc.perf()
     for i in range(count):
         np.copyto(blocks[i % k], src)
     t1 = bc.perf()
     _check_last(blocks[(count - 1) % k], nbytes, count, count)
-    del blocks, b
+    del blocks
     mapping.close()
     return t1 - t0
 
