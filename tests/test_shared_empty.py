@@ -190,3 +190,15 @@ def test_misuse_in_the_worker_raises_a_clear_error(
     job = workstream.start(ws.make, shape, dtype, **options)  # type: ignore[arg-type]
     with pytest.raises(workstream.WorkerError, match=error):
         job.result(timeout=30)
+
+
+@pytest.mark.timeout(60)
+def test_an_item_that_failed_to_pickle_leaves_the_array_unsent() -> None:
+    """The failed item took the array's descriptor; its failure gives it back, so the
+    array yielded alone afterwards still travels zero-copy."""
+    job = workstream.start(ws.unpicklable_then_alone, MIB)
+    first = next(job)
+    assert next(job) == "written"
+    assert first[0] == -1.0 and np.all(first[1:] == 5.0)
+    job.result(timeout=30)
+    del first

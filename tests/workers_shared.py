@@ -3,6 +3,7 @@ every start method finds them)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -63,3 +64,16 @@ def keep_all(count: int, n_bytes: int) -> Iterator[object]:
         yield a
     for i, a in enumerate(kept):
         assert np.all(a == i)
+
+
+def unpicklable_then_alone(n_bytes: int) -> Iterator[object]:
+    """A shared array in an item that fails to pickle, then alone: still zero copy."""
+    import threading
+
+    a = workstream.shared_empty(n_bytes // 8)
+    a[:] = 5.0
+    with contextlib.suppress(TypeError):  # raised at this yield: the item was not sent
+        yield [a, threading.Lock()]
+    yield a
+    a[0] = -1.0
+    yield "written"

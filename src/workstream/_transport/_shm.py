@@ -128,6 +128,7 @@ class BlockPool:
     consumer that keeps every item (``list(job)``) can never deadlock the stream, and the
     shared memory of a job never exceeds the arena's size. Thread-safe: one lock around
     the choice of a block (the copy itself runs outside it, into a block now ours).
+    :meth:`allocate` hands out blocks the child writes in place (``shared_empty``).
     """
 
     def __init__(self, fd: int) -> None:
@@ -148,7 +149,9 @@ class BlockPool:
         self._slots = 0
         self.blocks_created = 0
         self._sent = 0  # out-of-band bytes handed out by put() (and not given back)
-        self._lock = threading.Lock()
+        # Re-entrant: the finalizer of a shared_empty() array (_unpin) may run in a thread
+        # that is inside a locked section (a garbage collection started by an allocation).
+        self._lock = threading.RLock()
 
     def in_flight(self) -> int:
         """Out-of-band bytes sent (or about to be) that the parent has not decoded yet."""
@@ -260,7 +263,7 @@ class BlockPool:
         if not self._spans:
             return None
         with self._lock:
-            for slot, (lo, hi) in self._spans.items():
+            for slot, (lo, hi) in list(self._spans.items()):
                 if lo <= start and end <= hi:
                     return slot
         return None
