@@ -118,25 +118,33 @@ def test_a_pinned_block_is_not_reused_until_the_child_drops_it() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_yielding_the_same_array_twice_sends_a_copy_the_second_time() -> None:
-    job = workstream.start(ws.yield_twice, MIB)
+@pytest.mark.parametrize("n_bytes", [MIB, 80], ids=["large", "small"])
+def test_yielding_the_same_array_twice_sends_a_copy_the_second_time(n_bytes: int) -> None:
+    job = workstream.start(ws.yield_twice, n_bytes)
     first, second, marker = list(job)
     job.result(timeout=30)
     assert marker == "written"
     assert first[0] == -1.0 and second[0] == 3.0  # only the first is the child's memory
     assert np.all(first[1:] == 3.0) and np.all(second == 3.0)
+    assert in_shared_memory(first) and in_shared_memory(second) == (n_bytes >= 64 * KIB)
     del first, second
 
 
 @pytest.mark.timeout(60)
-def test_a_small_array_is_an_ordinary_one() -> None:
-    """Below shm_threshold an array is private memory (a block would cost more)."""
-    assert workstream.start(ws.make, (10,), "float64").result(timeout=30) == ((10,), "float64")
+def test_a_small_array_is_shared_too() -> None:
+    """Below shm_threshold a shared_empty array still travels zero-copy (the caller asked
+    for shared memory); only an empty one is ordinary."""
+    assert workstream.start(ws.make, (0, 3), "float64").result(timeout=30) == ((0, 3), "float64")
     job = workstream.start(ws.numbered, 3, 1 * KIB)
     got = list(job)
     job.result(timeout=30)
     assert [int(a[0]) for a in got] == [0, 1, 2]
-    assert not any(in_shared_memory(a) for a in got)
+    assert all(in_shared_memory(a) and a.nbytes == KIB for a in got)
+    job = workstream.start(ws.write_after_yield, 80, True)  # ten float64
+    first = next(job)
+    assert next(job) == "written" and first["array"][0] == -1.0  # type: ignore[index]
+    job.result(timeout=30)
+    del first, got
 
 
 @pytest.mark.timeout(60)

@@ -67,8 +67,12 @@ class ArrayPickler:
         self.check_small = self._raise_if_large
 
     def _raise_if_large(self, buf: pickle.PickleBuffer) -> bool:
-        """The fast path's callback: small buffers stay in-band; a large one aborts."""
-        if buf.raw().nbytes < self._threshold:
+        """The fast path's callback: small buffers stay in-band; a large one, or one of
+        a :func:`shared_empty` array (whatever its size), aborts."""
+        raw = buf.raw()
+        if raw.nbytes < self._threshold and not (
+            self._pool.has_pinned and self._shared_slot(raw, raw.nbytes) is not None
+        ):
             return True
         raise _HasLargeBuffer
 
@@ -76,34 +80,34 @@ class ArrayPickler:
         # pickle's contract: a false return value makes the buffer out-of-band.
         raw = buf.raw()  # contiguous bytes (C or Fortran order), no copy
         n = raw.nbytes
-        if n < self._threshold:
+        shared = self._shared_slot(raw, n) if self._pool.has_pinned else None
+        if shared is None and n < self._threshold:
             return True
         if self._max_in_pipe is not None:
             self._wait_for_room(n, self._max_in_pipe)
-        if self._pool.has_pinned:
-            shared = self._shared_descriptor(raw, n)
-            if shared is not None:  # a shared_empty() array: only its descriptor goes
-                placed.append(shared)
+        if shared is not None:
+            if self._pool.mark_sent(shared[0], n):
+                placed.append((shared[0], shared[1], n))  # a shared_empty() array: no copy
                 return False
+            if n < self._threshold:
+                return True  # sent before: copied, in-band like any small buffer
         desc = self._pool.put(raw)
         if desc is None:  # no block to be had: send it in-band (correct, slower)
             return True
         placed.append(desc)
         return False
 
-    def _shared_descriptor(self, raw: memoryview, n: int) -> Descriptor | None:
-        """The descriptor of ``raw`` if it lies in a block of :func:`shared_empty` that
-        was not sent yet (it is then marked sent); None: copy it like any buffer."""
+    def _shared_slot(self, raw: memoryview, n: int) -> tuple[int, int] | None:
+        """``(slot, offset)`` if ``raw`` lies in a block of :func:`shared_empty` (sent or
+        not: :meth:`BlockPool.mark_sent` tells); None for any other buffer."""
         np = sys.modules.get("numpy")
-        if np is None:
+        if np is None or n == 0:
             return None
         if self._base is None:
             self._base = self._pool.base_address()
         start = np.frombuffer(raw, np.uint8).__array_interface__["data"][0] - self._base
         slot = self._pool.pinned_slot(start, start + n)
-        if slot is None or not self._pool.mark_sent(slot, n):
-            return None
-        return slot, start, n
+        return None if slot is None else (slot, start)
 
     def _wait_for_room(self, n: int, limit: int) -> None:
         """Wait while the parent has more than ``limit`` out-of-band bytes left to read.
@@ -248,9 +252,10 @@ def shared_empty(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
     parent's array (no lock orders them), though never in another item. Yielding the
     same array a second time sends a copy.
 
-    An array smaller than ``shm_threshold`` bytes, or one asked for while every block of
-    the arena is held by items the consumer keeps, is an ordinary array (yielding it
-    copies it, as for any array).
+    Any size goes (an array smaller than ``shm_threshold`` takes a 64 KiB block all the
+    same); an empty array, or one asked for while every block of the arena is held by
+    items the consumer keeps, is an ordinary array (yielding it copies it, as for any
+    array).
 
     Raises :class:`NotInWorkerError` outside a worker; RuntimeError if the job has no
     shared memory (``shm_threshold=None``, or no memfd here); ValueError if the array
@@ -284,7 +289,7 @@ def shared_empty(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
             "none: it was started with shm_threshold=None (pass a size in bytes, the "
             "default is 64 KiB), or this system has no memfd"
         )
-    if nbytes < pickler._threshold:
+    if nbytes == 0:
         return np.empty(dims, dt)
     pool = pickler._pool
     if _shm.block_capacity(nbytes) > pool.pool_bytes:
