@@ -108,6 +108,31 @@ def test_streaming_benchmarks_report_ratios(
     assert "FAILED" not in stdout
 
 
+def test_large_arrays_warms_every_row_up_and_compares_with_a_copy_into_shared_memory(
+    tmp_path: Path,
+) -> None:
+    """Every row runs once untimed first (a --quick run's first row used to pay numpy's
+    import in the parent: 0.2x mp.Queue at 64 KiB instead of 4x); the ratios are to a
+    copy into shared-memory blocks; the summary has the shared_empty lines."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.large_arrays", "--sizes", "65536,1048576",
+         "--total-mib", "2", "--min-items", "2", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=50,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warm-up: every row once at every size, untimed" in proc.stderr
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    rows = {r["row"]: r for r in doc["tables"][0]["rows"]}
+    ref = "numpy.copyto into shared-memory blocks (reference)"
+    assert all(r["ref"] == ref for r in rows.values())
+    assert rows[ref]["x_copyto_1048576"] == 1.0
+    assert "workstream, shared_empty (zero copy)" in rows
+    whats = [h["what"] for h in doc["headlines"]]
+    assert "1 MiB arrays, one copy (default)" in whats
+    assert whats.count("1 MiB arrays through shared_empty (zero copy)") == 2
+
+
 def test_a_missing_optional_reference_is_a_skipped_row(tmp_path: Path) -> None:
     fake = tmp_path / "fake"
     fake.mkdir()
