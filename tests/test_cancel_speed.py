@@ -87,3 +87,19 @@ def test_a_cooperative_cancel_reports_the_user_frame_and_its_line(tmp_path: Path
     assert f'File "{wl.__file__}"' in tb and "in mark_then_check_cancelled" in tb
     assert "workstream.check_cancelled()" in tb
     assert tb.endswith("workstream.Cancelled: the job was cancelled (cooperative)\n")
+
+
+def test_the_source_of_fn_is_read_at_the_start_not_at_the_cancel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After prefetch_source(fn) (done as the job starts), the cancel report reads the
+    lines of fn's file without a system call."""
+    monkeypatch.setattr(_report, "_SOURCES", {})
+    _report.prefetch_source(_looping)
+
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise AssertionError("read the file again")
+
+    monkeypatch.setattr(_report.os, "open", refuse)
+    got = _report._cancel_traceback(_cancelled_at_a_yield())
+    assert "    yield i  # the cancel lands here\n" in got
