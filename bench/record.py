@@ -62,19 +62,24 @@ def facts_line(rec: dict[str, Any]) -> str:
             f"{rec['load'][0]} -> {rec['load'][1]}{failed}.")
 
 
+RATIO_NOTE = ("ratio = workstream / the reference measured in the same run: for a rate "
+              "above 1 is better, for a time (us, ms, ns) below 1 is better.")
+
+
 def bench_block(rec: dict[str, Any]) -> str:
     return "\n".join([
         "## Latest recorded run", "",
-        facts_line(rec), "",
+        facts_line(rec), RATIO_NOTE, "",
         bc.markdown_summary([tuple(line) for line in rec["summary"]]),
     ])
 
 
 def readme_block(rec: dict[str, Any]) -> str:
+    run = "one `--quick` run (short: its figures are the noisiest)" if rec["quick"] else "one run"
     return "\n".join([
-        f"From one run, {rec['date']} (`{rec['command']}`; machine, commit and every "
-        "table: [bench/README.md](bench/README.md#latest-recorded-run)); each ratio is to a "
-        "reference measured in the same run:", "",
+        f"From {run}, {rec['date']} (`{rec['command']}`; machine, commit and "
+        "every table: [bench/README.md](bench/README.md#latest-recorded-run)); " + RATIO_NOTE,
+        "",
         bc.markdown_summary([tuple(line) for line in rec["summary"]]),
     ])
 
