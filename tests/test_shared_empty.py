@@ -210,3 +210,13 @@ def test_an_item_that_failed_to_pickle_leaves_the_array_unsent() -> None:
     assert first[0] == -1.0 and np.all(first[1:] == 5.0)
     job.result(timeout=30)
     del first
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("shape", "want"),
+    [(np.int64(5), (5,)), ([np.int64(2), 3], (2, 3)), ((4, 0), (4, 0)), (7, (7,))],
+    ids=["numpy-int", "list-of-ints", "empty", "int"],
+)
+def test_a_shape_is_any_int_or_sequence_of_ints(shape: object, want: tuple[int, ...]) -> None:
+    assert workstream.start(ws.make, shape, "float32").result(timeout=30) == (want, "float32")

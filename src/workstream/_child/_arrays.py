@@ -275,9 +275,10 @@ def shared_empty(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
     if dt.hasobject:
         raise TypeError(f"workstream.shared_empty() needs a plain dtype, not {dt} (it holds "
                         "Python objects, which cannot live in shared memory)")
-    dims = (operator.index(shape),) if isinstance(shape, int) else tuple(
-        operator.index(d) for d in shape
-    )
+    try:
+        dims: tuple[int, ...] = (operator.index(shape),)  # type: ignore[arg-type]
+    except TypeError:
+        dims = tuple(operator.index(d) for d in shape)  # type: ignore[union-attr]
     if any(d < 0 for d in dims):
         raise ValueError(f"workstream.shared_empty(): negative dimension in shape {dims}")
     count = math.prod(dims)
