@@ -9,8 +9,11 @@ the date, the machine, the Python version and the git commit.
     python -m bench --quick              # a short run (under a minute on 2 cores)
     python -m bench --only latency,cancel_check --json results.json
     python -m bench --list
+    python -m bench.record results.json  # publish a --json run in the READMEs
 
-Each benchmark also runs alone, with more options: ``python -m bench.throughput --help``.
+The suite ends with a summary table: one line per headline figure (each benchmark adds
+its own with ``Report.headline``). Each benchmark also runs alone, with more options:
+``python -m bench.throughput --help``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ if __package__ in (None, ""):  # run as a file: python bench/__main__.py
 from bench import _common as bc
 
 SCHEMA = 1
+QUICK_NOTE = (
+    "--quick: one short repeat per row, so every figure is noisier than a full run's. "
+    "One-time costs are kept out all the same: large_arrays runs every row once untimed "
+    "first, latency drops each run's first 20 samples, cancel_latency and startup give "
+    "medians of several trials (startup's 'first' column is the cold start on purpose)"
+)
 BENCHMARKS: dict[str, str] = {
     "throughput": "small items/s (1,000,000 ints and dicts) vs mp.Queue, Pipe, faster-fifo, "
                   "a raw-pipe limit",
@@ -94,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"Python {machine['python']}, workstream {machine['workstream']} "
           f"(git {machine['git']}), load {machine['loadavg_start']}")
     print(f"# command: {bc.command_line()}")
+    if args.quick:
+        print(f"# {QUICK_NOTE}")
     sys.stdout.flush()
     results: dict[str, Any] = {}
     failed: list[str] = []
@@ -117,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError:
         machine["loadavg_end"] = None
     machine["seconds"] = round(bc.perf() - started, 1)
+    summary = bc.summary_lines(results)
+    if summary:
+        print("\n## summary: one line per headline figure, ratio = workstream / reference")
+        print(bc.format_summary(summary))
     print(f"\n# suite done in {machine['seconds']} s, load {machine['loadavg_end']}"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     if args.json:
@@ -128,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "quick": args.quick,
             "machine": machine,
             "benchmarks": results,
+            "summary": [dict(zip(bc.SUMMARY_HEADER, line, strict=True)) for line in summary],
         })
     return 1 if failed else 0
 

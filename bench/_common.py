@@ -262,6 +262,7 @@ class Report:
         self.started = perf()
         self.tables: list[dict[str, Any]] = []
         self.notes: list[str] = []
+        self.headlines: list[dict[str, Any]] = []
 
     def add_table(
         self, title: str, columns: Sequence[Column], rows: list[dict[str, Any]],
@@ -270,6 +271,21 @@ class Report:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def headline(
+        self, what: str, ours: float, unit: str, reference: str, ref_value: float,
+    ) -> None:
+        """Add one line to the suite's closing summary: ``what`` measured ``ours`` (in
+        ``unit``) against ``reference``, which measured ``ref_value`` in the same run.
+
+        One call per figure is all a benchmark needs to appear in the summary table, the
+        recorded run and the README (``python -m bench.record``). The ratio is
+        ``ours / ref_value`` whatever the unit (for a time, below 1 is faster).
+        """
+        self.headlines.append({
+            "what": what, "ours": ours, "unit": unit, "reference": reference,
+            "ref_value": ref_value, "ratio": ratio(ours, ref_value),
+        })
 
     def complete(self) -> None:
         """Record the end of the run (load average, duration); later calls do nothing."""
@@ -321,6 +337,7 @@ class Report:
                 for t in self.tables
             ],
             "notes": self.notes,
+            "headlines": self.headlines,
         }
         cleaned: dict[str, Any] = _clean(doc)
         return cleaned
@@ -348,3 +365,60 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
+
+
+# -- the closing summary ------------------------------------------------------------------
+
+SUMMARY_HEADER = ("what", "workstream", "reference (same run)", "ratio")
+
+
+def figure(value: float | None, unit: str) -> str:
+    """``value`` with three significant digits and its unit; a large count per second
+    with k / M (``1.50M items/s``)."""
+    if value is None or math.isnan(value):
+        return "-"
+    if unit.endswith("/s") and not unit.startswith(("GB", "MB")):
+        for scale, prefix in ((1e6, "M"), (1e3, "k")):
+            if abs(value) >= scale:
+                return f"{_sig(value / scale)}{prefix} {unit}"
+    return f"{_sig(value)} {unit}"
+
+
+def _sig(x: float) -> str:
+    if x == 0:
+        return "0"
+    digits = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:.{digits}f}"
+
+
+def summary_lines(benchmarks: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The summary table's lines (what, ours, reference, ratio) from the ``benchmarks``
+    part of a suite document, in suite order; a failed benchmark has none."""
+    lines = []
+    for doc in benchmarks.values():
+        for h in doc.get("headlines", ()):
+            r = h.get("ratio")
+            lines.append((
+                h["what"], figure(h["ours"], h["unit"]),
+                f"{h['reference']}: {figure(h['ref_value'], h['unit'])}",
+                "-" if r is None or math.isnan(r) else f"{_sig(r)}x",
+            ))
+    return lines
+
+
+def format_summary(lines: Sequence[tuple[str, ...]]) -> str:
+    """The summary as a plain text table (stdout)."""
+    widths = [max(len(line[i]) for line in (SUMMARY_HEADER, *lines)) for i in range(4)]
+    out = []
+    for line in (SUMMARY_HEADER, tuple("-" * w for w in widths), *lines):
+        out.append("  ".join([line[0].ljust(widths[0])]
+                             + [c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)]
+                             ).rstrip())
+    return "\n".join(out)
+
+
+def markdown_summary(lines: Sequence[tuple[str, ...]]) -> str:
+    """The summary as a Markdown table (bench/README.md and README.md)."""
+    out = ["| " + " | ".join(SUMMARY_HEADER) + " |", "|---|---|---|---|"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines]
+    return "\n".join(out)

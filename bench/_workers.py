@@ -172,6 +172,23 @@ def ws_arrays(nbytes: int, count: int) -> Iterator[Any]:
         yield arr
 
 
+def ws_shared_arrays(nbytes: int, count: int) -> Iterator[Any]:
+    """workstream target: ``count`` arrays made by ``workstream.shared_empty``, each with
+    the two values the parent checks written (the rest is what the job would compute)."""
+    import numpy  # noqa: F401 (imported before the clock starts, as make_array does)
+
+    import workstream
+
+    n = nbytes // 4
+    yield READY
+    for _ in range(count):
+        arr = workstream.shared_empty(n, "float32")
+        arr[0] = 0
+        arr[-1] = n - 1
+        yield arr
+        del arr
+
+
 def queue_arrays(q: Any, nbytes: int, count: int) -> None:
     arr = make_array(nbytes)
     q.put(READY)

@@ -244,6 +244,7 @@ class Case:
 
 
 REF = "ref: mp.Process terminate() + join()"
+COOPERATIVE = "workstream cooperative (yield loop, consumer reading)"
 CASES = [
     Case(REF, ref_terminate),
     Case("ref: mp.Process, mp.Event flag, set() + join()", ref_event),
@@ -251,7 +252,7 @@ CASES = [
          needs="pebble"),
     Case("ref: ProcessPoolExecutor.shutdown(cancel_futures=True), task running",
          lambda m: ref_ppe(m, PPE_TASK_S), slow=True),
-    Case("workstream cooperative (yield loop, consumer reading)",
+    Case(COOPERATIVE,
          lambda m: _ws_trial(m, w.ws_yield_loop, read=True)),
     Case("workstream flood, consumer stopped, channel full",
          lambda m: _ws_trial(m, w.ws_yield_loop, flood=True)),
@@ -347,6 +348,10 @@ def run(args: argparse.Namespace) -> bc.Report:
         f"cancel() -> wait() returned, {trials} trials per case, start_method={method}",
         cols, rows,
     )
+    coop = next((r for r in rows if r["case"] == COOPERATIVE and not r.get("skipped")), None)
+    if coop is not None:
+        report.headline("cooperative cancel() -> child reaped, wait() returned, median",
+                        coop["med_ms"], "ms", "Process.terminate() + join()", ref_med * 1e3)
     report.note("stop_latency: outcome.stop_latency (workstream's own measure, cancel request "
                 "to outcome); alive after: trials where /proc/<pid> still existed after "
                 "wait() (should be 0)")

@@ -371,6 +371,16 @@ def run(args: argparse.Namespace) -> bc.Report:
          bc.Column("x_spawn_over_fs", "spawn/forkserver med", ".2f")],
         decision,
     )
+    for m in ("forkserver", "spawn"):
+        ours, ref = rows.get(("workstream", m, "none")), rows.get(("mp", m, "none"))
+        if ours and ref and not ours.get("skipped"):
+            report.headline(f"start() -> first item, {m}, median", ours["med_ms"], "ms",
+                            f"multiprocessing.Process ({m}) + Pipe", ref["med_ms"])
+    warm, cold = rows.get(("worker", "forkserver", "none")), rows.get(("workstream",
+                                                                       "forkserver", "none"))
+    if warm and cold and not warm.get("skipped"):
+        report.headline("Worker.start() -> first item, warm Worker, median", warm["med_ms"],
+                        "ms", "a cold start() (forkserver)", cold["med_ms"])
     report.note("call ms: how long start() / Process.start() itself blocked the caller "
                 "(median of the warm trials)")
     report.note("x mp: ratio of the medians to mp.Process+Pipe with the same method and mode "

@@ -116,6 +116,17 @@ def test_a_block_is_reused_only_once_its_last_view_is_gone(arena: object) -> Non
     assert pool.put(data)[0] == first[0]
 
 
+def test_the_most_recently_used_free_block_is_taken_first(arena: object) -> None:
+    """Blocks freed in sending order: the next put takes the last one sent (its pages are
+    warm), not the coldest one in carving order."""
+    pool, table = arena  # type: ignore[misc]
+    data = memoryview(bytes(100 * KIB)).cast("B")
+    sent = [pool.put(data) for _ in range(3)]
+    assert len({d[0] for d in sent}) == 3
+    table.release_unread(sent)
+    assert pool.put(data)[0] == sent[-1][0]
+
+
 def test_a_descriptor_outside_the_arena_is_refused_without_side_effects(arena: object) -> None:
     """A corrupt descriptor raises before any buffer is made or any block is counted."""
     _pool, table = arena  # type: ignore[misc]

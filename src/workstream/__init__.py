@@ -22,6 +22,7 @@ not the private module that defines it).
 """
 
 from ._api import Job, start
+from ._child._arrays import shared_empty
 from ._child._context import (
     cancelled,
     check_cancelled,
@@ -96,6 +97,7 @@ __all__ = [
     "in_worker",
     "progress",
     "request_grace",
+    "shared_empty",
     "start",
     "stop_requested",
     "worker_state",

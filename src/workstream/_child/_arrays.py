@@ -26,12 +26,15 @@ from __future__ import annotations
 import copyreg
 import importlib
 import io
+import math
+import operator
 import pickle
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .._errors import NotInWorkerError
 from .._transport import _fds, _shm
 from .._transport._shm import BlockPool, Descriptor
 
@@ -58,13 +61,18 @@ class ArrayPickler:
         self._threshold = threshold
         self._max_in_pipe = max_in_pipe
         self._control = control  # byte 0: the cancel flag
+        self._base: int | None = None  # the arena's address here (for shared_empty arrays)
         # The fast path's callback: one bound method, not one per item. The Sender calls
         # pickle.dumps with it directly (a Python call less per item), then dumps_placing.
         self.check_small = self._raise_if_large
 
     def _raise_if_large(self, buf: pickle.PickleBuffer) -> bool:
-        """The fast path's callback: small buffers stay in-band; a large one aborts."""
-        if buf.raw().nbytes < self._threshold:
+        """The fast path's callback: small buffers stay in-band; a large one, or one of
+        a :func:`shared_empty` array (whatever its size), aborts."""
+        raw = buf.raw()
+        if raw.nbytes < self._threshold and not (
+            self._pool.has_pinned and self._shared_slot(raw, raw.nbytes) is not None
+        ):
             return True
         raise _HasLargeBuffer
 
@@ -72,15 +80,34 @@ class ArrayPickler:
         # pickle's contract: a false return value makes the buffer out-of-band.
         raw = buf.raw()  # contiguous bytes (C or Fortran order), no copy
         n = raw.nbytes
-        if n < self._threshold:
+        shared = self._shared_slot(raw, n) if self._pool.has_pinned else None
+        if shared is None and n < self._threshold:
             return True
         if self._max_in_pipe is not None:
             self._wait_for_room(n, self._max_in_pipe)
+        if shared is not None:
+            if self._pool.mark_sent(shared[0], n):
+                placed.append((shared[0], shared[1], n))  # a shared_empty() array: no copy
+                return False
+            if n < self._threshold:
+                return True  # sent before: copied, in-band like any small buffer
         desc = self._pool.put(raw)
         if desc is None:  # no block to be had: send it in-band (correct, slower)
             return True
         placed.append(desc)
         return False
+
+    def _shared_slot(self, raw: memoryview, n: int) -> tuple[int, int] | None:
+        """``(slot, offset)`` if ``raw`` lies in a block of :func:`shared_empty` (sent or
+        not: :meth:`BlockPool.mark_sent` tells); None for any other buffer."""
+        np = sys.modules.get("numpy")
+        if np is None or n == 0:
+            return None
+        if self._base is None:
+            self._base = self._pool.base_address()
+        start = np.frombuffer(raw, np.uint8).__array_interface__["data"][0] - self._base
+        slot = self._pool.pinned_slot(start, start + n)
+        return None if slot is None else (slot, start)
 
     def _wait_for_room(self, n: int, limit: int) -> None:
         """Wait while the parent has more than ``limit`` out-of-band bytes left to read.
@@ -208,3 +235,72 @@ def tensor_from_array(array: Any) -> Any:
     if not array.flags.writeable:
         array = array.copy()
     return torch.from_numpy(array)
+
+
+current: ArrayPickler | None = None
+"""The worker's pickler (None: no arena), set at the worker's start-up."""
+
+
+def shared_empty(shape: int | tuple[int, ...], dtype: Any = float) -> Any:
+    """Return a new uninitialised numpy array that lives in the job's shared memory.
+
+    Call it inside a worker, fill the array, and yield (or ``emit``) it, alone or inside
+    a container: only its descriptor travels, and the parent receives a view of the same
+    memory (no copy on either side). The block is reused once the parent dropped the
+    item and every view of it *and* the worker dropped the array. After yielding, the
+    array belongs to the parent: writes the worker still makes show through in the
+    parent's array (no lock orders them), though never in another item. Yielding the
+    same array a second time sends a copy.
+
+    Any size goes (an array smaller than ``shm_threshold`` takes a 64 KiB block all the
+    same); an empty array, or one asked for while every block of the arena is held by
+    items the consumer keeps, is an ordinary array (yielding it copies it, as for any
+    array).
+
+    Raises :class:`NotInWorkerError` outside a worker; RuntimeError if the job has no
+    shared memory (``shm_threshold=None``, or no memfd here); ValueError if the array
+    does not fit in the arena (raise ``shm_pool_bytes``) or for a bad shape;
+    TypeError for a dtype holding Python objects.
+    """
+    import numpy as np
+
+    from . import _context
+
+    if _context._current is None:
+        raise NotInWorkerError(
+            "workstream.shared_empty() must be called inside a function run by "
+            "workstream.start() or a Worker; outside one, use numpy.empty()"
+        )
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        raise TypeError(f"workstream.shared_empty() needs a plain dtype, not {dt} (it holds "
+                        "Python objects, which cannot live in shared memory)")
+    try:
+        dims: tuple[int, ...] = (operator.index(shape),)  # type: ignore[arg-type]
+    except TypeError:
+        dims = tuple(operator.index(d) for d in shape)  # type: ignore[union-attr]
+    if any(d < 0 for d in dims):
+        raise ValueError(f"workstream.shared_empty(): negative dimension in shape {dims}")
+    count = math.prod(dims)
+    nbytes = count * dt.itemsize
+    pickler = current
+    if pickler is None:
+        raise RuntimeError(
+            "workstream.shared_empty() needs the job's shared memory, and this job has "
+            "none: it was started with shm_threshold=None (pass a size in bytes, the "
+            "default is 64 KiB), or this system has no memfd"
+        )
+    if nbytes == 0:
+        return np.empty(dims, dt)
+    pool = pickler._pool
+    if _shm.block_capacity(nbytes) > pool.pool_bytes:
+        raise ValueError(
+            f"workstream.shared_empty(): {nbytes} bytes do not fit in the job's shared "
+            f"memory (shm_pool_bytes={pool.pool_bytes}); raise shm_pool_bytes to at least "
+            f"{_shm.block_capacity(nbytes)}"
+        )
+    got = pool.allocate(nbytes)
+    if got is None:
+        return np.empty(dims, dt)
+    exporter = got[2]
+    return np.frombuffer(exporter, dtype=dt, count=count).reshape(dims)

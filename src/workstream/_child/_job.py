@@ -19,7 +19,14 @@ from .._transport import _framing
 from . import _context
 from ._context import _Context
 from ._mainmodule import adopt_main_definitions
-from ._report import _cancelled_body, _chained, _error_body, _interrupts_cancel, _user_traceback
+from ._report import (
+    _cancel_traceback,
+    _cancelled_body,
+    _chained,
+    _error_body,
+    _interrupts_cancel,
+    prefetch_source,
+)
 from ._sender import dumps_with_fallback
 from ._sourcemap import _restore_filenames
 
@@ -83,13 +90,15 @@ def _run(ctx: _Context, payload: bytes) -> tuple[_framing.Kind, bytes]:
         with contextlib.suppress(Exception):
             _restore_filenames(fn)
             adopt_main_definitions((fn, args))
+        with contextlib.suppress(Exception):
+            prefetch_source(fn)
         if ctx.ctl[0]:
             raise ctx.make_cancelled("cooperative")
         value = fn(*args)
         if isinstance(value, types.GeneratorType):
             value = _drive(ctx, value)
     except Cancelled as exc:
-        body = _cancelled_body(ctx, _user_traceback(exc), None)
+        body = _cancelled_body(ctx, _cancel_traceback(exc), None)
         _drop_tracebacks(exc)
         return _framing.Kind.CANCELLED, body
     except BaseException as exc:

@@ -54,7 +54,7 @@ from .._linux import set_parent_death_signal
 from .._options import ChildSettings
 from .._transport import _fds, _framing
 from .._transport._shm import BlockPool
-from . import _context
+from . import _arrays, _context
 from ._arrays import ArrayPickler
 from ._context import _Context
 from ._exit import _exit_after_last_job, _exit_now, _note_children, _run_multiprocessing_finalizers
@@ -144,11 +144,15 @@ def _arrays_from_settings(settings: ChildSettings, ctl: Any) -> ArrayPickler | N
     if passed is None:
         return None
     try:
-        return ArrayPickler(BlockPool(passed.fd.fd), passed.threshold, passed.max_in_pipe, ctl)
+        pickler = ArrayPickler(
+            BlockPool(passed.fd.fd), passed.threshold, passed.max_in_pipe, ctl
+        )
     except (OSError, ValueError):
         return None  # large buffers then travel in-band: correct, slower
     finally:
         passed.fd.close()
+    _arrays.current = pickler
+    return pickler
 
 
 _fault_fd: int | None = None

@@ -128,6 +128,7 @@ class BlockPool:
     consumer that keeps every item (``list(job)``) can never deadlock the stream, and the
     shared memory of a job never exceeds the arena's size. Thread-safe: one lock around
     the choice of a block (the copy itself runs outside it, into a block now ours).
+    :meth:`allocate` hands out blocks the child writes in place (``shared_empty``).
     """
 
     def __init__(self, fd: int) -> None:
@@ -137,15 +138,20 @@ class BlockPool:
         self._state = memoryview(self._map)[:STATE_BYTES]
         self._size = size
         self._next = STATE_BYTES  # where the next new block starts
-        # Blocks by capacity class: [(slot, offset)] in carving order, and where the next
-        # search of each class starts (the consumer frees blocks in about the order they
-        # were sent, so the block after the last one taken is usually free: O(1)).
+        # Blocks by capacity class: [(slot, offset)], the most recently taken first. A
+        # search takes the first free one: the block the consumer freed last (its pages
+        # are mapped and likely still in cache), not the coldest one in carving order.
         self._classes: dict[int, list[tuple[int, int]]] = {}
-        self._cursor: dict[int, int] = {}
+        # Blocks that shared_empty() handed out and the child still refers to
+        # (slot -> sent yet) Never reused while pinned, even once the parent freed it.
+        self._pinned: dict[int, bool] = {}
+        self._spans: dict[int, tuple[int, int]] = {}  # pinned slot -> (start, end)
         self._slots = 0
         self.blocks_created = 0
         self._sent = 0  # out-of-band bytes handed out by put() (and not given back)
-        self._lock = threading.Lock()
+        # Re-entrant: the finalizer of a shared_empty() array (_unpin) may run in a thread
+        # that is inside a locked section (a garbage collection started by an allocation).
+        self._lock = threading.RLock()
 
     def in_flight(self) -> int:
         """Out-of-band bytes sent (or about to be) that the parent has not decoded yet."""
@@ -184,16 +190,12 @@ class BlockPool:
         blocks = self._classes.get(cap)
         if not blocks:
             return None
-        state = self._state
-        k = len(blocks)
-        start = self._cursor[cap]
-        for j in range(k):
-            i = start + j
-            if i >= k:
-                i -= k
-            block = blocks[i]
-            if state[block[0]] == _FREE:
-                self._cursor[cap] = i + 1 if i + 1 < k else 0
+        state, pinned = self._state, self._pinned
+        for i, block in enumerate(blocks):
+            if state[block[0]] == _FREE and block[0] not in pinned:
+                if i:  # most recently taken first
+                    del blocks[i]
+                    blocks.insert(0, block)
                 return block
         return None
 
@@ -204,16 +206,90 @@ class BlockPool:
         block = (slot, self._next)
         self._next += cap
         self._slots += 1
-        self._classes.setdefault(cap, []).append(block)
-        self._cursor.setdefault(cap, 0)
+        self._classes.setdefault(cap, []).insert(0, block)
         self.blocks_created += 1
         return block
+
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes of the arena available for blocks (the job's ``shm_pool_bytes``)."""
+        return self._size - STATE_BYTES
+
+    def allocate(self, n: int) -> tuple[int, int, Any] | None:
+        """Take a block for an ``n``-byte buffer that the child writes in place.
+
+        Returns ``(slot, offset, exporter)``: the slot is marked in use and *pinned*, and
+        ``exporter`` is a writable ctypes byte array on the block. Once the exporter and
+        everything built on it are gone the pin is dropped, and the slot freed if its
+        buffer was never sent (see :meth:`mark_sent`); a sent one is freed by the parent.
+        A pinned block is never reused. None if no block can be had now.
+        """
+        cap = block_capacity(n)
+        with self._lock:
+            found = self._find_free(cap) or self._carve(cap)
+            if found is None:
+                return None
+            slot, offset = found
+            self._state[slot] = _USED
+            self._pinned[slot] = False
+            self._spans[slot] = (offset, offset + cap)
+        assert self._map is not None
+        exporter = (ctypes.c_ubyte * cap).from_buffer(self._map, offset)
+        weakref.finalize(exporter, self._unpin, slot).atexit = False
+        return slot, offset, exporter
+
+    def _unpin(self, slot: int) -> None:
+        with self._lock:
+            sent = self._pinned.pop(slot, True)
+            self._spans.pop(slot, None)
+            if not sent and self._map is not None:
+                self._state[slot] = _FREE  # never sent: the parent never saw it
+
+    def mark_sent(self, slot: int, n: int) -> bool:
+        """Record that ``n`` bytes of the pinned block ``slot`` are about to be sent.
+
+        Returns False if that block was sent before: the caller then copies the buffer
+        (two items must not share a block: releasing one would free it under the other).
+        """
+        with self._lock:
+            if self._pinned.get(slot, True):
+                return False
+            self._pinned[slot] = True
+            self._sent += n
+            return True
+
+    def pinned_slot(self, start: int, end: int) -> int | None:
+        """The pinned block holding the arena bytes ``[start, end)``, or None."""
+        if not self._spans:
+            return None
+        with self._lock:
+            for slot, (lo, hi) in list(self._spans.items()):
+                if lo <= start and end <= hi:
+                    return slot
+        return None
+
+    @property
+    def has_pinned(self) -> bool:
+        """True while some block handed out by :meth:`allocate` is still referred to."""
+        return bool(self._spans)
+
+    def base_address(self) -> int:
+        """The address of the arena's mapping in this process."""
+        assert self._map is not None
+        probe = ctypes.c_char.from_buffer(self._map)
+        try:
+            return ctypes.addressof(probe)
+        finally:
+            del probe
 
     def release(self, descriptors: list[Descriptor]) -> None:
         """Give back blocks whose descriptors were never sent (pickling failed later)."""
         with self._lock:
             for slot, _offset, n in descriptors:
-                self._state[slot] = _FREE
+                if slot in self._pinned:  # the child's own array: unsent again, kept
+                    self._pinned[slot] = False
+                else:
+                    self._state[slot] = _FREE
                 self._sent -= n
 
     def close(self) -> None:
