@@ -53,7 +53,7 @@ from .._linux import set_parent_death_signal
 from .._options import ChildSettings
 from .._transport import _fds, _framing
 from .._transport._shm import BlockPool
-from . import _context
+from . import _context, _output
 from ._arrays import ArrayPickler
 from ._context import _Context
 from ._exit import _exit_after_last_job, _exit_now, _note_children, _run_multiprocessing_finalizers
@@ -175,6 +175,7 @@ def _boot(
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     ctl = _fds.map_control_block(control_fd)
     os.close(control_fd)
+    _output.install(settings)  # output="capture"/"logging": fds 1, 2, sys.std*, logging
 
     arrays = _arrays_from_settings(settings, ctl)
     sender = Sender(data_fd, settings.batch_window, settings.max_batch_bytes, ctl, arrays)
@@ -212,6 +213,7 @@ def child_main(
     """The ``multiprocessing`` target of a one-job worker. Never returns (``os._exit``)."""
     ctx = _boot(data_conn, lifeline_conn, control_conn, settings)
     kind, body = _run(ctx, payload)
+    _output.end_of_job()
     try:
         ctx.sender.send_final(kind, body)
     except OSError:
@@ -270,6 +272,7 @@ def worker_main(
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         kind, body = _run(ctx, payload)
         del payload
+        _output.end_of_job()
         try:
             ctx.sender.send_final(kind, body, last=False)
         except OSError:

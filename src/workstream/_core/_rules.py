@@ -15,6 +15,7 @@ unpickled makes the job ``failed``), and runs no I/O of ours.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import pickle
 from dataclasses import dataclass
@@ -103,6 +104,8 @@ class Facts:
     """The application's ``__main__.__file__`` (named when a worker stopped importing it)."""
     kept_warm: bool | None = None
     """A Worker's job: whether its process stays for the next job (None: not a Worker's)."""
+    stderr_tail: tuple[str, ...] = ()
+    """The last lines of the worker's stderr (``output=`` capture / logging only)."""
 
 
 def stopped_from_outside(facts: Facts) -> bool:
@@ -155,7 +158,7 @@ def decide(facts: Facts) -> Outcome:
         )
     if facts.channel_error is not None:
         err = ChannelBroken(facts.pid, facts.exit_code, facts.channel_error)
-        return Crashed(**common, error=err, signal_name=err.signal_name)
+        return _with_stderr_tail(facts, Crashed(**common, error=err, signal_name=err.signal_name))
     if facts.delivery_error is not None:
         return Failed(**common, error=facts.delivery_error)
     if facts.final is not None:
@@ -197,7 +200,7 @@ def _crashed(
     err = WorkerCrashed(facts.pid, facts.exit_code, detail, summary=summary)
     if signal_name is not None:
         err.signal_name = signal_name
-    return Crashed(**common, error=err, signal_name=err.signal_name)
+    return _with_stderr_tail(facts, Crashed(**common, error=err, signal_name=err.signal_name))
 
 
 def _unguarded_main_summary(facts: Facts) -> str:
@@ -230,7 +233,9 @@ def _from_final(facts: Facts, final: Final, common: dict[str, Any]) -> Outcome:
             f"malformed data channel: the {final.kind.name} frame's report cannot be "
             f"read ({type(exc).__name__}: {exc})",
         )
-        return Crashed(**common, error=broken, signal_name=broken.signal_name)
+        return _with_stderr_tail(
+            facts, Crashed(**common, error=broken, signal_name=broken.signal_name)
+        )
     if stopped_from_outside(facts):
         # Nobody here asked for a cancel: the SIGTERM came from outside workstream
         # (``kill PID``, a system shutdown). Not the user's Stop: a crash-like end.
@@ -276,3 +281,11 @@ def read_report(final: Final) -> dict[str, Any]:
         if report.get(key) is not None and not isinstance(report[key], bytes):
             raise ValueError(f"field {key!r} is not bytes")
     return report
+
+
+def _with_stderr_tail(facts: Facts, outcome: Crashed) -> Crashed:
+    """``outcome`` carrying the last lines of the worker's stderr (also on its error)."""
+    if not facts.stderr_tail:
+        return outcome
+    outcome.error.stderr_tail = facts.stderr_tail
+    return dataclasses.replace(outcome, stderr_tail=facts.stderr_tail)

@@ -23,6 +23,7 @@ from .._core._states import CancelRequest, JobMachine
 from .._core._stream import StreamBuffer
 from .._outcomes import JobState, Outcome
 from .._transport._fds import CANCEL_FLAG, close_quietly
+from ._output import OutputSink
 
 _REENTRY_WAIT = 0.05  # s; see JobCore.request_cancel
 
@@ -60,6 +61,8 @@ class JobCore:
         # queued and once the job is finished; see Job.add_listener.
         self.listeners: list[Callable[[], object]] = []
         self.listener_error: BaseException | None = None
+        self.output: OutputSink | None = None
+        """``output=`` capture / logging: the job's output (set before the runner starts)."""
 
     # -- facts of the stream (read under the lock, or as a hint) --------------------------
 
@@ -224,6 +227,9 @@ class JobCore:
 
     def set_finished(self) -> None:
         """Mark the job finished (after on_done ran) and tell the listeners."""
+        if self.output is not None:
+            self.output.close()
+            self.output.wait_delivered()  # every on_output call happens before "finished"
         self.finished.set()
         self.notify_listeners()
 
@@ -246,6 +252,8 @@ class JobCore:
         """Publish the outcome: terminal state, end of stream, control block released."""
         with self.lock:
             self._life.end(JobState(outcome.kind))
+            if self.output is not None:
+                self.output.close()
             self.outcome = outcome
             self.stream.end()
             self._release_locked()
