@@ -43,6 +43,7 @@ from ._outcomes import (
     Failed,
     JobState,
     Outcome,
+    OutputEvent,
 )
 from ._worker import Worker
 
@@ -64,6 +65,7 @@ __all__ = [
     "NotInWorkerError",
     "Options",
     "Outcome",
+    "OutputEvent",
     "Worker",
     "WorkerCrashed",
     "WorkerError",

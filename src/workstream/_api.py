@@ -95,10 +95,17 @@ class Job(Generic[ItemT, ResultT]):
                 name=f"workstream-callbacks:{self._name}", daemon=True,
             )
         view.callback_thread = callbacks
+        if core.output is not None:
+            core.output.start_thread()  # before the job can end (a Worker may end it at once)
         if host is not None:
-            host.submit(Submission(
-                core, payload, options, self._name, started_at, self._job_ended
-            ))
+            try:
+                host.submit(Submission(
+                    core, payload, options, self._name, started_at, self._job_ended
+                ))
+            except BaseException:
+                if core.output is not None:
+                    core.output.close()  # its thread ends
+                raise
         else:
             self._runner = JobRunner(
                 core, payload, control_fd, options, self._name, started_at
@@ -112,11 +119,11 @@ class Job(Generic[ItemT, ResultT]):
             except BaseException:  # e.g. "can't create new thread at interpreter shutdown"
                 _registry.remove(self)
                 self._runner.release_unstarted()
+                if core.output is not None:
+                    core.output.close()  # its thread ends
                 raise
         if callbacks is not None:
             callbacks.start()
-        if core.output is not None:
-            core.output.start_thread()
 
     def _job_ended(self) -> None:
         """A Worker's job: the outcome is published; mark it finished unless the

@@ -75,13 +75,14 @@ def _send(tag: int, body: bytes) -> None:
 
 class _TaggedRaw(io.RawIOBase):
     """The binary layer under the worker's ``sys.stdout`` / ``sys.stderr``: cuts what
-    is written into whole lines, each sent as one frame."""
+    is written into whole lines, each sent as one frame. Each thread has its own partial
+    line, so two threads printing at once never mix their lines."""
 
     def __init__(self, tag: int, fd: int) -> None:
         super().__init__()
         self._tag = tag
         self._fd = fd
-        self._partial = bytearray()
+        self._partial: dict[int, bytearray] = {}  # thread ident -> its unfinished line
         self._plock = threading.Lock()
 
     def writable(self) -> bool:
@@ -97,20 +98,24 @@ class _TaggedRaw(io.RawIOBase):
 
     def write(self, b: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         data = bytes(b)
+        me = threading.get_ident()
         with self._plock:
-            buf = self._partial
-            buf += data
-            start = 0
-            while True:
-                end = buf.find(b"\n", start)
-                if end < 0:
-                    break
-                self._emit(bytes(buf[start:end]))
-                start = end + 1
-            del buf[:start]
-            while len(buf) >= MAX_LINE_BYTES:
-                self._emit(bytes(buf[:MAX_LINE_BYTES]))
-                del buf[:MAX_LINE_BYTES]
+            buf = self._partial.pop(me, None) or bytearray()
+        buf += data
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            self._emit(bytes(buf[start:end]))
+            start = end + 1
+        del buf[:start]
+        while len(buf) >= MAX_LINE_BYTES:
+            self._emit(bytes(buf[:MAX_LINE_BYTES]))
+            del buf[:MAX_LINE_BYTES]
+        if buf:
+            with self._plock:
+                self._partial[me] = buf
         return len(data)
 
     def _emit(self, line: bytes) -> None:
@@ -120,11 +125,11 @@ class _TaggedRaw(io.RawIOBase):
         _send(self._tag, line)
 
     def end_line(self) -> None:
-        """Send a partial last line as a line of its own (at the end of a job)."""
+        """Send every thread's partial last line as a line of its own (job's end)."""
         with self._plock:
-            if self._partial:
-                self._emit(bytes(self._partial))
-                self._partial.clear()
+            partial, self._partial = self._partial, {}
+        for buf in partial.values():
+            self._emit(bytes(buf))
 
 
 class _TaggedHandler(logging.Handler):
@@ -204,12 +209,14 @@ def end_of_job() -> None:
 def _after_fork_in_child() -> None:
     """In a process the worker forked: plain lines from now on; fresh locks (another
     thread may have held one at the fork)."""
-    global _forked
+    global _forked, _lock
     if _tagged_fd < 0:  # not a worker with captured output (the application, say)
         return
     _forked = True
+    _lock = threading.Lock()
     for raw in _raws:
         raw._plock = threading.Lock()
+        raw._partial = {}
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -43,6 +43,7 @@ TAIL_EVENTS = 1000
 MAX_PENDING = 10_000
 """Events waiting for ``on_output`` / logging before new ones are dropped (and counted)."""
 _READ_CHUNK = 64 << 10
+_TAGGED_FIRST = 16  # chunks of the tagged pipe read before each raw read
 _MAX_FRAME = 1 << 24  # a tagged frame's body beyond this is not ours: stop decoding it
 
 
@@ -231,7 +232,15 @@ class OutputReader:
 
     def read(self, fd: int) -> bool:
         """Read what ``fd`` has now (one chunk) and deliver its whole lines; False once
-        it reached end-of-file (every writer closed it)."""
+        it reached end-of-file (every writer closed it).
+
+        Before a raw pipe (fd 1, fd 2) is read, the tagged pipe is drained (up to
+        :data:`_TAGGED_FIRST` chunks): Python-level output written before a raw write is
+        then delivered before it.
+        """
+        tagged = self.fds[2]
+        if fd != tagged and tagged in self._open:
+            self._drain_one(tagged, _TAGGED_FIRST)
         try:
             data = os.read(fd, _READ_CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -248,19 +257,24 @@ class OutputReader:
     def drain(self) -> None:
         """Read every pipe until it is empty (non-blocking): after the child exited, or a
         warm job's final frame. A grandchild still writing does not hold us up."""
-        for fd in self.open_fds():
-            for _ in range(64):  # at most 4 MiB per pipe: a bound if a grandchild floods
-                try:
-                    data = os.read(fd, _READ_CHUNK)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    data = b""
-                if not data:
-                    self._open.discard(fd)
-                    self._flush_partial(fd)
-                    break
-                self._feed(fd, data)
+        # The tagged pipe first: what a dying process writes last goes to the raw fds
+        # (C's abort message, a fatal error's report), so it stays last in the tail.
+        for fd in sorted(self.open_fds(), key=lambda fd: fd != self.fds[2]):
+            self._drain_one(fd, 64)  # at most 4 MiB per pipe: a bound if a grandchild floods
+
+    def _drain_one(self, fd: int, chunks: int) -> None:
+        for _ in range(chunks):
+            try:
+                data = os.read(fd, _READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._open.discard(fd)
+                self._flush_partial(fd)
+                return
+            self._feed(fd, data)
 
     def end(self) -> None:
         """The process is gone: deliver partial last lines."""
