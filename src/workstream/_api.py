@@ -86,6 +86,7 @@ class Job(Generic[ItemT, ResultT]):
             core.output = OutputSink(
                 self._name, options.output_mode, options.on_output, view._callback_failed
             )
+            core.output.listener = core.notify_listeners  # wakes the GUI bridges
         # Both threads exist before either starts: the runner must know whether a
         # callback thread will publish "finished" (after on_done) or it must itself.
         callbacks = None
