@@ -300,3 +300,17 @@ def test_no_descriptor_of_the_output_pipes_is_left_open() -> None:
     job = workstream.start(wo.say, "x", output="capture")
     job.wait()
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_async_for_over_output_events() -> None:
+    """job.output_events(): every event, in order, without blocking the loop; ends with
+    the job."""
+    import asyncio
+
+    async def main() -> list[str]:
+        job = workstream.start(wo.raw_lines, 1, 300, output="capture")
+        got = [ev.text async for ev in job.output_events()]
+        assert job.done()
+        return got
+
+    assert asyncio.run(main()) == [f"raw {i}" for i in range(300)]

@@ -200,6 +200,20 @@ class Job(Generic[ItemT, ResultT]):
         sink = self._core.output
         return ((), 0) if sink is None else sink.since(count)
 
+    def output_events(self) -> AsyncIterator[OutputEvent]:
+        """``async for event in job.output_events():`` each output event as it arrives,
+        until the job is done (then the iteration ends). Never blocks the loop; several
+        tasks may iterate at once, each from the first event still kept; one more than
+        1,000 events behind skips the oldest. Cancelling the task does not cancel the job.
+        """
+        self._check_owner()
+        from . import _aio
+
+        return cast(
+            "AsyncIterator[OutputEvent]",
+            _aio.output_events(self.add_listener, self.output_since, self.done),
+        )
+
     @property
     def cancel_requested(self) -> bool:
         """True once a cancel was requested: by ``cancel()``, or by workstream itself after
