@@ -314,3 +314,33 @@ def test_async_for_over_output_events() -> None:
         return got
 
     assert asyncio.run(main()) == [f"raw {i}" for i in range(300)]
+
+
+def test_result_raises_worker_crashed_with_the_tail() -> None:
+    job = workstream.start(wo.die_after_stderr, "sigkill", output="capture")
+    with pytest.raises(workstream.WorkerCrashed) as info:
+        job.result()
+    assert "last words from fd 2" in info.value.stderr_tail
+
+
+def test_decide_puts_the_stderr_tail_on_every_crash_and_only_there() -> None:
+    """The core rule, without processes: a crash (plain, or a broken channel) carries the
+    tail on the outcome and its error; other outcomes have no such field."""
+    from workstream._core._rules import Facts, Final, FinalKind, decide
+
+    tail = ("line 1", "line 2")
+    crashed = decide(Facts(started_at=0.0, now=1.0, pid=5, exit_code=-9, stderr_tail=tail))
+    assert isinstance(crashed, workstream.Crashed)
+    assert crashed.stderr_tail == tail and crashed.error.stderr_tail == tail
+    broken = decide(Facts(started_at=0.0, now=1.0, pid=5, exit_code=-9,
+                          channel_error="bad magic", stderr_tail=tail))
+    assert isinstance(broken, workstream.Crashed)
+    assert isinstance(broken.error, workstream.ChannelBroken)
+    assert broken.stderr_tail == tail and broken.error.stderr_tail == tail
+    import pickle
+
+    done = decide(Facts(started_at=0.0, now=1.0, pid=5, exit_code=0, stderr_tail=tail,
+                        final=Final(FinalKind.RESULT, pickle.dumps(3))))
+    assert isinstance(done, workstream.Completed) and not hasattr(done, "stderr_tail")
+    no_tail = decide(Facts(started_at=0.0, now=1.0, pid=5, exit_code=-9))
+    assert isinstance(no_tail, workstream.Crashed) and no_tail.stderr_tail == ()

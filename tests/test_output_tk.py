@@ -4,18 +4,41 @@ per poll, all before ``on_done``. Runs on a private Xvfb display (skipped withou
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import workers_output as wo
 from gui_support import jobs_unregistered, xvfb_display  # noqa: F401 (autouse fixture)
-from test_tk import _KEEP, run_until
 from workstream import OutputEvent
 
 tkinter = pytest.importorskip("tkinter", reason="tkinter is not available in this Python")
 from workstream.tk import TkJob  # noqa: E402
+
+BOUND = 30.0
+_KEEP: list[Any] = []  # Tk roots are freed at exit, on the main thread (see test_tk)
+
+
+def run_until(root: Any, predicate: Callable[[], bool], timeout: float = BOUND) -> None:
+    """Run the Tk main loop until ``predicate()`` is true; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    timed_out = []
+
+    def check() -> None:
+        if predicate():
+            root.quit()
+        elif time.monotonic() > deadline:
+            timed_out.append(True)
+            root.quit()
+        else:
+            root.after(2, check)
+
+    root.after(0, check)
+    root.mainloop()
+    if timed_out:
+        pytest.fail(f"the Tk loop did not reach the expected state within {timeout} s")
 
 
 @pytest.fixture(scope="module")
