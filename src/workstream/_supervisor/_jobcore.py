@@ -229,7 +229,13 @@ class JobCore:
         """Mark the job finished (after on_done ran) and tell the listeners."""
         if self.output is not None:
             self.output.close()
-            self.output.wait_delivered()  # every on_output call happens before "finished"
+            # Every on_output call returns before "finished": if some are still due, the
+            # output thread publishes it after the last one (this thread never waits).
+            if self.output.then(self._set_finished_now):
+                return
+        self._set_finished_now()
+
+    def _set_finished_now(self) -> None:
         self.finished.set()
         self.notify_listeners()
 

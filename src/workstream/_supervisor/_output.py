@@ -72,6 +72,8 @@ class OutputSink:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._failed = False
+        self._delivered = False  # True once the output thread delivered its last event
+        self._then: Callable[[], None] | None = None  # called by it then (see then())
         self.listener: Callable[[], None] | None = None
         """Called (runner thread) after each batch of new events: wakes GUI bridges."""
 
@@ -146,15 +148,30 @@ class OutputSink:
     def in_output_thread(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def wait_delivered(self) -> None:
-        """Block until the output thread delivered everything (once the sink is closed);
-        returns at once on that thread itself or without one."""
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return
-        thread.join()
+    def then(self, fn: Callable[[], None]) -> bool:
+        """Have the output thread call ``fn`` once it delivered everything (the sink
+        must be closed); False if there is nothing to wait for: call ``fn`` yourself.
+        Never blocks, so the thread that publishes "finished" (a runner, a Worker's
+        supervisor) never waits for a slow ``on_output``."""
+        with self._lock:
+            if self._thread is None or self._delivered:
+                return False
+            self._then = fn
+            self._cond.notify_all()
+            return True
 
     def _deliver(self) -> None:
+        then = None
+        try:
+            self._deliver_all()
+        finally:
+            with self._lock:
+                self._delivered = True
+                then, self._then = self._then, None
+            if then is not None:
+                then()
+
+    def _deliver_all(self) -> None:
         pending = self._pending
         assert pending is not None
         logger = logging.getLogger(f"workstream.job.{self._name}")
