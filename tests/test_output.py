@@ -174,10 +174,13 @@ def test_logging_mode_reemits_into_the_parents_logging() -> None:
     assert len(job.output) == len(records)
 
 
-def test_the_stderr_tail_survives_sigkill() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_the_stderr_tail_survives_sigkill(method: str) -> None:
     """A worker killed by SIGKILL: its last stderr lines (Python and fd 2) are in the
     Crashed outcome and its WorkerCrashed error."""
-    job = workstream.start(wo.die_after_stderr, "sigkill", output="capture")
+    job = workstream.start(
+        wo.die_after_stderr, "sigkill", output="capture", start_method=method
+    )
     outcome = job.wait()
     assert isinstance(outcome, workstream.Crashed)
     assert outcome.exit_code == -signal.SIGKILL
@@ -265,10 +268,11 @@ def test_a_flood_is_bounded_in_the_parent(total: int) -> None:
     assert peak[0] - base < 64 << 20
 
 
-def test_worker_output_goes_to_the_current_job() -> None:
+@pytest.mark.parametrize("method", METHODS)
+def test_worker_output_goes_to_the_current_job(method: str) -> None:
     """A warm Worker's output fds belong to the process; each job gets its own lines."""
     seen: list[str] = []
-    with workstream.Worker(output="capture") as worker:
+    with workstream.Worker(output="capture", start_method=method) as worker:
         a = worker.start(wo.say, "first")
         a.wait()
         b = worker.start(wo.say, "second", on_output=lambda ev: seen.append(ev.text))
