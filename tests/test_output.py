@@ -348,3 +348,11 @@ def test_decide_puts_the_stderr_tail_on_every_crash_and_only_there() -> None:
     assert isinstance(done, workstream.Completed) and not hasattr(done, "stderr_tail")
     no_tail = decide(Facts(started_at=0.0, now=1.0, pid=5, exit_code=-9))
     assert isinstance(no_tail, workstream.Crashed) and no_tail.stderr_tail == ()
+
+
+def test_basic_config_in_the_worker_sets_the_level_and_sends_each_record_once() -> None:
+    """logging.basicConfig(level=INFO) in the worker works (root has our handler, which
+    would make it a no-op) and the record arrives once, as a log event."""
+    job = workstream.start(wo.basic_config_then_log, output="capture")
+    job.wait()
+    assert [(e.stream, e.text) for e in job.output] == [("log", "info after basicConfig")]

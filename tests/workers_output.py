@@ -112,3 +112,9 @@ def print_until_cancelled() -> Iterator[str]:
 def say(text: str) -> str:
     print(text)
     return text
+
+
+def basic_config_then_log() -> None:
+    """A worker that configures logging itself, as a script run alone would."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.getLogger("app").info("info after basicConfig")

@@ -187,6 +187,32 @@ def install(settings: ChildSettings) -> None:
     root = logging.getLogger()
     root.addHandler(_TaggedHandler())
     root.setLevel(settings.log_level)
+    logging.basicConfig = _basic_config  # type: ignore[assignment]
+
+
+_original_basic_config = logging.basicConfig
+
+
+def _basic_config(**kwargs: object) -> None:
+    """``logging.basicConfig`` in a worker whose records we send: it works as if our
+    handler were not there (it would otherwise do nothing, root having a handler), and a
+    stream handler it adds for our own ``sys.stderr`` / ``sys.stdout`` is dropped (our
+    handler already sends each record, with its level: it would arrive twice)."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, _TaggedHandler)]
+    for h in ours:
+        root.removeHandler(h)
+    before = set(root.handlers)
+    try:
+        _original_basic_config(**kwargs)  # type: ignore[arg-type]
+    finally:
+        for h in root.handlers[:]:
+            stream = getattr(h, "stream", None)
+            if h not in before and stream is not None and stream in (sys.stderr, sys.stdout):
+                root.removeHandler(h)
+        for h in ours:
+            if h not in root.handlers:
+                root.addHandler(h)
 
 
 def end_of_job() -> None:
