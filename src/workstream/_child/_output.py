@@ -32,6 +32,7 @@ import struct
 import sys
 import threading
 import traceback
+from typing import Any
 
 from .._options import ChildSettings
 
@@ -193,7 +194,7 @@ def install(settings: ChildSettings) -> None:
 _original_basic_config = logging.basicConfig
 
 
-def _basic_config(**kwargs: object) -> None:
+def _basic_config(**kwargs: Any) -> None:
     """``logging.basicConfig`` in a worker whose records we send: it works as if our
     handler were not there (it would otherwise do nothing, root having a handler), and a
     stream handler it adds for our own ``sys.stderr`` / ``sys.stdout`` is dropped (our
@@ -204,12 +205,12 @@ def _basic_config(**kwargs: object) -> None:
         root.removeHandler(h)
     before = set(root.handlers)
     try:
-        _original_basic_config(**kwargs)  # type: ignore[arg-type]
+        _original_basic_config(**kwargs)
     finally:
-        for h in root.handlers[:]:
-            stream = getattr(h, "stream", None)
-            if h not in before and stream is not None and stream in (sys.stderr, sys.stdout):
-                root.removeHandler(h)
+        for added in root.handlers[:]:
+            stream = getattr(added, "stream", None)
+            if added not in before and stream is not None and stream in (sys.stderr, sys.stdout):
+                root.removeHandler(added)
         for h in ours:
             if h not in root.handlers:
                 root.addHandler(h)
