@@ -484,3 +484,34 @@ def test_on_progress_in_the_tk_thread_before_on_done(root: Any) -> None:
 def test_on_progress_must_be_callable(root: Any) -> None:
     with pytest.raises(TypeError, match="on_progress"):
         TkJob.start(wp.steady, 1, 0.0, widget=root, on_progress=3)
+
+
+# -- OUTPUT: on_output (kept in this module: a second module's own Xvfb, killed at its
+# end while its Tcl interpreter is kept alive, would make a later Tk loop exit the test
+# process on the X connection's I/O error) ----------------------------------------------
+
+
+def test_on_output_gets_tuples_in_the_tk_thread_before_on_done(root: Any) -> None:
+    """TkJob(on_output=...): the worker's lines reach the Tk thread as tuples, at most one
+    call per poll, in order, all before on_done."""
+    import workers_output as wo
+
+    got: list[tuple[workstream.OutputEvent, ...]] = []
+    order: list[str] = []
+    threads: set[int] = set()
+
+    def on_output(events: tuple[workstream.OutputEvent, ...]) -> None:
+        threads.add(threading.get_ident())
+        got.append(events)
+        order.append("output")
+
+    TkJob.start(wo.raw_lines, 1, 5000, widget=root, on_output=on_output,
+                on_done=lambda _: order.append("done"))
+    run_until(root, lambda: "done" in order)
+    assert threads == {threading.get_ident()}
+    lines = [e.text for chunk in got for e in chunk]
+    assert lines[-1] == "raw 4999"
+    numbers = [int(text.split()[1]) for text in lines]
+    assert numbers == sorted(set(numbers))  # in order, none twice (a flood may skip some)
+    assert len(got) < len(lines)
+    assert order[-1] == "done" and order[-2] == "output"

@@ -57,6 +57,7 @@ from ._outcomes import (
     Failed,
     JobState,
     Outcome,
+    OutputEvent,
 )
 from ._pool import Pool, PoolStats
 from ._worker import Worker
@@ -81,6 +82,7 @@ __all__ = [
     "NotInWorkerError",
     "Options",
     "Outcome",
+    "OutputEvent",
     "Pool",
     "PoolFull",
     "PoolStats",

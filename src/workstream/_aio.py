@@ -267,3 +267,45 @@ class AsyncItems(Generic[ItemT]):
             raise
         finally:
             self._ran_since = _monotonic()
+
+
+# -- OUTPUT: async for over a job's output events ------------------------------------------
+
+
+async def output_events(
+    listen: Callable[[Callable[[], object]], Callable[[], None]],
+    since: Callable[[int], tuple[tuple[Any, ...], int]],
+    done: Callable[[], bool],
+) -> Any:
+    """Yield a job's output events as they arrive, until the job is done.
+
+    ``listen``, ``since`` and ``done`` are the job's ``add_listener``, ``output_since``
+    and ``done``. Waiting never blocks the loop: a listener resolves a future of this
+    loop. Cancelling the task only stops the iteration (the job runs on).
+    """
+    loop = asyncio.get_running_loop()
+    count = 0
+    while True:
+        wake: asyncio.Future[None] = loop.create_future()
+
+        def resolve(fut: asyncio.Future[None] = wake) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        def listener(resolve: Callable[[], None] = resolve) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(resolve)
+
+        remove = listen(listener)
+        try:
+            finished = done()  # first: after it, no event can come (the sink is closed)
+            events, count = since(count)
+            if not events:
+                if finished:
+                    return
+                await wake
+                continue
+        finally:
+            remove()
+        for event in events:
+            yield event

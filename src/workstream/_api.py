@@ -21,9 +21,10 @@ from ._checks import check_can_start, check_fn, check_options_are_not_arguments,
 from ._core._progress import Progress
 from ._jobview import JobView
 from ._options import Options, check_grace
-from ._outcomes import JobState, Outcome
+from ._outcomes import JobState, Outcome, OutputEvent
 from ._supervisor import _registry
 from ._supervisor._jobcore import JobCore
+from ._supervisor._output import OutputSink
 from ._supervisor._runner import JobRunner
 from ._supervisor._worker import Submission
 from ._transport import _fds
@@ -87,6 +88,11 @@ class Job(Generic[ItemT, ResultT]):
             )
         self._core = core
         self._view = view = JobView(core, options, self._name, started_at)
+        if options.output_mode != "inherit":
+            core.output = OutputSink(
+                self._name, options.output_mode, options.on_output, view._callback_failed
+            )
+            core.output.listener = core.notify_listeners  # wakes the GUI bridges
         # Both threads exist before either starts: the runner must know whether a
         # callback thread will publish "finished" (after on_done) or it must itself.
         callbacks = None
@@ -97,10 +103,17 @@ class Job(Generic[ItemT, ResultT]):
                 name=f"workstream-callbacks:{self._name}", daemon=True,
             )
         view.callback_thread = callbacks
+        if core.output is not None:
+            core.output.start_thread()  # before the job can end (a Worker may end it at once)
         if host is not None:
-            host.submit(Submission(
-                core, payload, options, self._name, started_at, self._job_ended
-            ))
+            try:
+                host.submit(Submission(
+                    core, payload, options, self._name, started_at, self._job_ended
+                ))
+            except BaseException:
+                if core.output is not None:
+                    core.output.close()  # its thread ends
+                raise
         else:
             self._runner = JobRunner(
                 core, payload, control_fd, options, self._name, started_at
@@ -114,6 +127,8 @@ class Job(Generic[ItemT, ResultT]):
             except BaseException:  # e.g. "can't create new thread at interpreter shutdown"
                 _registry.remove(self)
                 self._runner.release_unstarted()
+                if core.output is not None:
+                    core.output.close()  # its thread ends
                 raise
         if callbacks is not None:
             callbacks.start()
@@ -175,6 +190,46 @@ class Job(Generic[ItemT, ResultT]):
         """True once the child was reaped and the outcome is known (no callbacks pending)."""
         return self._core.finished.is_set()
 
+    # -- output (output="capture" / "logging") ------------------------------------------
+
+    @property
+    def output(self) -> tuple[OutputEvent, ...]:
+        """The newest lines and logging records of the worker (at most 1,000, oldest
+        first), as :class:`OutputEvent` s; ``()`` with ``output="inherit"``. A snapshot:
+        it does not change when more arrives."""
+        sink = self._core.output
+        return () if sink is None else sink.snapshot()
+
+    @property
+    def output_dropped(self) -> int:
+        """Output events ``on_output`` (or ``output="logging"``) never got because it fell
+        more than 10,000 events behind (each such gap is also reported by an event)."""
+        sink = self._core.output
+        return 0 if sink is None else sink.dropped
+
+    def output_since(self, count: int) -> tuple[tuple[OutputEvent, ...], int]:
+        """Events that arrived after the first ``count`` (``0`` at first), and the count
+        to pass next time; for pollers (the GUI bridges). Only events still among
+        :attr:`output` are returned: a poller slower than 1,000 events misses some."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise TypeError(f"count must be an int >= 0, not {count!r}")
+        sink = self._core.output
+        return ((), 0) if sink is None else sink.since(count)
+
+    def output_events(self) -> AsyncIterator[OutputEvent]:
+        """``async for event in job.output_events():`` each output event as it arrives,
+        until the job is done (then the iteration ends). Never blocks the loop; several
+        tasks may iterate at once, each from the first event still kept; one more than
+        1,000 events behind skips the oldest. Cancelling the task does not cancel the job.
+        """
+        self._check_owner()
+        from . import _aio
+
+        return cast(
+            "AsyncIterator[OutputEvent]",
+            _aio.output_events(self.add_listener, self.output_since, self.done),
+        )
+
     @property
     def cancel_requested(self) -> bool:
         """True once a cancel was requested: by ``cancel()``, or by workstream itself after
@@ -213,6 +268,8 @@ class Job(Generic[ItemT, ResultT]):
         """Block until the child is reaped, the stream closed and ``on_done`` has run.
 
         Returns the outcome (it does not raise for a failed job: see :meth:`result`).
+        Every ``on_output`` call has returned by then; calling ``wait()`` inside
+        ``on_output`` raises RuntimeError (it would wait for itself).
         Raises ``TimeoutError`` after ``timeout`` seconds, leaving the job running, and
         :class:`CallbackError` if an ``on_item`` / ``on_done`` callback raised.
 
@@ -235,7 +292,16 @@ class Job(Generic[ItemT, ResultT]):
         if timeout is not None:
             check_grace(timeout, "timeout")
         self._view.check_may_block("job.wait()", "await job.wait_async()")
+        self._check_not_in_on_output()
         return self._view.wait_blocking(timeout)
+
+    def _check_not_in_on_output(self) -> None:
+        sink = self._core.output
+        if sink is not None and sink.in_output_thread() and not self.done():
+            raise RuntimeError(
+                f"job.wait()/result() called inside on_output of job {self._name!r}: the "
+                "job is not finished until its on_output calls returned; use on_done"
+            )
 
     def result(self, timeout: float | None = None) -> ResultT:
         """Wait (as :meth:`wait`) and return ``fn``'s return value.
@@ -261,6 +327,7 @@ class Job(Generic[ItemT, ResultT]):
         if timeout is not None:
             check_grace(timeout, "timeout")
         self._view.check_may_block("job.result()", "await job.result_async()")
+        self._check_not_in_on_output()
         return cast(ResultT, self._view.value_of(self._view.wait_blocking(timeout)))
 
     # -- asyncio ------------------------------------------------------------------------

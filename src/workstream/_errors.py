@@ -95,6 +95,8 @@ class WorkerCrashed(WorkstreamError):
     """
 
     _hint_oom = True  # a SIGKILL nobody in workstream sent is most often the OOM killer
+    stderr_tail: tuple[str, ...] = ()
+    """The last lines of the worker's stderr (with ``output="capture"``/``"logging"``)."""
 
     def __init__(
         self, pid: int | None, exit_code: int | None, detail: str = "", *,

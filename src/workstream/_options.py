@@ -91,6 +91,15 @@ class Options:
     """Seconds the job may run, counted from the moment it starts running (not while it
     waits for a process or in a Pool's queue); then it is cancelled with its grace, as by
     ``cancel()``, and its outcome says ``timed_out``. None: no limit."""
+    # -- OUTPUT: what the worker prints and logs -----------------------------------------
+    output: str = "inherit"
+    """``"inherit"``: the worker writes to the application's stdout/stderr (default);
+    ``"capture"``: its lines and logging records become :class:`OutputEvent` s
+    (``job.output``, ``on_output``); ``"logging"``: as capture, and each is re-emitted
+    into this process's ``logging`` under ``workstream.job.<name>``."""
+    on_output: Callable[[Any], object] | None = None
+    """Called with each :class:`OutputEvent` on the job's output thread; with the
+    default ``output="inherit"`` it implies ``"capture"``."""
 
     def __post_init__(self) -> None:
         _check_seconds("grace", self.grace, allow_zero=False)
@@ -134,6 +143,14 @@ class Options:
         _check_crash_options(self)
         _check_progress_options(self)
         _check_pool_options(self)
+        _check_output_options(self)
+
+    @property
+    def output_mode(self) -> str:
+        """``output``, with ``on_output`` turning the default "inherit" into "capture"."""
+        if self.output == "inherit" and self.on_output is not None:
+            return "capture"
+        return self.output
 
     @property
     def resolved_start_method(self) -> str:
@@ -211,6 +228,12 @@ class ChildSettings:
     """The file ``faulthandler`` writes the stacks of every thread into on a fatal
     signal (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL); the parent reads it after the
     death. None: faulthandler is left as it is."""
+    output_fds: tuple[PassedDescriptor, PassedDescriptor, PassedDescriptor] | None = None
+    """``output=`` capture or logging: write ends of the stdout, stderr and tagged (Python
+    lines and logging records) pipes; None: the child keeps the inherited fds 1 and 2."""
+    log_level: int = 30
+    """Level the child's root logger starts at with captured output (the parent's
+    effective level for ``workstream.job.<name>``)."""
 
 
 def _check_crash_options(opts: Options) -> None:
@@ -255,3 +278,25 @@ def check_grace(value: object, name: str = "grace") -> float:
     ``name`` is the argument's name in the error message."""
     _check_seconds(name, value, allow_zero=True)
     return float(value)  # type: ignore[arg-type]
+
+
+OUTPUT_MODES = ("inherit", "capture", "logging")
+
+
+def _check_output_options(opts: Options) -> None:
+    """OUTPUT's options: ``output`` one of :data:`OUTPUT_MODES`; ``on_output`` callable
+    and only with output captured."""
+    if not isinstance(opts.output, str):
+        raise TypeError(
+            f"output must be one of {', '.join(map(repr, OUTPUT_MODES))}, "
+            f"not {type(opts.output).__name__}"
+        )
+    if opts.output not in OUTPUT_MODES:
+        raise ValueError(
+            f"output={opts.output!r} is not a mode; choose one of "
+            f"{', '.join(map(repr, OUTPUT_MODES))}"
+        )
+    if opts.on_output is not None and not callable(opts.on_output):
+        raise TypeError(
+            f"on_output must be callable or None, not {type(opts.on_output).__name__}"
+        )

@@ -120,6 +120,41 @@ class Crashed(_Common):
     fault_stack: str | None = None
     """For a fatal signal (SIGSEGV, SIGFPE, SIGABRT, SIGBUS, SIGILL): the Python stack of
     every thread at the crash, as the child's ``faulthandler`` wrote it; else None."""
+    stderr_tail: tuple[str, ...] = ()
+    """The last lines the child wrote to its stderr (at most
+    ``STDERR_TAIL_LINES``, oldest first), with ``output="capture"`` or ``"logging"``;
+    empty with ``output="inherit"`` (the child's stderr is the application's own)."""
 
 
 Outcome = Completed | CancelledOutcome | Failed | Crashed
+
+
+# -- OUTPUT: what the worker printed or logged ----------------------------------------
+
+STDERR_TAIL_LINES = 20
+"""Lines of the child's stderr a crash outcome carries (``Crashed.stderr_tail``)."""
+
+
+@dataclass(frozen=True)
+class OutputEvent:
+    """One line the worker wrote, or one logging record it emitted (``output=``).
+
+    ``stream`` is ``"stdout"`` or ``"stderr"`` (a whole line, without its newline:
+    Python's ``print``, C code writing to fd 1/2, the worker's subprocesses) or ``"log"``
+    (a ``logging`` record of the worker: ``logger``, ``level``, ``levelname`` set, and
+    ``text`` its formatted message, with the traceback if it had one). ``time`` is the
+    wall-clock time (``time.time()``) the line was read by the parent, or a record's
+    creation time in the worker.
+    """
+
+    stream: Literal["stdout", "stderr", "log"]
+    text: str
+    time: float
+    logger: str | None = None
+    """A log record's logger name in the worker (None for lines)."""
+    level: int | None = None
+    """A log record's level (``logging.WARNING``...; None for lines)."""
+    levelname: str | None = None
+    """A log record's level name (None for lines)."""
+    pid: int | None = None
+    """The worker process that wrote it."""

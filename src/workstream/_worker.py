@@ -27,7 +27,7 @@ ResultT = TypeVar("ResultT")
 
 JOB_OPTIONS = frozenset(
     {"grace", "term_after", "max_buffered_items", "max_buffered_bytes", "name", "on_item",
-     "on_done", "shm_copy", "on_progress", "max_grace", "timeout"}
+     "on_done", "shm_copy", "on_progress", "max_grace", "timeout", "on_output"}
 )
 """Options ``Worker.start()`` accepts per job; the others belong to the process and are
 given to ``Worker()``."""
@@ -179,6 +179,11 @@ class Worker:
                     f"Worker.start() got process option(s) {', '.join(map(repr, bad))}: "
                     "they are fixed for the Worker's process; pass them to "
                     "workstream.Worker(...)"
+                )
+            if options.get("on_output") is not None and opts.output_mode == "inherit":
+                raise ValueError(
+                    "Worker.start(on_output=...) needs a Worker whose output is captured: "
+                    "create it with workstream.Worker(output='capture') (or 'logging')"
                 )
             opts = dataclasses.replace(opts, **options)
             check_options_are_not_arguments(fn, args, options, "Worker.start()")

@@ -97,6 +97,10 @@ class QtJob(QObject, BridgeFacts):
         progress(object): the job's newest :class:`~workstream.Progress` (what the worker
             reported with ``workstream.progress()``), at most once per pump turn or state
             poll (50 ms), only when a new report came; the last one before ``finished``.
+        output(object): a tuple of :class:`~workstream.OutputEvent` s, the worker's new
+            lines and log records (start the job with ``output="capture"`` or
+            ``"logging"``): one emit per turn whatever the flood, all of them before
+            ``finished``; a turn more than 1,000 events behind misses the oldest.
 
     One bridge per job: it takes the job's items (as an iterating thread would). A bridge
     keeps itself alive until ``finished``, so it need not be stored; give it a ``parent``
@@ -116,6 +120,7 @@ class QtJob(QObject, BridgeFacts):
     failed = Signal(object)
     finished = Signal(object)
     progress = Signal(object)
+    output = Signal(object)
     _wake = Signal()
 
     def __init__(
@@ -145,6 +150,7 @@ class QtJob(QObject, BridgeFacts):
         self._state: str | None = None
         self._progress: object = None  # the last Progress emitted
         self._ended = False
+        self._output_count = 0  # output events already emitted (job.output_since)
         self._item_method = _signal_method(self, "item")
         self._items_method = _signal_method(self, "items")
 
@@ -253,6 +259,9 @@ class QtJob(QObject, BridgeFacts):
         delay = self._pacer.turn(lists, each)
         if not self._link.armed:  # a slot destroyed this bridge (with its parent)
             return
+        self._emit_output()
+        if not self._link.armed:
+            return
         self._check_state()
         if delay is None:
             self._end()
@@ -283,6 +292,12 @@ class QtJob(QObject, BridgeFacts):
             self._progress = progress
             self.progress.emit(progress)
 
+    def _emit_output(self) -> None:
+        """Emit the output events that arrived since the last turn, as one tuple."""
+        events, self._output_count = self._job.output_since(self._output_count)
+        if events:
+            self.output.emit(events)
+
     def _end(self) -> None:
         self._check_progress()  # the last report, before the outcome's signals
         self._ended = True
@@ -294,6 +309,7 @@ class QtJob(QObject, BridgeFacts):
         self._check_state()
         outcome = self._job.outcome
         assert outcome is not None
+        self._emit_output()  # the last lines (all in by now: read before the outcome)
         if isinstance(outcome, Completed):
             self.completed.emit(outcome.value)
         elif isinstance(outcome, CancelledOutcome):

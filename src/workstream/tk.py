@@ -60,6 +60,11 @@ class TkJob(BridgeFacts):
     the last items. ``on_progress(progress)`` gets the job's newest
     :class:`~workstream.Progress` (``workstream.progress()`` in the worker) at most once
     per turn, only when a new report came; the last one before ``on_done``.
+
+    ``on_output(events)`` gets the worker's new lines and log records (a tuple of
+    :class:`~workstream.OutputEvent`) at most once per poll, all of them before
+    ``on_done``; :meth:`start` with ``on_output`` captures the output (``output=
+    "capture"`` unless given). A poll more than 1,000 events behind misses the oldest.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class TkJob(BridgeFacts):
         slice_ms: float = DEFAULT_SLICE_MS,
         poll_ms: int = DEFAULT_POLL_MS,
         cancel_on_destroy: bool = True,
+        on_output: Callback | None = None,
     ) -> None:
         """Bridge ``job`` (already started) into the Tk loop of ``widget``.
 
@@ -91,7 +97,8 @@ class TkJob(BridgeFacts):
         _check_widget(widget)
         callbacks = {"on_item": on_item, "on_items": on_items, "on_state": on_state,
                      "on_completed": on_completed, "on_cancelled": on_cancelled,
-                     "on_failed": on_failed, "on_done": on_done, "on_progress": on_progress}
+                     "on_failed": on_failed, "on_done": on_done, "on_progress": on_progress,
+                     "on_output": on_output}
         _check_callbacks(callbacks)
         _check_poll(poll_ms)
         self._pacer = Pacer(job, latest_only=latest_only, max_rate=max_rate, slice_ms=slice_ms)
@@ -107,6 +114,8 @@ class TkJob(BridgeFacts):
         self._on_done = on_done
         self._on_progress = on_progress
         self._progress: object = None  # the last Progress passed to on_progress
+        self._on_output = on_output
+        self._output_count = 0  # output events already delivered (job.output_since)
         self._poll_ms = poll_ms
         self._cancel_on_destroy = cancel_on_destroy
         self._state: str | None = None
@@ -138,6 +147,7 @@ class TkJob(BridgeFacts):
         slice_ms: float = DEFAULT_SLICE_MS,
         poll_ms: int = DEFAULT_POLL_MS,
         cancel_on_destroy: bool = True,
+        on_output: Callback | None = None,
         **options: Any,
     ) -> TkJob:
         """Start ``fn(*args)`` with :func:`workstream.start` (``options`` are its options)
@@ -147,8 +157,10 @@ class TkJob(BridgeFacts):
         _check_callbacks({"on_item": on_item, "on_items": on_items, "on_state": on_state,
                           "on_completed": on_completed, "on_cancelled": on_cancelled,
                           "on_failed": on_failed, "on_done": on_done,
-                          "on_progress": on_progress})
+                          "on_progress": on_progress, "on_output": on_output})
         _check_poll(poll_ms)
+        if on_output is not None:
+            options.setdefault("output", "capture")
         job = _start(fn, *args, **options)
         try:
             return cls(job, widget, on_item=on_item, on_items=on_items, on_state=on_state,
@@ -156,7 +168,7 @@ class TkJob(BridgeFacts):
                        on_failed=on_failed, on_done=on_done, on_progress=on_progress,
                        latest_only=latest_only,
                        max_rate=max_rate, slice_ms=slice_ms, poll_ms=poll_ms,
-                       cancel_on_destroy=cancel_on_destroy)
+                       cancel_on_destroy=cancel_on_destroy, on_output=on_output)
         except BaseException:
             job.cancel(grace=0)
             raise
@@ -221,6 +233,7 @@ class TkJob(BridgeFacts):
             delay = self._pacer.turn(
                 self._deliver_list if self._on_items is not None else None,
                 self._deliver_each if self._on_item is not None else None)
+            self._deliver_output()
             self._check_state()
         except BaseException:
             self._schedule(self._poll_ms)  # a bug must not stop the stream for good
@@ -233,6 +246,14 @@ class TkJob(BridgeFacts):
             self._schedule(self._poll_ms)
         else:
             self._schedule(math.ceil(delay * 1000))
+
+    def _deliver_output(self) -> None:
+        """Hand ``on_output`` the events that arrived since the last poll, as one tuple."""
+        if self._on_output is None or self._detached:
+            return
+        events, self._output_count = self._job.output_since(self._output_count)
+        if events:
+            self._call(self._on_output, events)
 
     def _deliver_list(self, items: list[Any]) -> None:
         if not self._detached:
@@ -286,6 +307,7 @@ class TkJob(BridgeFacts):
         self._check_progress()  # the last report, before the outcome's callbacks
         outcome = self._job.outcome
         assert outcome is not None
+        self._deliver_output()  # the last lines (all in by now: read before the outcome)
         if isinstance(outcome, Completed):
             self._call(self._on_completed, outcome.value)
         elif isinstance(outcome, CancelledOutcome):

@@ -54,7 +54,7 @@ from .._linux import set_parent_death_signal
 from .._options import ChildSettings
 from .._transport import _fds, _framing
 from .._transport._shm import BlockPool
-from . import _arrays, _context
+from . import _arrays, _context, _output
 from ._arrays import ArrayPickler
 from ._context import _Context
 from ._exit import _exit_after_last_job, _exit_now, _note_children, _run_multiprocessing_finalizers
@@ -213,6 +213,7 @@ def _boot(
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     ctl = _fds.map_control_block(control_fd)
     os.close(control_fd)
+    _output.install(settings)  # output="capture"/"logging": fds 1, 2, sys.std*, logging
 
     arrays = _arrays_from_settings(settings, ctl)
     sender = Sender(data_fd, settings.batch_window, settings.max_batch_bytes, ctl, arrays)
@@ -251,6 +252,7 @@ def child_main(
     ctx = _boot(data_conn, lifeline_conn, control_conn, settings)
     kind, body = _run(ctx, payload)
     ctx.progress.end_job()  # the newest progress is in the slot before the final frame
+    _output.end_of_job()
     try:
         ctx.sender.send_final(kind, body)
     except OSError:
@@ -311,6 +313,7 @@ def worker_main(
         kind, body = _run(ctx, payload)
         ctx.progress.end_job()
         del payload
+        _output.end_of_job()
         try:
             ctx.sender.send_final(kind, body, last=False)
         except OSError:

@@ -15,6 +15,7 @@ unpickled makes the job ``failed``), and runs no I/O of ours.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import pickle
 from dataclasses import dataclass
@@ -122,6 +123,8 @@ class Facts:
     """Seconds of extra grace granted to it (capped at ``max_grace``)."""
     timed_out: bool = False
     """The job's ``timeout=`` ran out and the runner cancelled it for that."""
+    stderr_tail: tuple[str, ...] = ()
+    """The last lines of the worker's stderr (``output=`` capture / logging only)."""
 
 
 def stopped_from_outside(facts: Facts) -> bool:
@@ -177,7 +180,7 @@ def decide(facts: Facts) -> Outcome:
         )
     if facts.channel_error is not None:
         err = ChannelBroken(facts.pid, facts.exit_code, facts.channel_error)
-        return Crashed(**common, error=err, signal_name=err.signal_name)
+        return _with_stderr_tail(facts, Crashed(**common, error=err, signal_name=err.signal_name))
     if facts.delivery_error is not None:
         return Failed(**common, error=facts.delivery_error)
     if facts.memory_exceeded:  # even if fn returned meanwhile: the group went over
@@ -235,7 +238,9 @@ def _crashed(
     )
     if signal_name is not None:
         err.signal_name = signal_name
-    return Crashed(**common, error=err, signal_name=err.signal_name, fault_stack=stack)
+    return _with_stderr_tail(facts, Crashed(
+        **common, error=err, signal_name=err.signal_name, fault_stack=stack
+    ))
 
 
 def _unguarded_main_summary(facts: Facts) -> str:
@@ -268,7 +273,9 @@ def _from_final(facts: Facts, final: Final, common: dict[str, Any]) -> Outcome:
             f"malformed data channel: the {final.kind.name} frame's report cannot be "
             f"read ({type(exc).__name__}: {exc})",
         )
-        return Crashed(**common, error=broken, signal_name=broken.signal_name)
+        return _with_stderr_tail(
+            facts, Crashed(**common, error=broken, signal_name=broken.signal_name)
+        )
     if stopped_from_outside(facts):
         # Nobody here asked for a cancel: the SIGTERM came from outside workstream
         # (``kill PID``, a system shutdown). Not the user's Stop: a crash-like end.
@@ -314,3 +321,11 @@ def read_report(final: Final) -> dict[str, Any]:
         if report.get(key) is not None and not isinstance(report[key], bytes):
             raise ValueError(f"field {key!r} is not bytes")
     return report
+
+
+def _with_stderr_tail(facts: Facts, outcome: Crashed) -> Crashed:
+    """``outcome`` carrying the last lines of the worker's stderr (also on its error)."""
+    if not facts.stderr_tail:
+        return outcome
+    outcome.error.stderr_tail = facts.stderr_tail
+    return dataclasses.replace(outcome, stderr_tail=facts.stderr_tail)

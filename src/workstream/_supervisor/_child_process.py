@@ -25,6 +25,7 @@ yet), reaps it and waits, bounded, until the group has no live member;
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 import select
@@ -42,6 +43,7 @@ from . import _group, _guard
 from ._arrays import ArrayChannel
 from ._cgroup import MemoryCgroup
 from ._memory import oom_kill_count
+from ._output import OutputReader
 
 GROUP_EXIT_WAIT = 0.5
 """Seconds to wait for a killed process group to have no live member."""
@@ -81,6 +83,9 @@ class ChildProcess:
         """The kernel's out-of-memory kill count when the child started (``_memory``)."""
         self.cgroup: MemoryCgroup | None = None
         """The child's memory cgroup (``max_memory`` where the machine allows one)."""
+        self.output: OutputReader | None = None
+        """``output=`` capture / logging: the read ends of the output pipes."""
+        self._output_passed: tuple[_fds.PassedFd, _fds.PassedFd, _fds.PassedFd] | None = None
         self._reaped = False  # True once the exit status was collected: pid may be reused
         self._registered_group = False  # True while the guard knows the child's group
 
@@ -130,6 +135,8 @@ class ChildProcess:
             faults_conn = _fds.PassedFd(os.dup(self.fault_fd))
             passed.append(faults_conn)
             self.arrays = ArrayChannel.for_options(opts)
+            if opts.output_mode != "inherit":
+                self._make_output_pipes(passed)
             settings = self._settings(method, close_in_child, faults_conn)
             if jobs_conn is None:
                 assert payload is not None
@@ -156,6 +163,8 @@ class ChildProcess:
         pid = proc.pid
         assert pid is not None
         self.pid = pid
+        if self.output is not None:
+            self.output.pid = pid
         self.pidfd = open_pidfd(pid)
         self.exit_fd = self.pidfd if self.pidfd is not None else proc.sentinel
         if opts.max_memory is not None:  # before any user code: its descendants follow
@@ -183,8 +192,10 @@ class ChildProcess:
             # own pipes (its lifeline would never reach EOF). The guard's pipe is closed
             # in the child by _guard's at-fork handler (closing it here again could close
             # an unrelated fd that reused its number).
+            output_ends = () if self.output is None else self.output.fds
             parent_ends = (
-                self.lifeline_w, self.data_r, self.jobs_w, self.fault_fd, *close_in_child
+                self.lifeline_w, self.data_r, self.jobs_w, self.fault_fd, *output_ends,
+                *close_in_child
             )
             close_fds = tuple(fd for fd in parent_ends if fd is not None)
         arrays = None
@@ -198,7 +209,18 @@ class ChildProcess:
             parent_pid=os.getpid() if method in ("fork", "spawn") else None,
             forkserver=method == "forkserver",
             faults=faults,
+            output_fds=self._output_passed,
+            log_level=_job_log_level(self._name) if self._output_passed else logging.WARNING,
         )
+
+    def _make_output_pipes(self, passed: list[_fds.PassedFd]) -> None:
+        """The stdout, stderr and tagged pipes (see ``_output``); their write ends join
+        ``passed`` (closed here once the child has them)."""
+        ends = [os.pipe() for _ in range(3)]
+        self.output = OutputReader(ends[0][0], ends[1][0], ends[2][0])
+        out, err, tagged = (_fds.PassedFd(w) for _, w in ends)
+        passed.extend((out, err, tagged))
+        self._output_passed = (out, err, tagged)
 
     # -- signals ------------------------------------------------------------------------
 
@@ -328,6 +350,8 @@ class ChildProcess:
                 _guard.unregister(self.pid)
         for fd in (self.data_r, self.lifeline_w, self.jobs_w, self.pidfd, self.fault_fd):
             _fds.close_quietly(fd)
+        if self.output is not None:
+            self.output.close()
         self.data_r = self.lifeline_w = self.jobs_w = self.pidfd = self.exit_fd = None
         self.fault_fd = None
         if self.arrays is not None:
@@ -338,6 +362,13 @@ class ChildProcess:
         if self.proc is not None:
             with contextlib.suppress(Exception):
                 self.proc.close()
+
+
+def _job_log_level(process_name: str) -> int:
+    """The level a worker's root logger starts at: what this process's logging lets
+    through for ``workstream.job.<name>`` (so nothing is sent only to be dropped here)."""
+    name = process_name.split(":", 1)[-1]
+    return logging.getLogger(f"workstream.job.{name}").getEffectiveLevel()
 
 
 def _start_resource_tracker() -> None:

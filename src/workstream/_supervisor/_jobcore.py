@@ -25,6 +25,7 @@ from .._core._stream import StreamBuffer
 from .._outcomes import JobState, Outcome
 from .._transport import _fds
 from .._transport._fds import CANCEL_FLAG, close_quietly
+from ._output import OutputSink
 
 _REENTRY_WAIT = 0.05  # s; see JobCore.request_cancel
 
@@ -84,6 +85,8 @@ class JobCore:
         self.progress_event = threading.Event()  # set on a new report, and at the end
         if control is not None:
             _fds.write_f64(control, _fds.MAX_GRACE, max_grace)
+        self.output: OutputSink | None = None
+        """``output=`` capture / logging: the job's output (set before the runner starts)."""
 
     # -- facts of the stream (read under the lock, or as a hint) --------------------------
 
@@ -345,6 +348,15 @@ class JobCore:
 
     def set_finished(self) -> None:
         """Mark the job finished (after on_done ran) and tell the listeners."""
+        if self.output is not None:
+            self.output.close()
+            # Every on_output call returns before "finished": if some are still due, the
+            # output thread publishes it after the last one (this thread never waits).
+            if self.output.then(self._set_finished_now):
+                return
+        self._set_finished_now()
+
+    def _set_finished_now(self) -> None:
         self.finished.set()
         self.notify_listeners()
 
@@ -367,6 +379,8 @@ class JobCore:
         """Publish the outcome: terminal state, end of stream, control block released."""
         with self.lock:
             self._life.end(JobState(outcome.kind))
+            if self.output is not None:
+                self.output.close()
             self.outcome = outcome
             self.stream.end()
             self._release_locked()

@@ -161,6 +161,9 @@ class JobRunner:
         poller.register(core.wake_fd, select.POLLIN)
         poller.register(exit_fd, select.POLLIN)
         poller.register(data_r, select.POLLIN)
+        extra = self._extra_readers()
+        for fd in extra:
+            poller.register(fd, select.POLLIN)
         if self._outbox is not None and self._out_fd is not None:
             poller.register(self._out_fd, select.POLLOUT)
         reading = True
@@ -190,6 +193,10 @@ class JobRunner:
                 elif fd == self._out_fd:
                     if self._write_outbox():
                         poller.unregister(fd)
+                elif fd in extra:
+                    if not extra[fd](fd):
+                        poller.unregister(fd)
+                        del extra[fd]
                 else:
                     with contextlib.suppress(OSError):
                         os.read(fd, 4096)
@@ -199,6 +206,7 @@ class JobRunner:
                 break
             if self._warm and intake.final is not None:
                 self._last_reads()
+                self._drain_extra_readers()
                 return  # the job is over; the warm process waits for the next one
             if data_open:
                 want = not core.should_pause_reading()
@@ -212,6 +220,7 @@ class JobRunner:
         if data_open:
             intake.drain(data_r)
         self._last_reads()
+        self._drain_extra_readers()
 
     # -- periodic checks (the memory limit) ---------------------------------------------
 
@@ -255,6 +264,28 @@ class JobRunner:
             return False
         now = oom_kill_count()
         return now is not None and now > child.oom_kills_at_launch
+
+    # -- other pipes the loop reads (output=) -------------------------------------------
+
+    def _extra_readers(self) -> dict[int, Callable[[int], bool]]:
+        """Descriptors the loop also polls, each with its reader (called when readable;
+        returns False at end-of-file). Today: the worker's output pipes (``output=``),
+        whose events go to this job."""
+        child = self._child
+        if child is None or child.output is None:
+            return {}
+        child.output.sink = self.core.output
+        return {fd: child.output.read for fd in child.output.open_fds()}
+
+    def _drain_extra_readers(self) -> None:
+        """Read what the extra pipes hold now (the child exited, or the job's final
+        frame came): output written before that belongs to this job."""
+        child = self._child
+        if child is not None and child.output is not None:
+            child.output.drain()
+            if self._exited:
+                child.output.end()
+            child.output.sink = None
 
     def _tell_buffer_full(self) -> None:
         """The buffer is full and reading paused: wake whoever waits for the job's end
@@ -499,6 +530,7 @@ class JobRunner:
             kernel_oom_kill=self._killed_by_the_kernel(exit_code),
             grace_asked=core.grace_asked, grace_granted=core.grace_granted,
             timed_out=core.timed_out,
+            stderr_tail=() if core.output is None else core.output.stderr_tail(),
         )
 
     def _build_outcome(self, exit_code: int | None) -> Outcome:
