@@ -104,6 +104,19 @@ def test_worker_crashed_pickles_with_its_report() -> None:
     assert "died without reporting (SIGSEGV (-11)) in f() at x.py:1" in str(err)
 
 
+def test_crash_errors_pickle_with_their_stderr_tail() -> None:
+    """The stderr tail is set on the error after it is made: a pickled copy (a job's
+    error sent on to another process) keeps it, for the memory limit's error too."""
+    err = WorkerCrashed(7, -9)
+    err.stderr_tail = ("last words",)
+    assert pickle.loads(pickle.dumps(err)).stderr_tail == ("last words",)
+    over = workstream.MemoryLimitExceeded(7, -9, limit=1 << 20, peak=2 << 20)
+    over.stderr_tail = ("allocating",)
+    back = pickle.loads(pickle.dumps(over))
+    assert (back.stderr_tail, back.limit, back.peak) == (("allocating",), 1 << 20, 2 << 20)
+    assert pickle.loads(pickle.dumps(WorkerCrashed(7, -9))).stderr_tail == ()
+
+
 # -- the report's parsing (pure) -----------------------------------------------------------
 
 REPORT = """\

@@ -131,7 +131,11 @@ class WorkerCrashed(WorkstreamError):
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_crashed, (type(self), self.pid, self.exit_code, self.detail,
                                    self.summary, self.signal_name, self.fault_stack,
-                                   self.where))
+                                   self.where), self._tail_state())
+
+    def _tail_state(self) -> dict[str, object] | None:
+        """What pickling adds to the rebuilt error: the stderr tail, set after creation."""
+        return {"stderr_tail": self.stderr_tail} if self.stderr_tail else None
 
 
 def _rebuild_crashed(
@@ -172,7 +176,8 @@ class MemoryLimitExceeded(WorkerCrashed):
         ))
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_memory, (self.pid, self.exit_code, self.limit, self.peak))
+        return (_rebuild_memory, (self.pid, self.exit_code, self.limit, self.peak),
+                self._tail_state())
 
 
 def _rebuild_memory(
