@@ -63,6 +63,14 @@ def _positive_int(value: object, name: str) -> int | None:
     return value
 
 
+def _chunksize(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"chunksize must be a positive int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"chunksize must be a positive int, not {value!r}")
+    return value
+
+
 class Pool:
     """Warm worker processes that run queued jobs, at most ``max_workers`` at once.
 
@@ -229,7 +237,7 @@ class Pool:
         check_fn(fn, "Pool.map()")
         items = iter(iterable)
         ahead = self._check_map(timeout, ordered, prefetch)
-        k = _positive_int(chunksize, "chunksize") or 1
+        k = _chunksize(chunksize)
         return _map(self, fn, items, timeout, ordered, ahead, k)
 
     def map_async(
@@ -245,7 +253,7 @@ class Pool:
         check_fn(fn, "Pool.map_async()")
         items = iter(iterable)
         ahead = self._check_map(timeout, ordered, prefetch)
-        k = _positive_int(chunksize, "chunksize") or 1
+        k = _chunksize(chunksize)
         if k > 1:
             start_chunk = self._map_job(_run_chunk, timeout, fn)
             return _map_async(start_chunk, _chunks(items, k), ordered, ahead, chunked=True)
