@@ -3,7 +3,8 @@
 Three tables, each with references measured in the same run:
 
 * ``map``: ``workstream.Pool.map`` over ``--tasks`` tiny tasks (10,000; ``x + 1``), in
-  order and ``ordered=False``, vs ``concurrent.futures.ProcessPoolExecutor.map``
+  order, ``ordered=False`` and with ``chunksize=10`` / ``100`` (a job per chunk), vs
+  ``concurrent.futures.ProcessPoolExecutor.map``
   (chunksize 1) and, if installed, pebble's ``ProcessPool.map`` and loky's executor
   (chunksize 1); tasks per second, same number of workers (``--workers``, default 2).
 * ``cancel``: ``job.cancel()`` -> outcome known, for a job that yields in a loop (a
@@ -31,6 +32,8 @@ if __package__ in (None, ""):  # run as a file: python bench/pool.py
 from bench import _common as bc
 from bench import _pool_workers as w
 
+CHUNKSIZES = (10, 100)  # Pool.map(chunksize=k) rows (the references stay at chunksize 1)
+
 
 def _rate_row(name: str, times: list[float], tasks: int, stat: str) -> dict[str, Any]:
     best = bc.combine(times, stat, higher_is_better=False)
@@ -55,6 +58,15 @@ def map_rows(tasks: int, workers: int, repeats: int, stat: str) -> list[dict[str
                     raise RuntimeError("pool.map returned wrong results")
             rows.append(_rate_row(f"Pool.map{'' if ordered else ' ordered=False'}",
                                   times, tasks, stat))
+        for k in CHUNKSIZES:
+            times = []
+            for _ in range(repeats):
+                t0 = bc.perf()
+                got = list(pool.map(w.tiny, range(tasks), chunksize=k))
+                times.append(bc.perf() - t0)
+                if got != expected:
+                    raise RuntimeError("pool.map(chunksize=...) returned wrong results")
+            rows.append(_rate_row(f"Pool.map chunksize={k}", times, tasks, stat))
     ctx = mp.get_context("forkserver")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         list(ex.map(w.tiny, range(4 * workers)))

@@ -12,10 +12,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
 import os
 import queue
+import types
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -23,6 +25,7 @@ import cloudpickle
 
 from ._api import Job
 from ._checks import check_can_start, check_fn, check_options_are_not_arguments, describe
+from ._child._context import check_cancelled
 from ._child._job import _initialize
 from ._errors import PoolFull
 from ._options import Options, check_grace
@@ -57,6 +60,14 @@ def _positive_int(value: object, name: str) -> int | None:
         raise TypeError(f"{name} must be a positive int or None, not {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be a positive int or None, not {value!r}")
+    return value
+
+
+def _chunksize(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"chunksize must be a positive int, not {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"chunksize must be a positive int, not {value!r}")
     return value
 
 
@@ -200,6 +211,7 @@ class Pool:
     def map(
         self, fn: Callable[..., Any], iterable: Iterable[Any], *,
         timeout: float | None = None, ordered: bool = True, prefetch: int | None = None,
+        chunksize: int = 1,
     ) -> Iterator[Any]:
         """Run ``fn(x)`` for each ``x`` of ``iterable``; yield the results.
 
@@ -213,25 +225,38 @@ class Pool:
         started; queued ones end at once without running. Waits for room in the queue
         when ``max_queued`` is reached.
 
+        ``chunksize`` (default 1): a job runs ``fn`` over up to that many consecutive
+        inputs, which cuts the per-task cost of tiny tasks (as
+        ``ProcessPoolExecutor.map``'s). Results still come in input order; an input that
+        raised raises at its position, after the results of the inputs before it in its
+        chunk (the rest of that chunk does not run). With chunks, ``timeout`` bounds a
+        whole chunk, ``prefetch`` counts chunks, and a chunk's results come once it ends.
+
         Raises ``TypeError`` / ``ValueError`` for a bad argument here, at the call.
         """
         check_fn(fn, "Pool.map()")
         items = iter(iterable)
         ahead = self._check_map(timeout, ordered, prefetch)
-        return _map(self, fn, items, timeout, ordered, ahead)
+        k = _chunksize(chunksize)
+        return _map(self, fn, items, timeout, ordered, ahead, k)
 
     def map_async(
         self, fn: Callable[..., Any], iterable: Iterable[Any], *,
         timeout: float | None = None, ordered: bool = True, prefetch: int | None = None,
+        chunksize: int = 1,
     ) -> AsyncIterator[Any]:
         """:meth:`map` for asyncio: ``async for result in pool.map_async(fn, xs)``.
 
         Never blocks the event loop. Leaving the loop early, cancelling the task, or
-        ``aclose()`` cancels every job it started.
+        ``aclose()`` cancels every job it started. ``chunksize``: as for :meth:`map`.
         """
         check_fn(fn, "Pool.map_async()")
         items = iter(iterable)
         ahead = self._check_map(timeout, ordered, prefetch)
+        k = _chunksize(chunksize)
+        if k > 1:
+            start_chunk = self._map_job(_run_chunk, timeout, fn)
+            return _map_async(start_chunk, _chunks(items, k), ordered, ahead, chunked=True)
         return _map_async(self._map_job(fn, timeout), items, ordered, ahead)
 
     def _check_map(self, timeout: float | None, ordered: bool, prefetch: int | None) -> int:
@@ -247,10 +272,10 @@ class Pool:
         return ahead if ahead is not None else 2 * self.max_workers
 
     def _map_job(
-        self, fn: Callable[..., Any], timeout: float | None
+        self, fn: Callable[..., Any], timeout: float | None, *first: Any,
     ) -> Callable[[Any, bool], Job[Any, Any]]:
-        """How map() starts the job of one input (``block``: wait for room in the queue).
-        The options are checked once, here: each job only pickles its input."""
+        """How map() starts the job of one input, ``fn(*first, x)`` (``block``: wait for
+        room in the queue). The options are checked once, here."""
         opts = dataclasses.replace(
             self._job_options, max_buffered_items=None, max_buffered_bytes=None,
             timeout=self._job_options.timeout if timeout is None else timeout,
@@ -259,7 +284,7 @@ class Pool:
         hosts = (_Queue(core, 0, False), _Queue(core, 0, True))
 
         def start_one(x: Any, block: bool) -> Job[Any, Any]:
-            return Job(fn, (x,), opts, host=hosts[block], owner=self)
+            return Job(fn, (*first, x), opts, host=hosts[block], owner=self)
 
         return start_one
 
@@ -314,15 +339,53 @@ class Pool:
         )
 
 
+def _run_chunk(fn: Callable[[Any], Any], xs: list[Any]) -> Iterator[Any]:
+    """The job of one chunk of ``Pool.map(chunksize=k)`` (in the worker process): yield
+    ``fn(x)`` for each ``x`` in order, as an item; the first ``fn(x)`` that raises ends
+    the job with that error. A generator ``fn``'s value is its return value (its own
+    items are dropped, as with ``chunksize=1``; each is a cancellation point)."""
+    for x in xs:
+        value = fn(x)
+        if isinstance(value, types.GeneratorType):
+            value = _drop_items(value)
+        yield value
+
+
+def _drop_items(gen: Generator[Any, Any, Any]) -> Any:
+    """Run ``gen`` to its end, dropping its items; return its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+        check_cancelled()
+
+
+def _chunks(items: Iterator[Any], k: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``k`` (the last one shorter), read lazily."""
+    while True:
+        chunk = list(itertools.islice(items, k))
+        if not chunk:
+            return
+        yield chunk
+
+
 def _map(
     pool: Pool, fn: Callable[..., Any], items: Iterator[Any], timeout: float | None,
-    ordered: bool, ahead: int,
+    ordered: bool, ahead: int, chunksize: int = 1,
 ) -> Iterator[Any]:
-    """The generator behind ``Pool.map``: its ``finally`` cancels what it started."""
-    start_one = pool._map_job(fn, timeout)
+    """The generator behind ``Pool.map``: its ``finally`` cancels what it started (a
+    chunk whose results are being yielded too)."""
+    chunked = chunksize > 1
+    if chunked:
+        start_one = pool._map_job(_run_chunk, timeout, fn)
+        items = _chunks(items, chunksize)
+    else:
+        start_one = pool._map_job(fn, timeout)
     pending: collections.deque[Job[Any, Any]] = collections.deque()
     ended: queue.SimpleQueue[Job[Any, Any]] = queue.SimpleQueue()
     exhausted = False
+    current: Job[Any, Any] | None = None
     try:
         while True:
             while not exhausted and len(pending) < ahead:
@@ -344,8 +407,16 @@ def _map(
                 while job not in pending:  # a listener may report a job twice
                     job = ended.get()
                 pending.remove(job)
-            yield job.result()
+            if chunked:
+                current = job
+                yield from job  # ordered: as they come; else the job is done already
+                job.result()  # raises for the input that failed
+                current = None
+            else:
+                yield job.result()
     finally:
+        if current is not None:
+            current.cancel()
         for job in pending:
             job.cancel()
 
@@ -375,10 +446,11 @@ def _start_or_wait(
 
 async def _map_async(
     start_one: Callable[[Any, bool], Job[Any, Any]], items: Iterator[Any], ordered: bool,
-    ahead: int,
+    ahead: int, *, chunked: bool = False,
 ) -> AsyncIterator[Any]:
     """The async generator behind ``Pool.map_async``: jobs report their end to the loop
-    through a listener; its ``finally`` cancels what it started."""
+    through a listener; its ``finally`` cancels what it started. ``chunked``: each job
+    is a chunk whose items are the results."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -416,7 +488,12 @@ async def _map_async(
                 while job not in pending:
                     job = await ended.get()
                 pending.remove(job)
-            yield job.result()
+            if chunked:
+                for value in job.drain():  # the job is done: every item is here
+                    yield value
+                job.result()  # raises for the input that failed
+            else:
+                yield job.result()
     finally:
         for job in pending:
             job.cancel()
