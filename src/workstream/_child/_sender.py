@@ -1,26 +1,29 @@
-"""The child's end of the data channel: per-item pickling, adaptive batching, flushing.
+"""The child's end of the data channel: per-item pickling, the item log, batching, flushing.
 
 Runs only in the child. Every item is pickled at the ``yield`` / ``emit()`` that produced
-it, so an unpicklable item raises right there. Pickled items wait in a deque; they are
-written to the pipe as one ITEMS frame
+it, so an unpicklable item raises right there, and appended to the item log in shared
+memory (``_transport._itemlog``) before the ``yield`` returns: if the child dies on the
+next line (SIGKILL, segfault, ``os._exit``, the OOM killer), the parent recovers it from
+the log. Nothing whose ``yield`` returned is lost, whatever ``batch_window`` says. The
+log's active half is written to the pipe as one ITEMS frame
 
-* at once, when nothing was written during the last ``batch_window`` seconds (a lone
-  item never waits for a batch to fill), or when ``max_batch_bytes`` are pending;
+* at once, when nothing was written during the last ``batch_window`` seconds or the
+  parent waits for data (a lone item never waits for a batch to fill), or when
+  ``max_batch_bytes`` are pending or the half is full;
 * otherwise by the flusher thread, at most ``batch_window`` after the previous write.
 
-So under a flood, items go out in batches of about ``batch_window`` worth; a hard crash
-(SIGKILL, segfault) can lose at most the items of the last ``batch_window`` (plus one
-switch interval if the main thread holds the GIL in a C call). ``batch_window=0`` writes
-every item through before the ``yield`` returns: nothing is ever lost, at a throughput
-cost measured in ``bench/throughput.py``.
+So under a flood, items go out in batches of about ``batch_window`` worth, and
+``batch_window`` bounds only how long an item may wait (latency), not what a crash loses.
+An item too large for a half of the log is written alone, before its ``yield`` returns.
 
-Writes are serialised by one lock and each frame is written whole, so frames never
-interleave. ``write_all`` blocks while the pipe is full: that is the backpressure.
+Two locks: ``_log_lock`` guards the log (held only to append or to seal a half, never
+during I/O), ``_write_lock`` the pipe (one frame at a time, written whole). An append
+never waits for a write unless both halves are full. ``write`` blocks while the pipe is
+full: that is the backpressure.
 """
 
 from __future__ import annotations
 
-import collections
 import pickle
 import sys
 import threading
@@ -28,12 +31,13 @@ import time
 from typing import Any
 
 from .._transport import _fds, _framing
-from .._transport._fds import write_all
+from .._transport._fds import write_all, writev_all
 
 _dumps = pickle.dumps
 _modules = sys.modules
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _READER_IDLE = _fds.READER_IDLE
+_MASK = 0xFFFFFFFF
 
 
 def dumps_with_fallback(obj: object) -> bytes:
@@ -55,10 +59,12 @@ def dumps_with_fallback(obj: object) -> bytes:
 
 
 class Sender:
-    """Batches pickled items and writes frames to the data pipe ``fd``.
+    """Logs pickled items and writes frames to the data pipe ``fd``.
 
     Thread-safe: ``send_item`` may be called from any thread of the child (``emit`` from
-    a helper thread); frames keep the order in which items were appended.
+    a helper thread); frames keep the order in which items were logged. ``control`` is the
+    control block (its first page the control bytes, then the item log); None: a
+    private stand-in (tests).
     """
 
     def __init__(
@@ -68,18 +74,34 @@ class Sender:
         self._fd = fd
         # An _arrays.ArrayPickler (large buffers through shared memory), or None.
         self._arrays = arrays
-        # The control block (or a stand-in): byte READER_IDLE is 1 while the parent waits.
-        self._control = control if control is not None else bytearray(_fds.CONTROL_BLOCK_SIZE)
+        # Byte READER_IDLE is 1 while the parent waits; the item log follows the page.
+        block = control if control is not None else bytearray(_fds.CONTROL_BLOCK_SIZE)
+        self._control = block
+        view = memoryview(block)
+        n = _fds.ITEM_LOG_MAX_ITEMS
+        self._bases = [view[off : off + 8].cast("Q") for off in _fds.ITEM_LOG_BASE]
+        self._index_bytes = [view[off : off + 8 * n] for off in _fds.ITEM_LOG_INDEX]
+        self._indexes = [v.cast("Q") for v in self._index_bytes]
+        self._view = view
         self._window = batch_window
         self._max_bytes = max_batch_bytes
-        self._pending: collections.deque[bytes] = collections.deque()
-        self._pending_bytes = 0
+        self._max_items = min(n, _framing.MAX_ITEMS_PER_FRAME)
+        self._log_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        # The active half (guarded by _log_lock): its number, its first record's
+        # sequence number, how many records, where its payload area starts / ends, and
+        # where the next pickle goes.
+        self._half = 0
+        self._base = 0
+        self._count = 0
+        self._start = self._pos = _fds.ITEM_LOG_PAYLOAD[0]
+        self._end = self._start + _fds.ITEM_LOG_PAYLOAD_BYTES
+        self._index = self._indexes[0]
         self._last_write = 0.0
         self._wake = threading.Event()
         self._armed = False  # True iff the flusher was woken and has not yet flushed
         self._closed = False
-        self.items_sent = 0
+        self.items_sent = 0  # items written whole to the pipe
         self._flusher: threading.Thread | None = None
 
     def start_flusher(self) -> None:
@@ -91,9 +113,10 @@ class Sender:
             self._flusher.start()
 
     def send_item(self, item: Any) -> None:
-        """Pickle ``item`` and queue it; write now if the channel was idle.
+        """Pickle ``item`` and log it; write the batch now if the channel was idle.
 
-        Raises the pickling error (nothing is queued) or ``OSError`` if the parent is gone.
+        Raises the pickling error (nothing is logged) or ``OSError`` if the parent is
+        gone. Once this returns, the item reaches the parent even if the process dies.
         """
         if self._arrays is None:
             try:
@@ -108,23 +131,38 @@ class Sender:
                 data = _dumps(item, _PROTOCOL, buffer_callback=arrays.check_small)
             except Exception:
                 data = arrays.dumps_placing(item)
-        pending = self._pending
-        n = len(pending)
-        # A batch is open (the flusher is armed): just queue. The reader-idle byte is
-        # read every 8th item of a batch, the clock every 64th (the flusher owns the
+        size = len(data)
+        lock = self._log_lock
+        lock.acquire()  # (cheaper than ``with``, per item)
+        try:
+            k = self._count
+            pos = self._pos
+            end = pos + size
+            if end > self._end or k >= self._max_items:
+                k = -1
+            else:
+                self._control[pos:end] = data
+                # One aligned 8-byte store publishes the record (see _itemlog).
+                self._index[k] = ((self._base + k) & _MASK) << 32 | size
+                self._count = k + 1
+                self._pos = end
+                pending = end - self._start
+        finally:
+            lock.release()
+        if k < 0:
+            self._send_unlogged(data)
+            return
+        control = self._control
+        # A batch is open (the flusher is armed): just log. The reader-idle byte is read
+        # every 8th item of a batch, the clock every 64th (the flusher owns the
         # deadline); the size bound is checked always.
-        if n & 7 or (n and n & 63 and not self._control[_READER_IDLE]):
-            pending.append(data)
-            size = self._pending_bytes + len(data)
-            self._pending_bytes = size
-            if size >= self._max_bytes:
-                with self._write_lock:
-                    self._flush_locked()
+        if k & 31 or (k and k & 127 and not control[_READER_IDLE]):
+            if pending >= self._max_bytes:
+                self.flush()
             elif not self._armed:  # the flusher took the batch just before our append
                 self._armed = True
                 self._wake.set()
             return
-        control = self._control
         reader_idle = control[_READER_IDLE]
         if reader_idle:
             # The parent waits for data: give it everything now. One write per wait:
@@ -132,41 +170,42 @@ class Sender:
             # flood is still batched while the parent is busy.
             control[_READER_IDLE] = 0
         window = self._window
-        urgent = (
-            reader_idle or window == 0 or time.monotonic() - self._last_write >= window
-        )
-        if not pending and urgent:
-            # The channel was idle: this item goes out alone, before its yield returns.
-            with self._write_lock:
-                if pending:  # another thread queued items meanwhile: keep the order
-                    pending.append(data)
-                    self._flush_locked()
-                else:
-                    write_all(self._fd, _framing.encode_one_item(data))
-                    self.items_sent += 1
-                    if window:
-                        self._last_write = time.monotonic()
-            return
-        pending.append(data)
-        self._pending_bytes += len(data)
         if (
-            urgent
-            or self._pending_bytes >= self._max_bytes
-            or len(pending) >= _framing.MAX_ITEMS_PER_FRAME
+            reader_idle or window == 0 or pending >= self._max_bytes
+            or time.monotonic() - self._last_write >= window
         ):
-            with self._write_lock:
-                self._flush_locked()
+            self.flush()
         elif not self._armed:
             self._armed = True
             self._wake.set()
 
+    def _send_unlogged(self, data: bytes) -> None:
+        """The active half has no room for ``data``: flush, then log it or, if it is
+        larger than a half, write it alone (before the ``yield`` returns)."""
+        if len(data) > _fds.ITEM_LOG_PAYLOAD_BYTES:
+            with self._write_lock:
+                self._flush_locked(alone=data)
+            return
+        self.flush()
+        with self._log_lock:
+            k = self._count
+            pos = self._pos
+            end = pos + len(data)
+            if end <= self._end and k < self._max_items:
+                self._control[pos:end] = data
+                self._index[k] = ((self._base + k) & _MASK) << 32 | len(data)
+                self._count = k + 1
+                self._pos = end
+                return
+        self._send_unlogged(data)  # other threads filled the fresh half meanwhile
+
     def flush(self) -> None:
-        """Write every pending item now (blocks while the pipe is full)."""
+        """Write every logged item now (blocks while the pipe is full)."""
         with self._write_lock:
             self._flush_locked()
 
     def send_final(self, kind: _framing.Kind, body: bytes, *, last: bool = True) -> None:
-        """Flush pending items, then write the job's final frame.
+        """Flush logged items, then write the job's final frame.
 
         ``last=True`` (a one-job worker): nothing may be sent after it; the flusher ends.
         ``last=False`` (a warm worker): the next job's items follow on the same channel.
@@ -183,18 +222,41 @@ class Sender:
         with self._write_lock:
             write_all(self._fd, _framing.encode(_framing.Kind.READY))
 
-    def _flush_locked(self) -> None:
-        pending = self._pending
-        n = len(pending)
-        if not n:
-            return
-        payloads = [pending.popleft() for _ in range(n)]
-        self._pending_bytes = 0
-        step = _framing.MAX_ITEMS_PER_FRAME
-        for start in range(0, n, step):
-            write_all(self._fd, _framing.encode_items(payloads[start : start + step]))
-        self.items_sent += n
-        self._last_write = time.monotonic()
+    def _flush_locked(self, alone: bytes | None = None) -> None:
+        """Seal the active half and write it (``_write_lock`` held); then ``alone``, an
+        item too large for the log, which takes the next sequence number."""
+        with self._log_lock:
+            n = self._count
+            if n:
+                half, start, pos = self._half, self._start, self._pos
+                self._activate(1 - half, self._base + n)
+            if alone is not None:
+                self._base += 1
+                self._bases[self._half][0] = self._base
+        if n:
+            view = self._view
+            writev_all(self._fd, [
+                _framing.tagged_header(n, 8 * n + pos - start),
+                self._index_bytes[half][: 8 * n], view[start:pos],
+            ])
+            self.items_sent += n
+        if alone is not None:
+            write_all(self._fd, _framing.encode_one_item(alone))
+            self.items_sent += 1
+        if n or alone is not None:
+            self._last_write = time.monotonic()
+
+    def _activate(self, half: int, base: int) -> None:
+        """Make ``half`` (written whole to the pipe, or never used) the active one, its
+        first record to be ``base`` (``_log_lock`` held)."""
+        # The base first: it invalidates every stale entry of the half at once.
+        self._bases[half][0] = base
+        self._half = half
+        self._base = base
+        self._count = 0
+        self._start = self._pos = _fds.ITEM_LOG_PAYLOAD[half]
+        self._end = self._start + _fds.ITEM_LOG_PAYLOAD_BYTES
+        self._index = self._indexes[half]
 
     def _flush_loop(self) -> None:
         while True:
