@@ -28,6 +28,7 @@ import pickle
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .._transport import _fds, _framing
@@ -37,7 +38,6 @@ _dumps = pickle.dumps
 _modules = sys.modules
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _READER_IDLE = _fds.READER_IDLE
-_MASK = 0xFFFFFFFF
 
 
 def dumps_with_fallback(obj: object) -> bytes:
@@ -65,7 +65,17 @@ class Sender:
     a helper thread); frames keep the order in which items were logged. ``control`` is the
     control block (its first page the control bytes, then the item log); None: a
     private stand-in (tests).
+
+    The log's state (which half is active, its base, count and write position) lives in
+    the closures that :meth:`_build` makes, guarded by ``_log_lock``: a closure's cells
+    cost less per item than attributes.
     """
+
+    send_item: Callable[[Any], None]
+    """Pickle ``item`` and log it; write the batch now if the channel was idle.
+
+    Raises the pickling error (nothing is logged) or ``OSError`` if the parent is gone.
+    Once it returns, the item reaches the parent even if the process dies."""
 
     def __init__(
         self, fd: int, batch_window: float, max_batch_bytes: int, control: Any = None,
@@ -75,34 +85,18 @@ class Sender:
         # An _arrays.ArrayPickler (large buffers through shared memory), or None.
         self._arrays = arrays
         # Byte READER_IDLE is 1 while the parent waits; the item log follows the page.
-        block = control if control is not None else bytearray(_fds.CONTROL_BLOCK_SIZE)
-        self._control = block
-        view = memoryview(block)
-        n = _fds.ITEM_LOG_MAX_ITEMS
-        self._bases = [view[off : off + 8].cast("Q") for off in _fds.ITEM_LOG_BASE]
-        self._index_bytes = [view[off : off + 8 * n] for off in _fds.ITEM_LOG_INDEX]
-        self._indexes = [v.cast("Q") for v in self._index_bytes]
-        self._view = view
+        self._control = control if control is not None else bytearray(_fds.CONTROL_BLOCK_SIZE)
         self._window = batch_window
         self._max_bytes = max_batch_bytes
-        self._max_items = min(n, _framing.MAX_ITEMS_PER_FRAME)
         self._log_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        # The active half (guarded by _log_lock): its number, its first record's
-        # sequence number, how many records, where its payload area starts / ends, and
-        # where the next pickle goes.
-        self._half = 0
-        self._base = 0
-        self._count = 0
-        self._start = self._pos = _fds.ITEM_LOG_PAYLOAD[0]
-        self._end = self._start + _fds.ITEM_LOG_PAYLOAD_BYTES
-        self._index = self._indexes[0]
         self._last_write = 0.0
         self._wake = threading.Event()
         self._armed = False  # True iff the flusher was woken and has not yet flushed
         self._closed = False
         self.items_sent = 0  # items written whole to the pipe
         self._flusher: threading.Thread | None = None
+        self.send_item, self._append, self._seal = self._build()
 
     def start_flusher(self) -> None:
         """Start the background flusher (only needed when ``batch_window > 0``)."""
@@ -112,72 +106,132 @@ class Sender:
             )
             self._flusher.start()
 
-    def send_item(self, item: Any) -> None:
-        """Pickle ``item`` and log it; write the batch now if the channel was idle.
-
-        Raises the pickling error (nothing is logged) or ``OSError`` if the parent is
-        gone. Once this returns, the item reaches the parent even if the process dies.
-        """
-        if self._arrays is None:
-            try:
-                data = _dumps(item, _PROTOCOL)
-            except Exception:
-                data = dumps_with_fallback(item)
-        else:  # _arrays.ArrayPickler.dumps, inlined: one Python call less per item
-            arrays = self._arrays
-            try:
-                if _modules.get("torch") is not None:
-                    raise LookupError  # tensors need the dispatch table
-                data = _dumps(item, _PROTOCOL, buffer_callback=arrays.check_small)
-            except Exception:
-                data = arrays.dumps_placing(item)
-        size = len(data)
-        lock = self._log_lock
-        lock.acquire()  # (cheaper than ``with``, per item)
-        try:
-            k = self._count
-            pos = self._pos
-            end = pos + size
-            if end > self._end or k >= self._max_items:
-                k = -1
-            else:
-                self._control[pos:end] = data
-                # One aligned 8-byte store publishes the record (see _itemlog).
-                self._index[k] = ((self._base + k) & _MASK) << 32 | size
-                self._count = k + 1
-                self._pos = end
-                pending = end - self._start
-        finally:
-            lock.release()
-        if k < 0:
-            self._send_unlogged(data)
-            return
-        control = self._control
-        # A batch is open (the flusher is armed): just log. The reader-idle byte is read
-        # every 8th item of a batch, the clock every 64th (the flusher owns the
-        # deadline); the size bound is checked always.
-        if k & 31 or (k and k & 127 and not control[_READER_IDLE]):
-            if pending >= self._max_bytes:
-                self.flush()
-            elif not self._armed:  # the flusher took the batch just before our append
-                self._armed = True
-                self._wake.set()
-            return
-        reader_idle = control[_READER_IDLE]
-        if reader_idle:
-            # The parent waits for data: give it everything now. One write per wait:
-            # clear the flag (the parent sets it again before it next blocks), so a
-            # flood is still batched while the parent is busy.
-            control[_READER_IDLE] = 0
+    def _build(self) -> tuple[
+        Callable[[Any], None], Callable[[bytes], bool],
+        Callable[[bool], tuple[int, int, int, int]],
+    ]:
+        """Make ``send_item``, ``append`` (log a pickle; False if the active half has no
+        room) and ``seal`` (see :meth:`_flush_locked`), sharing the log's state."""
+        block = self._control
+        view = memoryview(block)
+        n_max = _fds.ITEM_LOG_MAX_ITEMS
+        bases = [view[off : off + 8].cast("Q") for off in _fds.ITEM_LOG_BASE]
+        index_bytes = [view[off : off + 8 * n_max] for off in _fds.ITEM_LOG_INDEX]
+        indexes = [v.cast("Q") for v in index_bytes]
+        zeros = memoryview(bytes(8 * n_max))
+        used = [0, 0]  # each half's record count when it was last sealed
+        max_items = min(n_max, _framing.MAX_ITEMS_PER_FRAME)
+        acquire, release = self._log_lock.acquire, self._log_lock.release
+        arrays = self._arrays
         window = self._window
-        if (
-            reader_idle or window == 0 or pending >= self._max_bytes
-            or time.monotonic() - self._last_write >= window
-        ):
-            self.flush()
-        elif not self._armed:
-            self._armed = True
-            self._wake.set()
+        max_bytes = self._max_bytes
+        flush = self.flush
+        send_unlogged = self._send_unlogged
+        wake = self._wake
+        # The active half: its number, first record's sequence number, record count,
+        # payload area (start, end), where the next pickle goes, its index.
+        half = 0
+        base = 0
+        count = 0
+        start = pos = _fds.ITEM_LOG_PAYLOAD[0]
+        end = start + _fds.ITEM_LOG_PAYLOAD_BYTES
+        index = indexes[0]
+
+        def send_item(item: Any) -> None:
+            nonlocal count, pos
+            if arrays is None:
+                try:
+                    data = _dumps(item, _PROTOCOL)
+                except Exception:
+                    data = dumps_with_fallback(item)
+            else:  # _arrays.ArrayPickler.dumps, inlined: one Python call less per item
+                try:
+                    if _modules.get("torch") is not None:
+                        raise LookupError  # tensors need the dispatch table
+                    data = _dumps(item, _PROTOCOL, buffer_callback=arrays.check_small)
+                except Exception:
+                    data = arrays.dumps_placing(item)
+            size = len(data)
+            acquire()  # (cheaper than ``with``, per item)
+            try:
+                k = count
+                p = pos
+                e = p + size
+                if e > end or k >= max_items:
+                    k = -1
+                else:
+                    block[p:e] = data
+                    # One aligned 8-byte store publishes the record (see _itemlog).
+                    index[k] = size
+                    count = k + 1
+                    pos = e
+                    pending = e - start
+            finally:
+                release()
+            if k < 0:
+                send_unlogged(data)
+                return
+            # A batch is open (the flusher is armed): just log. The reader-idle byte is
+            # read every 32nd item of a batch, the clock every 128th (the flusher owns
+            # the deadline); the size bound is checked always.
+            if k & 31 or (k and k & 127 and not block[_READER_IDLE]):
+                if pending >= max_bytes:
+                    flush()
+                elif not self._armed:  # the flusher took the batch just before our append
+                    self._armed = True
+                    wake.set()
+                return
+            reader_idle = block[_READER_IDLE]
+            if reader_idle:
+                # The parent waits for data: give it everything now. One write per wait:
+                # clear the flag (the parent sets it again before it next blocks), so a
+                # flood is still batched while the parent is busy.
+                block[_READER_IDLE] = 0
+            if (
+                reader_idle or window == 0 or pending >= max_bytes
+                or time.monotonic() - self._last_write >= window
+            ):
+                flush()
+            elif not self._armed:
+                self._armed = True
+                wake.set()
+
+        def append(data: bytes) -> bool:
+            nonlocal count, pos
+            with self._log_lock:
+                k = count
+                e = pos + len(data)
+                if e > end or k >= max_items:
+                    return False
+                block[pos:e] = data
+                index[k] = len(data)
+                count = k + 1
+                pos = e
+                return True
+
+        def seal(alone: bool) -> tuple[int, int, int, int]:
+            nonlocal half, base, count, start, pos, end, index
+            with self._log_lock:
+                sealed = (count, half, start, pos)
+                if count:
+                    # The other half (written whole, or never used) becomes the active
+                    # one: first its stale entries are zeroed (a walk of the half stops
+                    # at the first zero), then its base is set.
+                    used[half] = count
+                    half = 1 - half
+                    index_bytes[half][: 8 * used[half]] = zeros[: 8 * used[half]]
+                    base += count
+                    bases[half][0] = base
+                    count = 0
+                    start = pos = _fds.ITEM_LOG_PAYLOAD[half]
+                    end = start + _fds.ITEM_LOG_PAYLOAD_BYTES
+                    index = indexes[half]
+                if alone:  # the item written alone takes the next sequence number
+                    base += 1
+                    bases[half][0] = base
+                return sealed
+
+        return send_item, append, seal
 
     def _send_unlogged(self, data: bytes) -> None:
         """The active half has no room for ``data``: flush, then log it or, if it is
@@ -186,18 +240,11 @@ class Sender:
             with self._write_lock:
                 self._flush_locked(alone=data)
             return
-        self.flush()
-        with self._log_lock:
-            k = self._count
-            pos = self._pos
-            end = pos + len(data)
-            if end <= self._end and k < self._max_items:
-                self._control[pos:end] = data
-                self._index[k] = ((self._base + k) & _MASK) << 32 | len(data)
-                self._count = k + 1
-                self._pos = end
+        while True:
+            self.flush()
+            if self._append(data):
                 return
-        self._send_unlogged(data)  # other threads filled the fresh half meanwhile
+            # Other threads filled the fresh half meanwhile: flush again.
 
     def flush(self) -> None:
         """Write every logged item now (blocks while the pipe is full)."""
@@ -223,40 +270,27 @@ class Sender:
             write_all(self._fd, _framing.encode(_framing.Kind.READY))
 
     def _flush_locked(self, alone: bytes | None = None) -> None:
-        """Seal the active half and write it (``_write_lock`` held); then ``alone``, an
-        item too large for the log, which takes the next sequence number."""
-        with self._log_lock:
-            n = self._count
-            if n:
-                half, start, pos = self._half, self._start, self._pos
-                self._activate(1 - half, self._base + n)
-            if alone is not None:
-                self._base += 1
-                self._bases[self._half][0] = self._base
+        """Seal the active half and write it as one ITEMS frame (``_write_lock``
+        held); then ``alone``, an item too large for the log, which takes the next
+        sequence number. The sealed half stays valid in the log until its write is
+        complete (it is reused only by a later seal, under the same write lock)."""
+        n, half, start, pos = self._seal(alone is not None)
         if n:
-            view = self._view
-            writev_all(self._fd, [
-                _framing.tagged_header(n, 8 * n + pos - start),
-                self._index_bytes[half][: 8 * n], view[start:pos],
-            ])
+            view = memoryview(self._control)
+            entries = _fds.ITEM_LOG_INDEX[half]
+            try:
+                writev_all(self._fd, [
+                    _framing.items_header(n, 8 * n + pos - start),
+                    view[entries : entries + 8 * n], view[start:pos],
+                ])
+            finally:
+                view.release()
             self.items_sent += n
         if alone is not None:
             write_all(self._fd, _framing.encode_one_item(alone))
             self.items_sent += 1
         if n or alone is not None:
             self._last_write = time.monotonic()
-
-    def _activate(self, half: int, base: int) -> None:
-        """Make ``half`` (written whole to the pipe, or never used) the active one, its
-        first record to be ``base`` (``_log_lock`` held)."""
-        # The base first: it invalidates every stale entry of the half at once.
-        self._bases[half][0] = base
-        self._half = half
-        self._base = base
-        self._count = 0
-        self._start = self._pos = _fds.ITEM_LOG_PAYLOAD[half]
-        self._end = self._start + _fds.ITEM_LOG_PAYLOAD_BYTES
-        self._index = self._indexes[half]
 
     def _flush_loop(self) -> None:
         while True:

@@ -9,15 +9,13 @@ Frame layout (little-endian)::
     offset size field
     0      2    magic  b"WS"
     2      1    kind   READY | ITEMS | RESULT | ERROR | CANCELLED
-    3      1    flags  0, or TAGGED (ITEMS only)
+    3      1    flags  (reserved, 0)
     4      4    count  number of items (ITEMS), else 0
     8      8    body_len
     16     ...  body
 
-ITEMS body: ``count`` u64 entries, then the ``count`` pickles back to back. Without flags
-each entry is the pickle's length; with ``TAGGED`` (what the child's sender writes: its
-item log's index, sent as is) the low 32 bits are the length and the high 32 bits the
-item's sequence number modulo 2**32 (``_transport._itemlog``; the decoder ignores it).
+ITEMS body: ``count`` u64 lengths, then the ``count`` pickles back to back (the child's
+sender writes a half of its item log as it lies in shared memory: ``_transport._itemlog``).
 Every other kind carries one pickle (or nothing, for READY). Exactly one of RESULT /
 ERROR / CANCELLED ends a stream; nothing may follow it.
 """
@@ -27,16 +25,12 @@ from __future__ import annotations
 import enum
 import struct
 import sys
-from collections.abc import Sequence
 
 MAGIC = b"WS"
 HEADER = struct.Struct("<2sBBIQ")
 HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME_BYTES = 8 << 30
 MAX_ITEMS_PER_FRAME = 1 << 16
-TAGGED = 1
-"""ITEMS flag: each entry is ``seq_tag << 32 | length`` (see the module docstring)."""
-_LENGTH_MASK = 0xFFFFFFFF
 _LITTLE = sys.byteorder == "little"
 
 
@@ -72,15 +66,12 @@ class FrameError(ValueError):
 class Frame:
     """One decoded frame (a slotted class: built once per frame on the hot path)."""
 
-    __slots__ = ("body", "count", "flags", "kind")
+    __slots__ = ("body", "count", "kind")
 
-    def __init__(
-        self, kind: Kind, count: int, body: bytes | memoryview, flags: int = 0
-    ) -> None:
+    def __init__(self, kind: Kind, count: int, body: bytes | memoryview) -> None:
         self.kind = kind
         self.count = count
         self.body = body
-        self.flags = flags
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Frame):
@@ -100,7 +91,7 @@ class Frame:
         n = self.count
         if n == 1:
             return [view[8:]]
-        lengths = _lengths(view, n, self.flags)
+        lengths = struct.unpack_from(f"<{n}Q", view, 0)
         pos = 8 * n
         out = []
         for length in lengths:
@@ -108,13 +99,6 @@ class Frame:
             out.append(view[pos:end])
             pos = end
         return out
-
-
-def _lengths(body: bytes | memoryview, n: int, flags: int) -> tuple[int, ...]:
-    """The ``n`` item lengths of an ITEMS body (entries as ``flags`` says)."""
-    if flags:
-        return struct.unpack_from(f"<{2 * n}I", body, 0)[::2]
-    return struct.unpack_from(f"<{n}Q", body, 0)
 
 
 def encode(kind: Kind, body: bytes = b"") -> bytes:
@@ -133,17 +117,17 @@ def encode_one_item(payload: bytes) -> bytes:
     )
 
 
+def items_header(count: int, body_len: int) -> bytes:
+    """The header of an ITEMS frame (its lengths and pickles follow)."""
+    return HEADER.pack(MAGIC, Kind.ITEMS, 0, count, body_len)
+
+
 def encode_items(payloads: list[bytes]) -> bytes:
     """Return one ITEMS frame carrying ``payloads`` (each one complete pickle)."""
     n = len(payloads)
     lengths = struct.pack(f"<{n}Q", *map(len, payloads))
     body_len = len(lengths) + sum(map(len, payloads))
     return b"".join([HEADER.pack(MAGIC, Kind.ITEMS, 0, n, body_len), lengths, *payloads])
-
-
-def tagged_header(count: int, body_len: int) -> bytes:
-    """The header of a TAGGED ITEMS frame (its entries and pickles follow)."""
-    return HEADER.pack(MAGIC, Kind.ITEMS, TAGGED, count, body_len)
 
 
 class FrameDecoder:
@@ -193,7 +177,7 @@ class FrameDecoder:
                 magic, kind, flags, count, body_len = unpack_header(data, pos)
                 # Fast path: a well-formed ITEMS frame; anything else gets the full check.
                 if not (
-                    kind == _ITEMS and magic == MAGIC and flags <= TAGGED and not self._ended
+                    kind == _ITEMS and magic == MAGIC and not flags and not self._ended
                     and 0 < count <= MAX_ITEMS_PER_FRAME and 8 * count <= body_len <= self._max
                 ):
                     self._check_header(magic, kind, flags, count, body_len)
@@ -203,11 +187,8 @@ class FrameDecoder:
                     break
                 body = view[pos + HEADER_SIZE : end]
                 if kind == _ITEMS:
-                    frame = Frame(Kind.ITEMS, count, body, flags)
-                    if (
-                        count != 1 or (unpack_one(body)[0] & _LENGTH_MASK if flags else
-                                       unpack_one(body)[0]) + 8 != body_len or body_len == 8
-                    ):
+                    frame = Frame(Kind.ITEMS, count, body)
+                    if count != 1 or unpack_one(body)[0] + 8 != body_len or body_len == 8:
                         self._check_items(frame)
                 else:
                     frame = Frame(_KIND_OF[kind], count, body)
@@ -239,7 +220,7 @@ class FrameDecoder:
             raise FrameError(f"{where}: bad magic {magic!r} (expected {MAGIC!r})")
         if kind not in Kind._value2member_map_:
             raise FrameError(f"{where}: unknown frame kind {kind}")
-        if flags != 0 and not (kind == Kind.ITEMS and flags == TAGGED):
+        if flags != 0:
             raise FrameError(f"{where}: unknown flags 0x{flags:02x}")
         if size > self._max:
             raise FrameError(f"{where}: body of {size} bytes exceeds the limit of {self._max}")
@@ -255,19 +236,16 @@ class FrameDecoder:
         n = frame.count
         if n == 1:
             (length,) = _ONE_LENGTH.unpack_from(frame.body, 0)
-            if frame.flags:
-                length &= _LENGTH_MASK
             if length == 0 or length + 8 != len(frame.body):
                 raise FrameError(
                     f"frame #{self.frames_decoded + 1}: item length does not match the body"
                 )
             return
-        lengths: Sequence[int]
+        lengths: memoryview | tuple[int, ...]
         if _LITTLE:  # a view, not a tuple: no allocation ahead of the bytes fed
-            entries = memoryview(frame.body)[: 8 * n]
-            lengths = entries.cast("I")[::2] if frame.flags else entries.cast("Q")
+            lengths = memoryview(frame.body)[: 8 * n].cast("Q")
         else:
-            lengths = _lengths(frame.body, n, frame.flags)
+            lengths = struct.unpack_from(f"<{n}Q", frame.body, 0)
         if 8 * n + sum(lengths) != len(frame.body):
             raise FrameError(
                 f"frame #{self.frames_decoded + 1}: item lengths do not add up to the body"

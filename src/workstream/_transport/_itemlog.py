@@ -5,24 +5,25 @@ Pure layout and recovery: no I/O, no threads. The log lives in the job's control
 what the child wrote there survives the child. The child's ``_sender.Sender`` writes it;
 the parent reads it only after the child died without its final frame (:func:`recover`).
 
-Two halves, each a base sequence number (a u64 in the control page), an index of u64
-entries and a payload area. The child appends each item to the *active* half: the pickle
-into the payload area, then one aligned 8-byte store of its entry
-``(seq mod 2**32) << 32 | length``. Flushing seals the active half: the other one becomes
-active (its base set to the next sequence number first, which invalidates every stale
-entry in it), and the sealed half is written to the pipe *as is*, as a ``TAGGED`` ITEMS
-frame (entries, then payloads; ``_framing``), while items go on into the other half. A
-half is reused only after its write completed, so at any time the records of the two
-halves hold every item that the pipe may not have carried whole.
+Two halves, each a base sequence number (a u64 in the control page: the number of its
+first record), an index of u64 lengths and a payload area. The child appends each item
+to the *active* half: the pickle into the payload area, then one aligned 8-byte store of
+its length into the index. Flushing seals the active half: the other one becomes active
+(first its index entries are zeroed up to the count it had, then its base is set), and
+the sealed half is written to the pipe *as is*, as one ITEMS frame (lengths, then
+payloads; ``_framing``), while items go on into the other half. A half is reused only
+after its write completed, so at any time the two halves hold every item that the pipe
+may not have carried whole.
 
-Torn records need no fence or checksum: a process dies between two instructions, and
-the entry of a record is one store issued after its payload, so an entry either names a
-complete payload or is stale; a stale entry carries an older sequence number, which the
-base of its half rejects. Recovery takes, from both halves, the valid records whose
-sequence number the parent has not yet received through the pipe, in order: exactly
-once, never a duplicate (sequence numbers), never a gap (it stops at the first one).
-Host byte order is little-endian on every supported platform; the entries are read
-with ``=`` (native) formats, as the child wrote them through a ``Q`` memoryview.
+Torn records need no fence and no checksum: a process dies between two instructions,
+and the length of a record is one store issued after its payload, so a non-zero entry
+names a complete payload, and a walk of a half stops at its first zero entry (the record
+being written when the child died, whose ``yield`` had not returned). Recovery takes,
+from both halves, the records whose sequence numbers the parent has not yet received
+through the pipe, in order: exactly once, never a duplicate (sequence numbers), never a
+gap (it stops at the first one). The index is read in host byte order, as the child
+wrote it through a ``Q`` memoryview; the pipe's frames are little-endian, which every
+supported platform is.
 """
 
 from __future__ import annotations
@@ -32,14 +33,8 @@ from typing import Any
 
 from . import _fds
 
-MASK = 0xFFFFFFFF
 _U64 = struct.Struct("=Q")
 _INDEX = struct.Struct(f"={_fds.ITEM_LOG_MAX_ITEMS}Q")
-
-
-def entry(seq: int, length: int) -> int:
-    """The index entry of the record with sequence number ``seq`` and ``length`` bytes."""
-    return (seq & MASK) << 32 | length
 
 
 def next_seq(block: Any) -> int:
@@ -56,16 +51,13 @@ def recover(block: Any, first: int) -> list[bytes]:
     records: list[tuple[int, bytes]] = []
     for half in (0, 1):
         (base,) = _U64.unpack_from(block, _fds.ITEM_LOG_BASE[half])
-        entries = _INDEX.unpack_from(block, _fds.ITEM_LOG_INDEX[half])
         pos = _fds.ITEM_LOG_PAYLOAD[half]
         end = pos + _fds.ITEM_LOG_PAYLOAD_BYTES
-        for k, e in enumerate(entries):
-            seq = base + k
-            length = e & MASK
-            if e >> 32 != seq & MASK or not length or pos + length > end:
+        for k, length in enumerate(_INDEX.unpack_from(block, _fds.ITEM_LOG_INDEX[half])):
+            if not length or pos + length > end:
                 break
-            if seq >= first:
-                records.append((seq, bytes(block[pos : pos + length])))
+            if base + k >= first:
+                records.append((base + k, bytes(block[pos : pos + length])))
             pos += length
     records.sort(key=lambda r: r[0])
     out: list[bytes] = []
