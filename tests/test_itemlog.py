@@ -172,3 +172,35 @@ def test_next_seq_after_a_final_flush() -> None:
     pipe.close()
     assert _itemlog.next_seq(block) == 12
     assert _itemlog.recover(block, 12) == []
+
+
+@pytest.mark.timeout(10)
+def test_items_written_alone_are_not_recovered_again() -> None:
+    """Items written alone (the parent waited) stay in the active half as records; after
+    a crash only the later, unwritten ones are recovered; a half full of items written
+    alone is still sealed and reused (write-through never stalls)."""
+    block = bytearray(_fds.CONTROL_BLOCK_SIZE)
+    pipe = _Pipe()
+    sender = Sender(pipe.w, 0.0, 1 << 30, block)  # write-through: every item alone
+    n = _fds.ITEM_LOG_MAX_ITEMS + 10  # more than a half holds
+    for i in range(n):
+        sender.send_item(i)
+    piped = _items_in(pipe.close())
+    assert piped == list(range(n))
+    assert _itemlog.recover(block, n) == []
+    assert _itemlog.next_seq(block) <= n
+
+
+@pytest.mark.timeout(10)
+def test_logged_items_after_items_written_alone_are_recovered() -> None:
+    block = bytearray(_fds.CONTROL_BLOCK_SIZE)
+    pipe = _Pipe()
+    sender = _sender(pipe, block)  # 60 s window
+    for i in range(5):
+        block[_fds.READER_IDLE] = 1  # the parent waits: each item goes out alone
+        sender.send_item(i)
+    for i in range(5, 12):
+        sender.send_item(i)  # a batch opens: these wait in the log
+    assert _items_in(pipe.close()) == list(range(5))
+    assert [pickle.loads(p) for p in _itemlog.recover(block, 5)] == list(range(5, 12))
+    assert [pickle.loads(p) for p in _itemlog.recover(block, 0)] == list(range(12))

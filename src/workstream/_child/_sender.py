@@ -24,6 +24,7 @@ full: that is the backpressure.
 
 from __future__ import annotations
 
+import os
 import pickle
 import sys
 import threading
@@ -38,6 +39,7 @@ _dumps = pickle.dumps
 _modules = sys.modules
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _READER_IDLE = _fds.READER_IDLE
+_SMALL_FRAME = 16 << 10  # bytes of pickles below which a frame is joined, then written
 
 
 def dumps_with_fallback(obj: object) -> bytes:
@@ -96,7 +98,7 @@ class Sender:
         self._closed = False
         self.items_sent = 0  # items written whole to the pipe
         self._flusher: threading.Thread | None = None
-        self.send_item, self._append, self._seal = self._build()
+        self.send_item, self._append, self._seal, self._flush_locked = self._build()
 
     def start_flusher(self) -> None:
         """Start the background flusher (only needed when ``batch_window > 0``)."""
@@ -108,10 +110,16 @@ class Sender:
 
     def _build(self) -> tuple[
         Callable[[Any], None], Callable[[bytes], bool],
-        Callable[[bool], tuple[int, int, int, int]],
+        Callable[[bool], tuple[int, int, int, int, int]], Callable[..., None],
     ]:
         """Make ``send_item``, ``append`` (log a pickle; False if the active half has no
-        room) and ``seal`` (see :meth:`_flush_locked`), sharing the log's state."""
+        room), ``seal`` and ``flush_locked``, sharing the log's state.
+
+        ``flush_locked(alone=None)`` (``_write_lock`` held) seals the active half and
+        writes it as one ITEMS frame; then ``alone``, an item too large for the log,
+        which takes the next sequence number. A sealed half stays valid in the log until
+        its write is complete (it is reused only by a later seal, under the same lock).
+        """
         block = self._control
         view = memoryview(block)
         n_max = _fds.ITEM_LOG_MAX_ITEMS
@@ -125,17 +133,24 @@ class Sender:
         arrays = self._arrays
         window = self._window
         max_bytes = self._max_bytes
-        flush = self.flush
+        write_lock = self._write_lock
+
+        def flush() -> None:
+            with write_lock:
+                flush_locked()
         send_unlogged = self._send_unlogged
         wake = self._wake
         # The active half: its number, first record's sequence number, record count,
-        # payload area (start, end), where the next pickle goes, its index.
+        # payload area (start, end), where the next pickle goes, its index; and how many
+        # of its records were written to the pipe alone (``write_lone``), up to where.
         half = 0
         base = 0
         count = 0
         start = pos = _fds.ITEM_LOG_PAYLOAD[0]
         end = start + _fds.ITEM_LOG_PAYLOAD_BYTES
         index = indexes[0]
+        sent = 0
+        sent_pos = start
 
         def send_item(item: Any) -> None:
             nonlocal count, pos
@@ -165,16 +180,18 @@ class Sender:
                     index[k] = size
                     count = k + 1
                     pos = e
-                    pending = e - start
+                    seq = base + k
+                    k -= sent  # from here on: the records waiting before this one
+                    pending = e - sent_pos
             finally:
                 release()
             if k < 0:
                 send_unlogged(data)
                 return
             # A batch is open (the flusher is armed): just log. The reader-idle byte is
-            # read every 32nd item of a batch, the clock every 128th (the flusher owns
+            # read every 64th item of a batch, the clock every 256th (the flusher owns
             # the deadline); the size bound is checked always.
-            if k & 31 or (k and k & 127 and not block[_READER_IDLE]):
+            if k & 63 or (k and k & 255 and not block[_READER_IDLE]):
                 if pending >= max_bytes:
                     flush()
                 elif not self._armed:  # the flusher took the batch just before our append
@@ -191,7 +208,10 @@ class Sender:
                 reader_idle or window == 0 or pending >= max_bytes
                 or time.monotonic() - self._last_write >= window
             ):
-                flush()
+                if k:
+                    flush()
+                else:
+                    write_lone(data, seq)
             elif not self._armed:
                 self._armed = True
                 wake.set()
@@ -209,11 +229,32 @@ class Sender:
                 pos = e
                 return True
 
-        def seal(alone: bool) -> tuple[int, int, int, int]:
-            nonlocal half, base, count, start, pos, end, index
+        def write_lone(data: bytes, seq: int) -> None:
+            """Write the record ``seq``, just logged with nothing waiting before it, as a
+            one-item frame from ``data``: no seal, no copy out of the log. If a flush
+            took it meanwhile, flush what waits instead."""
+            nonlocal sent, sent_pos
+            with write_lock:
+                with self._log_lock:
+                    mine = base + sent == seq and count > sent
+                if not mine:
+                    flush_locked()
+                    return
+                write_all(fd, _framing.encode_one_item(data))
+                self.items_sent += 1
+                with self._log_lock:  # (no seal can come between: it needs write_lock)
+                    sent += 1
+                    sent_pos += len(data)
+                self._last_write = time.monotonic()
+
+        def seal(alone: bool) -> tuple[int, int, int, int, int]:
+            """Make the other half active if this one holds records (then ``alone``, an
+            item about to be written alone, takes the next sequence number); return the
+            records not yet written: count, half, first record, payload start and end."""
+            nonlocal half, base, count, start, pos, end, index, sent, sent_pos
             with self._log_lock:
-                sealed = (count, half, start, pos)
-                if count:
+                sealed = (count - sent, half, sent, sent_pos, pos)
+                if count:  # (also when all were written alone: the half may be full)
                     # The other half (written whole, or never used) becomes the active
                     # one: first its stale entries are zeroed (a walk of the half stops
                     # at the first zero), then its base is set.
@@ -223,15 +264,44 @@ class Sender:
                     base += count
                     bases[half][0] = base
                     count = 0
-                    start = pos = _fds.ITEM_LOG_PAYLOAD[half]
+                    start = pos = sent_pos = _fds.ITEM_LOG_PAYLOAD[half]
                     end = start + _fds.ITEM_LOG_PAYLOAD_BYTES
                     index = indexes[half]
+                    sent = 0
                 if alone:  # the item written alone takes the next sequence number
                     base += 1
                     bases[half][0] = base
                 return sealed
 
-        return send_item, append, seal
+        payloads = [view[off : off + _fds.ITEM_LOG_PAYLOAD_BYTES] for off in _fds.ITEM_LOG_PAYLOAD]
+        fd = self._fd
+        header = _framing.HEADER.pack
+        magic, items_kind = _framing.MAGIC, _framing.Kind.ITEMS
+
+        def flush_locked(alone: bytes | None = None) -> None:
+            n, h, first, s0, p = seal(alone is not None)
+            if n:
+                size = p - s0
+                s0 -= _fds.ITEM_LOG_PAYLOAD[h]
+                parts: list[bytes | memoryview] = [
+                    header(magic, items_kind, 0, n, 8 * n + size),
+                    index_bytes[h][8 * first : 8 * (first + n)], payloads[h][s0 : s0 + size],
+                ]
+                if size < _SMALL_FRAME:  # one copy is cheaper than a gather
+                    data = b"".join(parts)
+                    written = os.write(fd, data)
+                    if written < len(data):
+                        write_all(fd, memoryview(data)[written:])
+                else:
+                    writev_all(fd, parts)
+                self.items_sent += n
+            if alone is not None:
+                write_all(fd, _framing.encode_one_item(alone))
+                self.items_sent += 1
+            if n or alone is not None:
+                self._last_write = time.monotonic()
+
+        return send_item, append, seal, flush_locked
 
     def _send_unlogged(self, data: bytes) -> None:
         """The active half has no room for ``data``: flush, then log it or, if it is
@@ -243,8 +313,13 @@ class Sender:
         while True:
             self.flush()
             if self._append(data):
-                return
+                break
             # Other threads filled the fresh half meanwhile: flush again.
+        if self._window == 0 or self._control[_READER_IDLE]:
+            self.flush()  # write-through, or the parent waits: as send_item would
+        elif not self._armed:
+            self._armed = True
+            self._wake.set()
 
     def flush(self) -> None:
         """Write every logged item now (blocks while the pipe is full)."""
@@ -268,29 +343,6 @@ class Sender:
     def send_ready(self) -> None:
         with self._write_lock:
             write_all(self._fd, _framing.encode(_framing.Kind.READY))
-
-    def _flush_locked(self, alone: bytes | None = None) -> None:
-        """Seal the active half and write it as one ITEMS frame (``_write_lock``
-        held); then ``alone``, an item too large for the log, which takes the next
-        sequence number. The sealed half stays valid in the log until its write is
-        complete (it is reused only by a later seal, under the same write lock)."""
-        n, half, start, pos = self._seal(alone is not None)
-        if n:
-            view = memoryview(self._control)
-            entries = _fds.ITEM_LOG_INDEX[half]
-            try:
-                writev_all(self._fd, [
-                    _framing.items_header(n, 8 * n + pos - start),
-                    view[entries : entries + 8 * n], view[start:pos],
-                ])
-            finally:
-                view.release()
-            self.items_sent += n
-        if alone is not None:
-            write_all(self._fd, _framing.encode_one_item(alone))
-            self.items_sent += 1
-        if n or alone is not None:
-            self._last_write = time.monotonic()
 
     def _flush_loop(self) -> None:
         while True:
