@@ -204,3 +204,39 @@ def test_logged_items_after_items_written_alone_are_recovered() -> None:
     assert _items_in(pipe.close()) == list(range(5))
     assert [pickle.loads(p) for p in _itemlog.recover(block, 5)] == list(range(5, 12))
     assert [pickle.loads(p) for p in _itemlog.recover(block, 0)] == list(range(12))
+
+
+@pytest.mark.timeout(10)
+def test_writev_all_survives_partial_writes() -> None:
+    """A gather larger than the pipe's buffer is written whole, in order, across the
+    partial writes of a blocking pipe (the path of a large sealed half)."""
+    r, w = _fds.make_pipe(4096)
+    parts = [b"h" * 16, bytes(range(256)) * 300, memoryview(b"p" * 70_001)[1:]]
+    got = bytearray()
+
+    def read() -> None:
+        while chunk := os.read(r, 1000):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        _fds.writev_all(w, parts)
+    finally:
+        os.close(w)
+        reader.join(10)
+        os.close(r)
+    assert bytes(got) == b"".join(bytes(p) for p in parts)
+
+
+@pytest.mark.timeout(10)
+def test_a_large_batch_goes_out_as_one_gathered_frame() -> None:
+    """A batch of more than 16 KiB of pickles (written with writev) arrives whole."""
+    block = bytearray(_fds.CONTROL_BLOCK_SIZE)
+    pipe = _Pipe()
+    sender = _sender(pipe, block)
+    items = [("x" * 1000, i) for i in range(100)]
+    for item in items:
+        sender.send_item(item)
+    sender.flush()
+    assert _items_in(pipe.close()) == items

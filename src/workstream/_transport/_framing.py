@@ -117,11 +117,6 @@ def encode_one_item(payload: bytes) -> bytes:
     )
 
 
-def items_header(count: int, body_len: int) -> bytes:
-    """The header of an ITEMS frame (its lengths and pickles follow)."""
-    return HEADER.pack(MAGIC, Kind.ITEMS, 0, count, body_len)
-
-
 def encode_items(payloads: list[bytes]) -> bytes:
     """Return one ITEMS frame carrying ``payloads`` (each one complete pickle)."""
     n = len(payloads)
