@@ -54,11 +54,11 @@ def test_unflushed_items_are_recovered_in_order() -> None:
     sender = _sender(pipe, block)
     for i in range(100):
         sender.send_item(i)
-    # The first item found the channel idle and went out at once; the rest wait for
-    # the window (60 s) in the log.
+    # The first item found the channel idle and went out at once, without the log; the
+    # rest wait for the window (60 s) in the log.
     assert _items_in(pipe.close()) == [0]
     assert [pickle.loads(p) for p in _itemlog.recover(block, 1)] == list(range(1, 100))
-    assert [pickle.loads(p) for p in _itemlog.recover(block, 0)] == list(range(100))
+    assert _itemlog.recover(block, 0) == []  # never a gap: 0 is not in the log
 
 
 @pytest.mark.timeout(10)
@@ -203,7 +203,7 @@ def test_logged_items_after_items_written_alone_are_recovered() -> None:
         sender.send_item(i)  # a batch opens: these wait in the log
     assert _items_in(pipe.close()) == list(range(5))
     assert [pickle.loads(p) for p in _itemlog.recover(block, 5)] == list(range(5, 12))
-    assert [pickle.loads(p) for p in _itemlog.recover(block, 0)] == list(range(12))
+    assert _itemlog.recover(block, 0) == []  # the first 5 skipped the log
 
 
 @pytest.mark.timeout(10)
