@@ -2,7 +2,9 @@
 
 The child yields ``n`` small ints as fast as it can and SIGKILLs itself right after the
 last ``yield``; the parent counts what arrived. Reported per run, for the default
-``batch_window`` (1 ms) and for ``batch_window=0`` (write-through: must lose none).
+``batch_window`` (1 ms) and for ``batch_window=0`` (write-through). Both must lose none:
+every item is in the item log before its ``yield`` returns (issue 11), and the parent
+recovers from it what the pipe did not carry.
 
     python -m bench.crash_loss [--n 200000] [--runs 10]
 """

@@ -5,9 +5,10 @@ the producer in the same loop shape in every row (``bench/_workers.py``).
 
 Rows (all children started with the same method, forkserver by default):
 
-* workstream, default options (batch_window=1 ms: items are batched in the child);
-* workstream, batch_window=0 (every item written through before the ``yield`` returns:
-  nothing is lost on a hard crash);
+* workstream, default options (batch_window=1 ms: items are batched in the child; each
+  is in the item log before its ``yield`` returns, so a hard crash loses none);
+* workstream, batch_window=0 (every item written to the pipe before the ``yield``
+  returns: a syscall per item);
 * multiprocessing.Queue, put()/get() one item at a time, None sentinel (the reference);
 * multiprocessing.Pipe, send()/recv() one item at a time, None sentinel;
 * faster-fifo (optional: ``pip install faster-fifo``, the ``bench`` extra): ``put()`` one

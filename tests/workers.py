@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -96,4 +97,18 @@ def sparse_then_die(n: int, gap: float) -> Iterator[int]:
         if i:
             time.sleep(gap)  # ok: sleep (simulated work between items)
         yield i
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def emit_from_threads_then_die(threads: int, n: int) -> None:
+    """``threads`` threads each emit ``(t, 0..n-1)``; SIGKILL once every emit returned."""
+    def run(t: int) -> None:
+        for i in range(n):
+            workstream.emit((t, i))
+
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
     os.kill(os.getpid(), signal.SIGKILL)

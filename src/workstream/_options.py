@@ -47,7 +47,8 @@ class Options:
     """Pickled bytes received but not yet consumed before the parent stops reading."""
     batch_window: float = 0.001
     """Longest time (s) an item waits in the child to be batched with later ones; 0 writes
-    every item through before the ``yield`` returns (nothing lost on a hard crash)."""
+    every item through before the ``yield`` returns. Latency only: a hard crash loses
+    nothing either way (the item log, ``_transport._itemlog``)."""
     max_batch_bytes: int = 256 << 10
     """Pending pickled bytes in the child that trigger a write at once."""
     pipe_bytes: int = 1 << 20

@@ -9,6 +9,10 @@ per chunk read. It keeps what the channel told: READY, the final report and when
 came, a malformed channel, an item that cannot be unpickled here; the runner turns them
 into facts for the outcome rules.
 
+Items the pipe did not carry whole when the child died are in its item log
+(``_transport._itemlog``): :meth:`Intake.recover` delivers them after the drain, each
+exactly once (the intake counts the sequence numbers the pipe delivered).
+
 Channel errors: a malformed channel (a torn or forged frame, a frame out of order) asks
 for a cancel with no grace, so the child is killed at once; an item that cannot be
 unpickled in the parent asks for one with the job's grace. Nothing that arrives after
@@ -24,7 +28,7 @@ import time
 from .._core._rules import Final, FinalKind
 from .._errors import DeliveryError
 from .._options import Options
-from .._transport import _framing, _shm
+from .._transport import _framing, _itemlog, _shm
 from ._arrays import ArrayChannel
 from ._jobcore import JobCore
 
@@ -56,6 +60,10 @@ class Intake:
         self.final_at: float | None = None  # when it arrived
         self.channel_error: str | None = None  # why the channel is not our protocol
         self.delivery_error: DeliveryError | None = None  # an item not unpicklable here
+        # The sequence number of the next item the child logs (_itemlog): items before
+        # it came through the pipe (delivered or discarded).
+        self.next_seq = 0
+        self.recovered = 0  # items delivered from the item log after the child died
 
     def attach(self, pid: int | None, arrays: ArrayChannel | None) -> None:
         """Read the channel of process ``pid`` (its READY frame marks the job running),
@@ -108,11 +116,12 @@ class Intake:
                 self._channel_broken(f"frame #{self._frame_number(frames, index)}: {what}")
                 break
             if kind is _framing.Kind.ITEMS:
+                self.next_seq += frame.count
                 if core.discarding() or self.delivery_error is not None:
                     core.count_discarded(frame.count)
                     if self.arrays is not None:
                         self.arrays.release_unread(frame.item_payloads())
-                elif self._decode_items(frame, batch):
+                elif self._decode_items(frame.item_payloads(), batch):
                     nbytes += len(frame.body)
             elif kind is _framing.Kind.READY:
                 assert self.pid is not None
@@ -139,14 +148,40 @@ class Intake:
         """The 1-based position in the whole stream of ``frames[index]``."""
         return self.decoder.frames_decoded - len(frames) + index + 1
 
-    def _decode_items(self, frame: _framing.Frame, out: list[object]) -> bool:
-        """Unpickle the frame's items onto ``out``; on failure record a DeliveryError.
+    def recover(self, block: object) -> None:
+        """The child died without its final report: deliver, from its item log in
+        ``block`` (the control block), every item whose ``yield`` returned and that the
+        pipe did not carry whole. Not after a malformed channel or an undeliverable item
+        (nothing after those is delivered), nor after the final report (it came after a
+        flush of everything)."""
+        if self.final is not None or self.channel_error is not None or block is None:
+            return
+        payloads = _itemlog.recover(block, self.next_seq)
+        if not payloads:
+            return
+        self.next_seq += len(payloads)
+        core = self.core
+        if core.discarding() or self.delivery_error is not None:
+            core.count_discarded(len(payloads))
+            if self.arrays is not None:
+                self.arrays.release_unread([memoryview(p) for p in payloads])
+            return
+        batch: list[object] = []
+        self._decode_items([memoryview(p) for p in payloads], batch)
+        self.recovered += len(batch)
+        nbytes = sum(map(len, payloads))
+        if self.arrays is not None:
+            nbytes += self.arrays.take_new_bytes()
+        if batch:
+            core.deliver(batch, nbytes)
+
+    def _decode_items(self, payloads: list[memoryview], out: list[object]) -> bool:
+        """Unpickle ``payloads`` onto ``out``; on failure record a DeliveryError.
 
         The fast path unpickles plain payloads in one C loop; a payload with buffers in
         shared memory (first byte 0x00, never a pickle's) makes it fail over to
         :meth:`ArrayChannel.loads` for that item and resume after it.
         """
-        payloads = frame.item_payloads()
         # BaseException: a reconstructor may call sys.exit(); on the runner thread that
         # must end the job as an undeliverable item, not as an internal error.
         base = len(out)
@@ -177,7 +212,7 @@ class Intake:
         )
         err.__cause__ = error
         self.delivery_error = err
-        self.core.count_discarded(frame.count - index)
+        self.core.count_discarded(len(payloads) - index)
         return False
 
     def _request_internal_cancel(self, grace: float) -> None:

@@ -18,9 +18,10 @@ what comes in on the data pipe (bytes -> frames -> items, delivered; channel err
 the job's ``_intake.Intake``, fed by this loop.
 
 When the child has exited, the runner drains what it wrote (every complete frame is
-delivered; a torn tail is dropped and reported); if the child ended by itself and said
-it had children (control byte HAS_CHILDREN), gives its process group the rest of the
-grace to exit on its own (``_group.wait_until_empty``); then kills the rest of the
+delivered; a torn tail is dropped and reported), then recovers from the item log every
+item whose ``yield`` returned but that the pipe did not carry whole; if the child ended
+by itself and said it had children (control byte HAS_CHILDREN), gives its process group
+the rest of the grace to exit on its own (``_group.wait_until_empty``); then kills the rest of the
 group, closes every descriptor, builds the outcome and publishes it.
 
 The process itself (launch, handshake, signals, reaping, its descriptors) is a
@@ -48,7 +49,7 @@ from .._core._rules import Facts, decide, keeps_worker
 from .._core._seam import take_steps
 from .._options import Options
 from .._outcomes import Outcome
-from .._transport import _fds
+from .._transport import _fds, _itemlog
 from ._child_process import ChildProcess
 from ._intake import Intake
 from ._jobcore import JobCore
@@ -217,10 +218,16 @@ class JobRunner:
                         poller.unregister(data_r)
                         self._tell_buffer_full()
                     reading = want
-        if data_open:
-            intake.drain(data_r)
+        self._drain_after_exit(data_r if data_open else None)
         self._last_reads()
         self._drain_extra_readers()
+
+    def _drain_after_exit(self, data_r: int | None) -> None:
+        """The child has exited: deliver what it wrote to the pipe (``data_r``: still
+        open), then what only its item log holds (``_transport._itemlog``)."""
+        if data_r is not None:
+            self._intake.drain(data_r)
+        self._intake.recover(self.core.control)
 
     # -- periodic checks (the memory limit) ---------------------------------------------
 
@@ -309,6 +316,9 @@ class JobRunner:
         # READY comes once per process (in its first job, the initializer's stream).
         intake = self._intake
         intake.ready_seen = process.said_ready
+        # The process's item log numbers items across its jobs: this job's come next.
+        assert self.core.control is not None
+        intake.next_seq = _itemlog.next_seq(self.core.control)
         self._child = process.child
         self._pid = process.child.pid
         self._out_fd = process.child.jobs_w

@@ -14,8 +14,7 @@ import struct
 import sys
 import tempfile
 
-CONTROL_BLOCK_SIZE = mmap.PAGESIZE
-# Byte offsets in the control block.
+# Byte offsets in the control block (its first page).
 CANCEL_FLAG = 0  # 0: run; 1: cancel requested (set by the parent, or by the child on SIGTERM)
 READER_IDLE = 1  # 1 while the parent's runner waits for data with the pipe drained
 HAS_CHILDREN = 2  # set by the child as it exits: 1 if it had child processes of its own
@@ -88,6 +87,20 @@ def clear_progress_block(block: mmap.mmap) -> None:
     """Zero the PROGRESS block (offsets 64-2047): a new job of a warm process."""
     block[PROGRESS_SEQ:PROGRESS_END] = bytes(PROGRESS_END - PROGRESS_SEQ)
 
+# -- STREAM: the item log, two halves (see _transport/_itemlog.py) -------------------------
+ITEM_LOG_BASE = (8, 16)  # u64 each: the sequence number of each half's first record
+ITEM_LOG_MAX_ITEMS = 4096  # records in one half (its index: one u64 per record)
+ITEM_LOG_PAYLOAD_BYTES = 512 << 10  # pickled bytes in one half
+_LOG = mmap.PAGESIZE  # the log starts on the page after the control bytes
+ITEM_LOG_INDEX = (_LOG, _LOG + 8 * ITEM_LOG_MAX_ITEMS)
+ITEM_LOG_PAYLOAD = (
+    _LOG + 16 * ITEM_LOG_MAX_ITEMS, _LOG + 16 * ITEM_LOG_MAX_ITEMS + ITEM_LOG_PAYLOAD_BYTES
+)
+
+# The whole shared block: the control page, then the item log. Pages are allocated when
+# first touched, so a job that yields little costs a few pages.
+CONTROL_BLOCK_SIZE = ITEM_LOG_PAYLOAD[1] + ITEM_LOG_PAYLOAD_BYTES
+
 
 def make_pipe(size_bytes: int | None = None) -> tuple[int, int]:
     """Return ``(read_fd, write_fd)``, both close-on-exec and blocking.
@@ -111,6 +124,28 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def writev_all(fd: int, buffers: list[bytes | memoryview]) -> None:
+    """Write ``buffers`` back to back to the blocking ``fd`` (one ``writev`` when the pipe
+    takes it all); survives partial writes; raises OSError (e.g. EPIPE)."""
+    total = sum(map(len, buffers))
+    written = os.writev(fd, buffers)
+    if written == total:
+        return
+    views = [memoryview(b) for b in buffers]
+    while written < total:
+        skip = written
+        rest = []
+        for view in views:
+            if skip >= len(view):
+                skip -= len(view)
+            else:
+                rest.append(view[skip:])
+                skip = 0
+        views = rest
+        total -= written
+        written = os.writev(fd, views)
 
 
 def make_control_block() -> tuple[int, mmap.mmap]:

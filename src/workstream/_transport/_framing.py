@@ -14,21 +14,24 @@ Frame layout (little-endian)::
     8      8    body_len
     16     ...  body
 
-ITEMS body: ``count`` u64 lengths, then the ``count`` pickles back to back. Every other
-kind carries one pickle (or nothing, for READY). Exactly one of RESULT / ERROR /
-CANCELLED ends a stream; nothing may follow it.
+ITEMS body: ``count`` u64 lengths, then the ``count`` pickles back to back (the child's
+sender writes a half of its item log as it lies in shared memory: ``_transport._itemlog``).
+Every other kind carries one pickle (or nothing, for READY). Exactly one of RESULT /
+ERROR / CANCELLED ends a stream; nothing may follow it.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+import sys
 
 MAGIC = b"WS"
 HEADER = struct.Struct("<2sBBIQ")
 HEADER_SIZE = HEADER.size
 DEFAULT_MAX_FRAME_BYTES = 8 << 30
 MAX_ITEMS_PER_FRAME = 1 << 16
+_LITTLE = sys.byteorder == "little"
 
 
 class Kind(enum.IntEnum):
@@ -233,7 +236,11 @@ class FrameDecoder:
                     f"frame #{self.frames_decoded + 1}: item length does not match the body"
                 )
             return
-        lengths = struct.unpack_from(f"<{n}Q", frame.body, 0)
+        lengths: memoryview | tuple[int, ...]
+        if _LITTLE:  # a view, not a tuple: no allocation ahead of the bytes fed
+            lengths = memoryview(frame.body)[: 8 * n].cast("Q")
+        else:
+            lengths = struct.unpack_from(f"<{n}Q", frame.body, 0)
         if 8 * n + sum(lengths) != len(frame.body):
             raise FrameError(
                 f"frame #{self.frames_decoded + 1}: item lengths do not add up to the body"
