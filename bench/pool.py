@@ -231,12 +231,21 @@ def run(args: Any) -> bc.Report:
     workers = max(2, args.workers)
     report = bc.Report("pool", args, {"tasks": tasks, "trials": trials, "workers": workers,
                                       "repeats": repeats})
+    maps = map_rows(tasks, workers, repeats, args.stat)
     report.add_table(f"map over {tasks} tiny tasks, {workers} workers, "
-                     f"{args.stat} of {repeats}", MAP_COLS, map_rows(tasks, workers, repeats,
-                                                                     args.stat))
+                     f"{args.stat} of {repeats}", MAP_COLS, maps)
+    by_row = {r["row"]: r for r in maps if "per_s" in r}
+    ppe = by_row.get("ref: ProcessPoolExecutor.map chunksize=1")
+    for name in ("Pool.map", "Pool.map chunksize=10"):
+        if ppe is not None and name in by_row:
+            report.headline(f"{name} over tiny tasks", by_row[name]["per_s"], "tasks/s",
+                            "ProcessPoolExecutor.map chunksize=1", ppe["per_s"])
     cancel = cancel_rows(trials, workers)
     report.add_table("cancel -> outcome known, cooperative (a job yielding in a loop)",
                      [*LAT_COLS, bc.Column("x_lone", "/ lone Worker", ".2f")], cancel)
+    if len(cancel) >= 2:
+        report.headline("cancel of one job in a busy Pool, p50", cancel[0]["p50_ms"], "ms",
+                        "a lone Worker's", cancel[-1]["p50_ms"])
     report.add_table("start() -> first item on an idle warm worker",
                      [*LAT_COLS, bc.Column("x_worker", "/ Worker", ".2f")], start_rows(trials))
     report.note("/ best ref: tasks/s over the fastest reference's (>= 1: as fast or faster)")
