@@ -114,7 +114,7 @@ import sys, time
 import numpy as np
 held = [np.ones(int(sys.argv[1]) << 20, dtype=np.uint8)]
 sys.stdout.write("held\\n"); sys.stdout.flush()
-time.sleep(60)  # killed with the group long before
+time.sleep(60)  # ok: sleep (holds its memory until killed with the group)
 """
 
 
@@ -142,6 +142,7 @@ def start_detached_sleeper() -> int:
     """Start a process in a session of its own (it leaves the worker's process group,
     out of the group kill's reach) that sleeps until killed; return its pid."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True
+        [sys.executable, "-c", "import time; time.sleep(120)"],  # ok: sleep (a victim)
+        start_new_session=True,
     )
     return proc.pid

@@ -338,16 +338,9 @@ class PoolCore:
                 slot.close(wait=True, grace=grace)
 
     def close_when_collected(self) -> None:
-        """The Pool facade was garbage-collected: close without waiting (on a thread of
-        its own if the collector runs where the pool's lock is held)."""
-        if self.lock.acquire(blocking=False):
-            self.lock.release()
-            self.close(wait=False)
-        else:
-            threading.Thread(
-                target=self.close, kwargs={"wait": False}, name="workstream-pool-gc",
-                daemon=True,
-            ).start()
+        """The Pool facade was garbage-collected: close without waiting (see
+        ``_registry.close_when_collected``)."""
+        _registry.close_when_collected(self.lock, self.close, "workstream-pool-gc")
 
     # the registry's interface (interpreter exit)
     def cancel(self, grace: float | None = None) -> bool:

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import os
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -39,6 +40,21 @@ def remove(job: _Stoppable) -> None:
 def live_jobs() -> list[_Stoppable]:
     with _lock:
         return list(_live)
+
+
+def close_when_collected(
+    lock: threading.Lock, close: Callable[..., None], thread_name: str
+) -> None:
+    """Call ``close(wait=False)`` for an owner (a Worker, a Pool) whose facade was
+    garbage-collected. The collector may run on a thread that holds ``lock`` (it is not
+    re-entrant): then a short-lived thread named ``thread_name`` does it."""
+    if lock.acquire(blocking=False):
+        lock.release()
+        close(wait=False)
+    else:
+        threading.Thread(
+            target=close, kwargs={"wait": False}, name=thread_name, daemon=True,
+        ).start()
 
 
 def _at_exit() -> None:

@@ -193,19 +193,9 @@ class WorkerSupervisor:
             self._thread.join()
 
     def close_when_collected(self) -> None:
-        """The Worker facade was garbage-collected: close without waiting.
-
-        The collector may run on a thread that holds ``lock`` (it is not re-entrant):
-        then a short-lived thread does it.
-        """
-        if self.lock.acquire(blocking=False):
-            self.lock.release()
-            self.close(wait=False)
-        else:
-            threading.Thread(
-                target=self.close, kwargs={"wait": False}, name="workstream-worker-gc",
-                daemon=True,
-            ).start()
+        """The Worker facade was garbage-collected: close without waiting (see
+        ``_registry.close_when_collected``)."""
+        _registry.close_when_collected(self.lock, self.close, "workstream-worker-gc")
 
     # the registry's interface (interpreter exit)
     def cancel(self, grace: float | None = None) -> bool:
